@@ -1,0 +1,461 @@
+"""The message schema: positions, frames, acks and subscription filters (sans-I/O).
+
+This module parses, validates and serializes every message of the wire contract
+(``docs/protocol.md``) and nothing else: it touches no socket, file or database, and
+everything else in geotrack imports it.
+
+Times are kept to the millisecond. A position's ``ts`` is normalized on construction to
+its canonical form, an RFC 3339 UTC string with milliseconds and ``Z``
+(``2026-11-25T12:00:00.123Z``); sub-millisecond digits are truncated. Canonical strings sort
+in time order and two positions are duplicates exactly when their ``device`` and canonical
+``ts`` are equal.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+
+from geotrack.errors import FrameError, InvalidParameter, InvalidPosition
+
+__all__ = [
+    "MAX_ATTRS",
+    "MAX_BATCH",
+    "Ack",
+    "BBox",
+    "ParsedFrame",
+    "Position",
+    "Rejection",
+    "SubscribeFilter",
+    "decode_frame",
+    "encode_ack",
+    "encode_batch",
+    "encode_error",
+    "encode_position",
+    "ms_to_ts",
+    "parse_duration",
+    "parse_time",
+    "parse_ts",
+    "ts_to_ms",
+]
+
+MAX_BATCH: Final = 1000
+MAX_ATTRS: Final = 32
+DEVICE_PATTERN: Final = r"^[A-Za-z0-9._:-]{1,64}$"
+_DEVICE_RE: Final = re.compile(DEVICE_PATTERN)
+_INT64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+AttrValue = str | _INT64 | float | bool | None
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MS: Final = timedelta(milliseconds=1)
+# Unix seconds of 0001-01-01 and 9999-12-31T23:59:59.999: the range a canonical string holds.
+_MIN_S: Final = -62135596800.0
+_MAX_S: Final = 253402300799.999
+_RFC3339_RE: Final = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})$"
+)
+
+
+def ms_to_ts(ms: int) -> str:
+    """Format Unix milliseconds as a canonical RFC 3339 UTC string."""
+    dt = _EPOCH + timedelta(milliseconds=ms)
+    # Not strftime: %Y does not zero-pad years before 1000 on every platform.
+    return (
+        f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:"
+        f"{dt.second:02d}.{dt.microsecond // 1000:03d}Z"
+    )
+
+
+def ts_to_ms(ts: str) -> int:
+    """Unix milliseconds of a canonical (or any RFC 3339) timestamp string."""
+    return _rfc3339_ms(ts)
+
+
+def _rfc3339_ms(text: str) -> int:
+    m = _RFC3339_RE.match(text)
+    if m is None:
+        raise ValueError(
+            f"not an RFC 3339 time with an offset (like 2026-11-25T12:00:00.123Z): {text[:40]!r}"
+        )
+    year, month, day, hour, minute, second, frac, offset = m.groups()
+    try:
+        dt = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second))
+    except ValueError as exc:
+        raise ValueError(f"not a valid calendar time: {text[:40]!r} ({exc})") from None
+    ms = (dt.replace(tzinfo=UTC) - _EPOCH) // _MS + (int((frac or "0")[:3].ljust(3, "0")))
+    if offset not in ("Z", "z"):
+        sign = 1 if offset[0] == "+" else -1
+        ms -= sign * (int(offset[1:3]) * 60 + int(offset[4:6])) * 60_000
+    if not _MIN_S * 1000 <= ms <= _MAX_S * 1000:
+        raise ValueError(f"time out of range (years 0001-9999): {text[:40]!r}")
+    return ms
+
+
+def parse_ts(value: str | float) -> str:
+    """Canonical timestamp string of an RFC 3339 string or a number of Unix seconds.
+
+    Raises ValueError with a reason when the value is neither.
+    """
+    if isinstance(value, str):
+        return ms_to_ts(_rfc3339_ms(value))
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("expected an RFC 3339 string or a number of Unix seconds")
+    if not math.isfinite(value):
+        raise ValueError("must be finite")
+    if not _MIN_S <= value <= _MAX_S:
+        raise ValueError("Unix seconds out of range (years 0001-9999)")
+    return ms_to_ts(math.floor(value * 1000))
+
+
+class Position(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """One fix of one device: the same schema on the wire, in the store and in exports.
+
+    Construction validates every field and normalizes ``ts`` to its canonical string; after
+    that ``ts`` is always a ``str`` (the ``float`` in its type is accepted input only).
+    """
+
+    device: Annotated[str, msgspec.Meta(pattern=DEVICE_PATTERN)]
+    lat: Annotated[float, msgspec.Meta(ge=-90, le=90)]
+    lon: Annotated[float, msgspec.Meta(ge=-180, le=180)]
+    ts: str | float
+    speed: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    heading: Annotated[float, msgspec.Meta(ge=0, lt=360)] | None = None
+    alt: float | None = None
+    acc: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    attrs: Annotated[dict[str, AttrValue], msgspec.Meta(max_length=MAX_ATTRS)] | None = None
+
+    def __post_init__(self) -> None:
+        # msgspec's range checks let NaN and infinities through where no bound applies (and
+        # the lenient decoder can produce them), so check finiteness for every number here.
+        for name in ("lat", "lon", "speed", "heading", "alt", "acc"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name}: must be a finite number")
+        try:
+            self.ts = parse_ts(self.ts)
+        except ValueError as exc:
+            raise ValueError(f"ts: {exc}") from None
+        if self.attrs:
+            for key, value in self.attrs.items():
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise ValueError(f"attrs.{key}: must be a finite number")
+
+    @property
+    def time(self) -> str:
+        """The canonical timestamp string (``ts`` typed as ``str``)."""
+        return self.ts if isinstance(self.ts, str) else parse_ts(self.ts)
+
+    @property
+    def ts_ms(self) -> int:
+        """The timestamp in Unix milliseconds."""
+        return ts_to_ms(self.time)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """The identity used for deduplication: (device, canonical ts)."""
+        return (self.device, self.time)
+
+
+class Rejection(msgspec.Struct):
+    """One position of a frame that failed validation."""
+
+    index: int
+    error: str
+
+
+class Ack(msgspec.Struct, tag_field="type", tag="ack"):
+    """The answer to one publish frame, sent after its valid positions are stored."""
+
+    stored: int
+    duplicates: int
+    rejected: list[Rejection] = msgspec.field(default_factory=list)
+
+
+class _ErrorFrame(msgspec.Struct, tag_field="type", tag="error"):
+    error: str
+
+
+@dataclass(slots=True)
+class ParsedFrame:
+    """What one publish frame holds: its valid positions and its rejections.
+
+    ``indexes[i]`` is the place in the frame of ``positions[i]``; ``count`` is the number of
+    positions the frame held, valid or not.
+    """
+
+    positions: list[Position]
+    indexes: list[int]
+    rejected: list[Rejection]
+    count: int
+
+
+_encoder: Final = msgspec.json.Encoder()
+_fast_decoder: Final = msgspec.json.Decoder(Position | list[Position])
+_LOCATION_RE: Final = re.compile(r"^(.*?)(?: - at `\$(.*)`)?$", re.DOTALL)
+
+
+def _describe(exc: msgspec.ValidationError) -> str:
+    """Turn msgspec's message into one that starts with the field's name."""
+    m = _LOCATION_RE.match(str(exc))
+    assert m is not None
+    reason, where = m.group(1), m.group(2)
+    if where:
+        # "$.attrs[...]" -> "attrs"; "$[3].lat" never happens: we decode one position at a time.
+        name = where.lstrip(".").split("[", 1)[0] or "position"
+        return f"{name}: {reason[:1].lower()}{reason[1:]}"
+    unknown = re.match(r"Object contains unknown field `(.*)`", reason)
+    if unknown:
+        return f"{unknown.group(1)}: unknown field"
+    missing = re.match(r"Object missing required field `(.*)`", reason)
+    if missing:
+        return f"{missing.group(1)}: required field is missing"
+    if reason.startswith("Expected `object`"):
+        return "position: must be a JSON object"
+    return reason
+
+
+def _check_size(n: int) -> None:
+    if n == 0:
+        raise FrameError("a batch must hold 1 to 1000 positions; got an empty array")
+    if n > MAX_BATCH:
+        raise FrameError(f"a batch must hold 1 to {MAX_BATCH} positions; got {n}")
+
+
+def decode_frame(data: bytes | str) -> ParsedFrame:
+    """Parse one publish frame: a Position or an array of 1 to 1000 Positions.
+
+    Raises FrameError when the frame as a whole is unusable (not JSON, neither an object
+    nor an array, an empty or too large array). Otherwise every position is either valid
+    or rejected with a reason naming its field; valid ones are returned whatever the rest.
+    """
+    try:
+        decoded = _fast_decoder.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return _decode_slow(data)
+    if isinstance(decoded, Position):
+        return ParsedFrame([decoded], [0], [], 1)
+    _check_size(len(decoded))
+    return ParsedFrame(decoded, list(range(len(decoded))), [], len(decoded))
+
+
+def _decode_slow(data: bytes | str) -> ParsedFrame:
+    # The lenient stdlib parser accepts NaN and Infinity literals (Python's json.dumps
+    # writes them), so such a value is reported against its field instead of failing the
+    # whole frame, and the frame's valid positions are still stored.
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+        raise FrameError(f"frame is not valid JSON: {reason}") from None
+    items: list[Any]
+    if isinstance(value, dict):
+        items = [value]
+    elif isinstance(value, list):
+        _check_size(len(value))
+        items = value
+    else:
+        raise FrameError(
+            f"a frame must be a JSON object or an array of objects, not {_json_type(value)}"
+        )
+    positions: list[Position] = []
+    indexes: list[int] = []
+    rejected: list[Rejection] = []
+    for i, item in enumerate(items):
+        try:
+            positions.append(msgspec.convert(item, Position, strict=True))
+            indexes.append(i)
+        except msgspec.ValidationError as exc:
+            rejected.append(Rejection(i, _describe(exc)))
+        except RecursionError:
+            rejected.append(Rejection(i, "position: nested too deeply"))
+    return ParsedFrame(positions, indexes, rejected, len(items))
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return type(value).__name__
+
+
+def validate(obj: Mapping[str, Any]) -> Position:
+    """Build a Position from a mapping, raising InvalidPosition naming the field."""
+    try:
+        return msgspec.convert(obj, Position, strict=True)
+    except msgspec.ValidationError as exc:
+        message = _describe(exc)
+        name, _, reason = message.partition(": ")
+        raise InvalidPosition(reason or message, name if reason else None) from None
+
+
+def encode_position(position: Position) -> bytes:
+    """The wire form of one position (canonical ``ts``, absent fields omitted)."""
+    return _encoder.encode(position)
+
+
+def encode_batch(encoded: Iterable[bytes]) -> bytes:
+    """Join already-encoded positions into one JSON array frame."""
+    return b"[" + b",".join(encoded) + b"]"
+
+
+def encode_ack(ack: Ack) -> bytes:
+    """The wire form of an ack."""
+    return _encoder.encode(ack)
+
+
+def encode_error(message: str) -> bytes:
+    """The wire form of a frame-level error."""
+    return _encoder.encode(_ErrorFrame(message))
+
+
+def decode_positions(data: bytes | str) -> list[Position]:
+    """Parse what a relay sends a subscriber: a JSON array of positions (or one position)."""
+    decoded = _fast_decoder.decode(data)
+    return [decoded] if isinstance(decoded, Position) else decoded
+
+
+def decode_ack(data: bytes | str) -> Ack:
+    """Parse a relay's answer to a publish frame; raises FrameError for an error frame."""
+    reply = msgspec.json.decode(data, type=Ack | _ErrorFrame)
+    if isinstance(reply, _ErrorFrame):
+        raise FrameError(reply.error)
+    return reply
+
+
+@dataclass(frozen=True, slots=True)
+class BBox:
+    """A lon/lat rectangle; ``min_lon > max_lon`` means it crosses the antimeridian."""
+
+    min_lon: float
+    min_lat: float
+    max_lon: float
+    max_lat: float
+
+    @classmethod
+    def parse(cls, text: str, name: str = "bbox") -> BBox:
+        """Parse ``minLon,minLat,maxLon,maxLat``."""
+        parts = text.split(",")
+        if len(parts) != 4:
+            raise InvalidParameter(name, f"expected minLon,minLat,maxLon,maxLat, got {text!r}")
+        try:
+            min_lon, min_lat, max_lon, max_lat = (float(p) for p in parts)
+        except ValueError:
+            raise InvalidParameter(name, f"expected four numbers, got {text!r}") from None
+        if not all(math.isfinite(v) for v in (min_lon, min_lat, max_lon, max_lat)):
+            raise InvalidParameter(name, "numbers must be finite")
+        if not (-180 <= min_lon <= 180 and -180 <= max_lon <= 180):
+            raise InvalidParameter(name, "longitudes must be within -180..180")
+        if not (-90 <= min_lat <= max_lat <= 90):
+            raise InvalidParameter(name, "latitudes must be within -90..90 and minLat <= maxLat")
+        return cls(min_lon, min_lat, max_lon, max_lat)
+
+    def contains(self, lon: float, lat: float) -> bool:
+        """Whether the point lies inside (edges included)."""
+        if not self.min_lat <= lat <= self.max_lat:
+            return False
+        if self.min_lon <= self.max_lon:
+            return self.min_lon <= lon <= self.max_lon
+        return lon >= self.min_lon or lon <= self.max_lon
+
+    def __str__(self) -> str:
+        return f"{self.min_lon},{self.min_lat},{self.max_lon},{self.max_lat}"
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeFilter:
+    """What a subscriber asked for: any of ``devices`` (all when empty), inside ``bbox``."""
+
+    devices: frozenset[str] = field(default_factory=frozenset)
+    bbox: BBox | None = None
+
+    SUPPORTED: tuple[str, ...] = ("device", "bbox")
+
+    @classmethod
+    def from_query(cls, query: Mapping[str, Sequence[str]]) -> SubscribeFilter:
+        """Build a filter from parsed query parameters (``urllib.parse.parse_qs`` form).
+
+        Unknown parameters are errors too: a typo must not silently widen a subscription.
+        """
+        unknown = sorted(set(query) - set(cls.SUPPORTED))
+        if unknown:
+            raise InvalidParameter(
+                unknown[0], f"unknown parameter (supported: {', '.join(cls.SUPPORTED)})"
+            )
+        devices = list(query.get("device", []))
+        for device in devices:
+            if not _DEVICE_RE.match(device):
+                raise InvalidParameter(
+                    "device", f"{device!r} is not 1-64 characters of A-Z a-z 0-9 . _ : -"
+                )
+        boxes = query.get("bbox", [])
+        if len(boxes) > 1:
+            raise InvalidParameter("bbox", "give it at most once")
+        return cls(frozenset(devices), BBox.parse(boxes[0]) if boxes else None)
+
+    def matches(self, position: Position) -> bool:
+        """Whether the position passes the filter."""
+        if self.devices and position.device not in self.devices:
+            return False
+        return self.bbox is None or self.bbox.contains(position.lon, position.lat)
+
+    @property
+    def everything(self) -> bool:
+        """True when the filter lets every position through."""
+        return not self.devices and self.bbox is None
+
+
+_DURATION_RE: Final = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
+_UNIT_S: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str, name: str = "duration") -> float:
+    """Seconds in ``90s``, ``15m``, ``2h``, ``1d``, ``250ms`` or a bare number of seconds."""
+    text = text.strip()
+    m = _DURATION_RE.match(text)
+    try:
+        seconds = float(m.group(1)) * _UNIT_S[m.group(2)] if m else float(text)
+    except ValueError:
+        raise InvalidParameter(name, f"expected a duration like 90s, 15m, 2h or 1d, got {text!r}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise InvalidParameter(name, f"must be a non-negative duration, got {text!r}")
+    return seconds
+
+
+def parse_time(text: str, now_ms: int, name: str = "time") -> int:
+    """Unix milliseconds of an RFC 3339 time, Unix seconds, or an age like ``15m`` (ago)."""
+    text = text.strip()
+    if _DURATION_RE.match(text):
+        return now_ms - round(parse_duration(text, name) * 1000)
+    try:
+        return ts_to_ms(parse_ts(float(text)))
+    except ValueError:
+        pass
+    try:
+        return ts_to_ms(text)
+    except ValueError:
+        raise InvalidParameter(
+            name,
+            f"expected an RFC 3339 time (2026-11-25T12:00:00Z), Unix seconds or an age "
+            f"like 15m, got {text!r}",
+        ) from None
+
+
+def literal_role(path: str) -> Literal["publish", "subscribe"] | None:
+    """The role a WebSocket path selects, or None for any other path."""
+    if path == "/publish":
+        return "publish"
+    if path == "/subscribe":
+        return "subscribe"
+    return None

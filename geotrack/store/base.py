@@ -1,0 +1,128 @@
+"""The storage interface every backend implements.
+
+A store does three things: write a batch of positions idempotently (a position whose
+(device, ts) is already stored is a duplicate, not an error), query stored tracks, and
+follow the stream of newly stored positions from a resumable cursor.
+
+The interface is synchronous: backends wrap blocking drivers (sqlite3, pymongo), and the
+relay calls them from a worker thread so the event loop never waits on the disk.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+
+from geotrack.schema import Position
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One newly stored position as the change feed reports it.
+
+    ``cursor`` resumes the feed right after this change; ``origin`` is the id the writer
+    passed to :meth:`Store.write` (a relay's id), so a relay can skip its own writes.
+    """
+
+    cursor: str
+    position: Position
+    origin: str | None
+
+
+class ChangeFeed(ABC):
+    """An open, resumable follow of a store's newly stored positions, in store order."""
+
+    @property
+    @abstractmethod
+    def cursor(self) -> str:
+        """Where to resume to miss nothing and repeat nothing of what was returned so far."""
+
+    @abstractmethod
+    def poll(self, timeout: float) -> list[Change]:
+        """Return the next changes, waiting up to ``timeout`` seconds; [] when none came."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the feed's resources. Safe to call twice."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Store(ABC):
+    """Where positions live. One subclass per backend, chosen by URL scheme."""
+
+    #: The URL the store was opened with, credentials removed, for messages and logs.
+    display_url: str
+
+    @abstractmethod
+    def write(self, positions: Sequence[Position], origin: str | None = None) -> list[bool]:
+        """Store positions durably; return, for each, whether it was new.
+
+        All-or-nothing: when this raises StoreError nothing of the batch may be assumed
+        stored, and writing the same batch again is safe. A position repeated within the
+        batch is new once and a duplicate after that.
+        """
+
+    @abstractmethod
+    def query(
+        self,
+        devices: Collection[str] = (),
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+    ) -> Iterator[Position]:
+        """Stream stored positions ordered by device, then time.
+
+        ``devices`` narrows to those devices (all when empty); ``since_ms``/``until_ms``
+        bound the fix time, inclusive. The iterator reads lazily: memory stays flat in the
+        number of rows.
+        """
+
+    @abstractmethod
+    def devices(self) -> list[str]:
+        """Every device that has stored positions, sorted."""
+
+    @abstractmethod
+    def follow(
+        self, since: str | int | None = None, devices: Collection[str] = ()
+    ) -> ChangeFeed:
+        """Open a change feed.
+
+        ``since`` is None to start with what is stored from now on, a cursor returned by a
+        feed to resume after it, or Unix milliseconds to replay what was stored from that
+        time on. ``devices`` narrows the feed (all when empty).
+        """
+
+    @abstractmethod
+    def is_cursor(self, text: str) -> bool:
+        """Whether ``text`` looks like one of this backend's cursors (as opposed to a time)."""
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Raise StoreError when the store cannot be reached."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections. Safe to call twice."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,369 @@
+"""The embedded default store: one SQLite file in WAL mode.
+
+Rows carry a ``seq`` (``AUTOINCREMENT``, never reused), which orders the change feed and
+makes its cursor (``sqlite:<seq>``). A unique index on (device, ts) makes writes
+idempotent and serves track queries. Several processes may share one file: WAL lets
+readers run beside the single writer, and ``busy_timeout`` makes writers queue.
+
+URL: ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``; query options
+``synchronous=full|normal`` (default ``full``: an ack means the fix survives power loss;
+``normal`` survives a process crash only) and ``busy_timeout`` in milliseconds.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Collection, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import parse_qs, urlsplit
+
+import msgspec
+
+from geotrack.errors import InvalidParameter, StoreError
+from geotrack.schema import Position, ms_to_ts, ts_to_ms
+from geotrack.store.base import Change, ChangeFeed, Store
+
+_SCHEMA_VERSION: Final = 1
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS positions (
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    device  TEXT    NOT NULL,
+    ts      INTEGER NOT NULL,   -- fix time, Unix milliseconds
+    lat     REAL    NOT NULL,
+    lon     REAL    NOT NULL,
+    speed   REAL,
+    heading REAL,
+    alt     REAL,
+    acc     REAL,
+    attrs   TEXT,               -- JSON object
+    stored  INTEGER NOT NULL,   -- when it was stored, Unix milliseconds
+    origin  TEXT                -- id of the writer (a relay), for scale-out dedupe
+);
+CREATE UNIQUE INDEX IF NOT EXISTS positions_device_ts ON positions (device, ts);
+CREATE TABLE IF NOT EXISTS geotrack_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+_COLUMNS: Final = "device, ts, lat, lon, speed, heading, alt, acc, attrs, stored, origin"
+_ROW_PARAMS: Final = 11
+# SQLite allows 32766 bound parameters per statement; stay well below.
+_ROWS_PER_STATEMENT: Final = 2000
+_SELECT: Final = "SELECT seq, device, ts, lat, lon, speed, heading, alt, acc, attrs, origin"
+CURSOR_PREFIX: Final = "sqlite:"
+
+_attrs_encoder: Final = msgspec.json.Encoder()
+_attrs_decoder: Final = msgspec.json.Decoder(dict[str, Any])
+
+
+def _path_from_url(url: str) -> tuple[Path, dict[str, list[str]]]:
+    parts = urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        raise InvalidParameter(
+            "store", f"{url!r}: use sqlite:///relative.db or sqlite:////absolute/path.db"
+        )
+    path = parts.path[1:] if parts.path.startswith("/") else parts.path
+    if not path:
+        raise InvalidParameter("store", f"{url!r} names no file")
+    return Path(path), parse_qs(parts.query)
+
+
+def _row_to_position(row: tuple[Any, ...]) -> Position:
+    _seq, device, ts, lat, lon, speed, heading, alt, acc, attrs, _origin = row
+    return Position(
+        device=device,
+        lat=lat,
+        lon=lon,
+        ts=ms_to_ts(ts),
+        speed=speed,
+        heading=heading,
+        alt=alt,
+        acc=acc,
+        attrs=_attrs_decoder.decode(attrs) if attrs is not None else None,
+    )
+
+
+class SQLiteStore(Store):
+    """Positions in one SQLite file (the default store)."""
+
+    def __init__(self, path: str | Path, synchronous: str = "full", busy_timeout_ms: int = 10_000):
+        self.path = Path(path)
+        self.display_url = f"sqlite:///{self.path}"
+        if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
+            raise InvalidParameter("synchronous", "use full, normal or extra")
+        self._synchronous = synchronous.upper()
+        self._busy_timeout_ms = busy_timeout_ms
+        self._lock = threading.Lock()
+        self._closed = False
+        self._writer = self._connect()
+        self._init_schema()
+
+    @classmethod
+    def from_url(cls, url: str) -> SQLiteStore:
+        """Open the store a ``sqlite://`` URL names (see the module docstring)."""
+        path, query = _path_from_url(url)
+        unknown = sorted(set(query) - {"synchronous", "busy_timeout"})
+        if unknown:
+            raise InvalidParameter("store", f"unknown SQLite option {unknown[0]!r}")
+        sync = query.get("synchronous", ["full"])[-1]
+        try:
+            busy = int(query.get("busy_timeout", ["10000"])[-1])
+        except ValueError:
+            raise InvalidParameter("busy_timeout", "expected milliseconds") from None
+        return cls(path, sync, busy)
+
+    def _connect(self) -> sqlite3.Connection:
+        if not self.path.parent.is_dir():
+            raise StoreError(f"cannot open {self.display_url}: directory {self.path.parent} does not exist")
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self._busy_timeout_ms / 1000,
+                isolation_level=None,  # explicit BEGIN/COMMIT below
+                check_same_thread=False,
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open {self.display_url}: {exc}") from None
+        return conn
+
+    def _init_schema(self) -> None:
+        try:
+            with self._lock:
+                self._writer.executescript(_SCHEMA)
+                row = self._writer.execute(
+                    "SELECT value FROM geotrack_meta WHERE key = 'schema_version'"
+                ).fetchone()
+                if row is None:
+                    self._writer.execute(
+                        "INSERT OR IGNORE INTO geotrack_meta VALUES ('schema_version', ?)",
+                        (str(_SCHEMA_VERSION),),
+                    )
+                elif int(row[0]) > _SCHEMA_VERSION:
+                    raise StoreError(
+                        f"{self.display_url} was written by a newer geotrack "
+                        f"(schema {row[0]}, this one knows {_SCHEMA_VERSION})"
+                    )
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot use {self.display_url}: {exc}") from None
+
+    def write(self, positions: Sequence[Position], origin: str | None = None) -> list[bool]:
+        if not positions:
+            return []
+        stored_ms = time.time_ns() // 1_000_000
+        rows = [
+            (
+                p.device,
+                ts_to_ms(p.time),
+                p.lat,
+                p.lon,
+                p.speed,
+                p.heading,
+                p.alt,
+                p.acc,
+                _attrs_encoder.encode(p.attrs).decode() if p.attrs is not None else None,
+                stored_ms,
+                origin,
+            )
+            for p in positions
+        ]
+        inserted: set[tuple[str, int]] = set()
+        with self._lock:
+            self._check_open()
+            try:
+                self._writer.execute("BEGIN IMMEDIATE")
+                try:
+                    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+                        chunk = rows[start : start + _ROWS_PER_STATEMENT]
+                        sql = (
+                            f"INSERT INTO positions ({_COLUMNS}) VALUES "
+                            + ",".join(["(" + ",".join("?" * _ROW_PARAMS) + ")"] * len(chunk))
+                            + " ON CONFLICT (device, ts) DO NOTHING RETURNING device, ts"
+                        )
+                        params = [value for row in chunk for value in row]
+                        inserted.update(self._writer.execute(sql, params).fetchall())
+                    self._writer.execute("COMMIT")
+                except BaseException:
+                    if self._writer.in_transaction:
+                        self._writer.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise StoreError(f"write to {self.display_url} failed: {exc}") from None
+        new: list[bool] = []
+        for row in rows:
+            key = (row[0], row[1])
+            if key in inserted:
+                inserted.discard(key)  # a repeat later in the batch is a duplicate
+                new.append(True)
+            else:
+                new.append(False)
+        return new
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"{self.display_url} is closed")
+
+    def _reader(self) -> sqlite3.Connection:
+        self._check_open()
+        return self._connect()
+
+    def query(
+        self,
+        devices: Collection[str] = (),
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+    ) -> Iterator[Position]:
+        where, params = _where(devices, since_ms, until_ms)
+        conn = self._reader()
+        try:
+            cursor = conn.execute(
+                f"{_SELECT} FROM positions {where} ORDER BY device, ts", params
+            )
+            while rows := cursor.fetchmany(1000):
+                for row in rows:
+                    yield _row_to_position(row)
+        except sqlite3.Error as exc:
+            raise StoreError(f"query on {self.display_url} failed: {exc}") from None
+        finally:
+            conn.close()
+
+    def devices(self) -> list[str]:
+        conn = self._reader()
+        try:
+            # The (device, ts) index makes this a skip-scan, not a table scan.
+            return [row[0] for row in conn.execute("SELECT DISTINCT device FROM positions ORDER BY device")]
+        except sqlite3.Error as exc:
+            raise StoreError(f"query on {self.display_url} failed: {exc}") from None
+        finally:
+            conn.close()
+
+    def follow(
+        self, since: str | int | None = None, devices: Collection[str] = ()
+    ) -> SQLiteChangeFeed:
+        conn = self._reader()
+        try:
+            if since is None:
+                after = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM positions").fetchone()[0]
+            elif isinstance(since, str):
+                after = parse_cursor(since)
+            else:
+                row = conn.execute(
+                    "SELECT MIN(seq) FROM positions WHERE stored >= ?", (since,)
+                ).fetchone()
+                if row[0] is None:  # nothing stored since then: start at the end
+                    after = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM positions").fetchone()[0]
+                else:
+                    after = row[0] - 1
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(f"cannot follow {self.display_url}: {exc}") from None
+        except BaseException:
+            conn.close()
+            raise
+        return SQLiteChangeFeed(conn, after, frozenset(devices), self.display_url)
+
+    def is_cursor(self, text: str) -> bool:
+        return text.startswith(CURSOR_PREFIX)
+
+    def ping(self) -> None:
+        with self._lock:
+            self._check_open()
+            try:
+                self._writer.execute("SELECT 1").fetchone()
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.display_url} is not usable: {exc}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._writer.close()
+
+
+def _where(
+    devices: Collection[str], since_ms: int | None, until_ms: int | None
+) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    if devices:
+        clauses.append(f"device IN ({','.join('?' * len(devices))})")
+        params.extend(devices)
+    if since_ms is not None:
+        clauses.append("ts >= ?")
+        params.append(since_ms)
+    if until_ms is not None:
+        clauses.append("ts <= ?")
+        params.append(until_ms)
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def parse_cursor(text: str) -> int:
+    """The seq a ``sqlite:<seq>`` cursor resumes after."""
+    if not text.startswith(CURSOR_PREFIX) or not text[len(CURSOR_PREFIX) :].isdigit():
+        raise InvalidParameter("cursor", f"{text!r} is not a SQLite cursor (sqlite:<number>)")
+    return int(text[len(CURSOR_PREFIX) :])
+
+
+class SQLiteChangeFeed(ChangeFeed):
+    """Follows new rows by ``seq``.
+
+    SQLite has no notifications across processes, so the feed polls; ``PRAGMA
+    data_version`` tells cheaply whether any connection (of this or another process)
+    committed since the last look, so an idle poll costs no table read.
+    """
+
+    #: How often an idle feed looks for new rows; the latency of the cross-process path.
+    interval: float = 0.02
+    batch: int = 5000
+
+    def __init__(
+        self, conn: sqlite3.Connection, after: int, devices: frozenset[str], display_url: str
+    ) -> None:
+        self._conn = conn
+        self._after = after
+        self._devices = devices
+        self._display_url = display_url
+        self._data_version: int | None = None
+        self._closed = False
+
+    @property
+    def cursor(self) -> str:
+        return f"{CURSOR_PREFIX}{self._after}"
+
+    def poll(self, timeout: float) -> list[Change]:
+        deadline = time.monotonic() + timeout
+        while True:
+            changes = self._read()
+            if changes or time.monotonic() >= deadline:
+                return changes
+            time.sleep(min(self.interval, max(0.0, deadline - time.monotonic())))
+
+    def _read(self) -> list[Change]:
+        if self._closed:
+            raise StoreError("the change feed is closed")
+        try:
+            version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+            if version == self._data_version:
+                return []
+            rows = self._conn.execute(
+                f"{_SELECT} FROM positions WHERE seq > ? ORDER BY seq LIMIT ?",
+                (self._after, self.batch),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"following {self._display_url} failed: {exc}") from None
+        if len(rows) < self.batch:
+            # Seen everything up to this version; a full batch means more may be waiting.
+            self._data_version = version
+        changes: list[Change] = []
+        for row in rows:
+            if not self._devices or row[1] in self._devices:
+                changes.append(Change(f"{CURSOR_PREFIX}{row[0]}", _row_to_position(row), row[10]))
+        if rows:
+            self._after = rows[-1][0]
+        return changes
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._conn.close()

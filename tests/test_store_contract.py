@@ -1,0 +1,188 @@
+"""The store contract: every backend passes these same tests (see conftest.BACKENDS)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from geotrack.errors import InvalidParameter
+from geotrack.schema import Position, ms_to_ts, ts_to_ms
+from geotrack.store import Store
+from tests.conftest import StoreFactory
+
+T0 = 1_764_072_000_000  # 2025-11-25T12:00:00Z
+
+
+def pos(device: str = "car-1", i: int = 0, **extra: object) -> Position:
+    fields: dict[str, object] = {
+        "device": device,
+        "lat": 52.5 + i * 1e-4,
+        "lon": 13.4 + i * 1e-4,
+        "ts": ms_to_ts(T0 + i * 1000),
+    }
+    fields.update(extra)
+    return Position(**fields)  # type: ignore[arg-type]
+
+
+def test_write_reports_new_and_duplicates(store: Store) -> None:
+    batch = [pos(i=0), pos(i=1), pos("bus", 0)]
+    assert store.write(batch) == [True, True, True]
+    assert store.write([pos(i=1), pos(i=2)]) == [False, True]
+    assert len(list(store.query())) == 4
+
+
+def test_duplicate_within_one_batch_is_stored_once(store: Store) -> None:
+    assert store.write([pos(i=0), pos(i=0, lat=1.0), pos(i=1)]) == [True, False, True]
+    stored = list(store.query())
+    assert [p.ts for p in stored] == [ms_to_ts(T0), ms_to_ts(T0 + 1000)]
+    assert stored[0].lat == pytest.approx(52.5)  # the first one wins
+
+
+def test_duplicate_key_is_device_and_millisecond(store: Store) -> None:
+    # Seconds and an RFC 3339 string naming the same millisecond are the same fix.
+    a = Position(device="d", lat=1, lon=2, ts=T0 / 1000 + 0.25)
+    b = Position(device="d", lat=1, lon=2, ts=ms_to_ts(T0 + 250).replace("Z", "+00:00"))
+    other_device = Position(device="e", lat=1, lon=2, ts=T0 / 1000 + 0.25)
+    assert store.write([a, b, other_device]) == [True, False, True]
+
+
+def test_every_field_round_trips(store: Store) -> None:
+    full = pos(
+        speed=12.5,
+        heading=359.9,
+        alt=-12.25,
+        acc=3.0,
+        attrs={"batt": 87, "ign": True, "note": 'a "quoted" ünïcode', "none": None, "f": 0.1},
+    )
+    bare = pos("bare", 0)
+    store.write([full, bare])
+    got = {p.device: p for p in store.query()}
+    assert got["car-1"] == full
+    assert got["bare"] == bare
+    assert got["bare"].attrs is None and got["bare"].alt is None
+
+
+def test_extreme_values_round_trip(store: Store) -> None:
+    edge = [
+        Position(device="e", lat=-90, lon=-180, ts="0001-01-01T00:00:00Z"),
+        Position(device="e", lat=90, lon=180, ts="9999-12-31T23:59:59.999Z"),
+        Position(device="e", lat=1e-7, lon=-1e-7, ts=0, attrs={"big": 2**63 - 1, "neg": -(2**63)}),
+    ]
+    assert store.write(edge) == [True, True, True]
+    assert list(store.query()) == sorted(edge, key=lambda p: p.time)
+
+
+def test_query_orders_by_device_then_time_and_filters(store: Store) -> None:
+    store.write([pos("b", 2), pos("a", 1), pos("b", 0), pos("a", 0), pos("c", 5)])
+    everything = [(p.device, p.ts_ms - T0) for p in store.query()]
+    assert everything == [("a", 0), ("a", 1000), ("b", 0), ("b", 2000), ("c", 5000)]
+    only = [(p.device, p.ts_ms - T0) for p in store.query(devices=["b", "c"])]
+    assert only == [("b", 0), ("b", 2000), ("c", 5000)]
+    window = store.query(since_ms=T0 + 1000, until_ms=T0 + 2000)
+    assert [(p.device, p.ts_ms - T0) for p in window] == [("a", 1000), ("b", 2000)]
+    assert list(store.query(devices=["nobody"])) == []
+    assert store.devices() == ["a", "b", "c"]
+
+
+def test_follow_from_now_sees_only_new_positions(store: Store) -> None:
+    store.write([pos(i=0)])
+    with store.follow() as feed:
+        assert feed.poll(0.05) == []
+        store.write([pos(i=1), pos(i=2)], origin="relay-a")
+        changes = _drain(feed, 2)
+    assert [c.position for c in changes] == [pos(i=1), pos(i=2)]
+    assert {c.origin for c in changes} == {"relay-a"}
+
+
+def test_follow_resumes_from_cursor_without_gap_or_repeat(store_factory: StoreFactory) -> None:
+    writer = store_factory()
+    writer.write([pos(i=0)])
+    feed = writer.follow()
+    writer.write([pos(i=1)])
+    first = _drain(feed, 1)
+    assert feed.cursor == first[-1].cursor
+    resume = feed.cursor
+    feed.close()
+    writer.write([pos(i=2), pos(i=3)])
+    # Another client of the same store resumes where the first one stopped.
+    reader = store_factory()
+    assert reader.is_cursor(resume)
+    with reader.follow(since=resume) as again:
+        got = _drain(again, 2)
+    assert [c.position.ts_ms - T0 for c in got] == [2000, 3000]
+
+
+def test_follow_since_time_replays_then_goes_live(store: Store) -> None:
+    store.write([pos(i=0)])
+    with store.follow(since=0) as feed:
+        replay = _drain(feed, 1)
+        assert replay[0].position == pos(i=0)
+        store.write([pos(i=1)])
+        live = _drain(feed, 1)
+    assert live[0].position == pos(i=1)
+
+
+def test_follow_filters_devices(store: Store) -> None:
+    with store.follow(devices=["bus"]) as feed:
+        store.write([pos("car", 0), pos("bus", 0), pos("car", 1), pos("bus", 1)])
+        got = _drain(feed, 2)
+        assert feed.poll(0.05) == []
+    assert [(c.position.device, c.position.ts_ms - T0) for c in got] == [("bus", 0), ("bus", 1000)]
+
+
+def test_feed_preserves_store_order_per_device(store: Store) -> None:
+    with store.follow() as feed:
+        for i in range(0, 300, 30):
+            store.write([pos("d", j) for j in range(i, i + 30)])
+        got = _drain(feed, 300)
+    assert [c.position.ts_ms for c in got] == sorted(c.position.ts_ms for c in got)
+
+
+def test_concurrent_writers_lose_nothing(store_factory: StoreFactory) -> None:
+    stores = [store_factory() for _ in range(3)]
+
+    def run(k: int) -> None:
+        for i in range(20):
+            # Overlapping keys across writers: each must be stored exactly once.
+            stores[k].write([pos(f"d{i % 4}", i), pos(f"w{k}", i)])
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    keys = [p.key for p in stores[0].query()]
+    assert len(keys) == len(set(keys)) == 20 + 3 * 20
+
+
+def test_ts_survives_as_canonical_milliseconds(store: Store) -> None:
+    p = Position(device="d", lat=0, lon=0, ts="2026-11-25T13:00:00.123456+01:00")
+    store.write([p])
+    (got,) = store.query()
+    assert got.ts == "2026-11-25T12:00:00.123Z"
+    assert ts_to_ms(got.time) == p.ts_ms
+
+
+def test_bad_cursor_is_a_clear_error(store: Store) -> None:
+    assert not store.is_cursor("2026-11-25T12:00:00Z")
+    with pytest.raises(InvalidParameter):
+        store.follow(since="not-a-cursor")
+
+
+def test_ping(store: Store) -> None:
+    store.ping()
+
+
+def _drain(feed: object, n: int, timeout: float = 10.0) -> list:  # type: ignore[type-arg]
+    import time
+
+    from geotrack.store import ChangeFeed
+
+    assert isinstance(feed, ChangeFeed)
+    got: list = []  # type: ignore[type-arg]
+    deadline = time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < deadline:
+        got.extend(feed.poll(0.2))
+    assert len(got) == n, f"expected {n} changes, got {len(got)}"
+    return got
