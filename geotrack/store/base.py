@@ -95,13 +95,17 @@ class Store(ABC):
 
     @abstractmethod
     def follow(
-        self, since: str | int | None = None, devices: Collection[str] = ()
+        self,
+        since: str | int | None = None,
+        devices: Collection[str] = (),
+        exclude_origin: str | None = None,
     ) -> ChangeFeed:
         """Open a change feed.
 
         ``since`` is None to start with what is stored from now on, a cursor returned by a
         feed to resume after it, or Unix milliseconds to replay what was stored from that
-        time on. ``devices`` narrows the feed (all when empty).
+        time on. ``devices`` narrows the feed (all when empty); ``exclude_origin`` leaves
+        out what that writer stored (a relay following the positions other relays stored).
         """
 
     @abstractmethod

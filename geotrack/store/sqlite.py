@@ -114,7 +114,9 @@ class SQLiteStore(Store):
 
     def _connect(self) -> sqlite3.Connection:
         if not self.path.parent.is_dir():
-            raise StoreError(f"cannot open {self.display_url}: directory {self.path.parent} does not exist")
+            raise StoreError(
+                f"cannot open {self.display_url}: directory {self.path.parent} does not exist"
+            )
         try:
             conn = sqlite3.connect(
                 self.path,
@@ -217,9 +219,7 @@ class SQLiteStore(Store):
         where, params = _where(devices, since_ms, until_ms)
         conn = self._reader()
         try:
-            cursor = conn.execute(
-                f"{_SELECT} FROM positions {where} ORDER BY device, ts", params
-            )
+            cursor = conn.execute(f"{_SELECT} FROM positions {where} ORDER BY device, ts", params)
             while rows := cursor.fetchmany(1000):
                 for row in rows:
                     yield _row_to_position(row)
@@ -232,19 +232,25 @@ class SQLiteStore(Store):
         conn = self._reader()
         try:
             # The (device, ts) index makes this a skip-scan, not a table scan.
-            return [row[0] for row in conn.execute("SELECT DISTINCT device FROM positions ORDER BY device")]
+            return [
+                row[0]
+                for row in conn.execute("SELECT DISTINCT device FROM positions ORDER BY device")
+            ]
         except sqlite3.Error as exc:
             raise StoreError(f"query on {self.display_url} failed: {exc}") from None
         finally:
             conn.close()
 
     def follow(
-        self, since: str | int | None = None, devices: Collection[str] = ()
+        self,
+        since: str | int | None = None,
+        devices: Collection[str] = (),
+        exclude_origin: str | None = None,
     ) -> SQLiteChangeFeed:
         conn = self._reader()
         try:
             if since is None:
-                after = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM positions").fetchone()[0]
+                after = _last_seq(conn)
             elif isinstance(since, str):
                 after = parse_cursor(since)
             else:
@@ -252,7 +258,9 @@ class SQLiteStore(Store):
                     "SELECT MIN(seq) FROM positions WHERE stored >= ?", (since,)
                 ).fetchone()
                 if row[0] is None:  # nothing stored since then: start at the end
-                    after = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM positions").fetchone()[0]
+                    after = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM positions").fetchone()[
+                        0
+                    ]
                 else:
                     after = row[0] - 1
         except sqlite3.Error as exc:
@@ -261,7 +269,7 @@ class SQLiteStore(Store):
         except BaseException:
             conn.close()
             raise
-        return SQLiteChangeFeed(conn, after, frozenset(devices), self.display_url)
+        return SQLiteChangeFeed(conn, after, frozenset(devices), exclude_origin, self.display_url)
 
     def is_cursor(self, text: str) -> bool:
         return text.startswith(CURSOR_PREFIX)
@@ -298,6 +306,11 @@ def _where(
     return ("WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
+def _last_seq(conn: sqlite3.Connection) -> int:
+    seq: int = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM positions").fetchone()[0]
+    return seq
+
+
 def parse_cursor(text: str) -> int:
     """The seq a ``sqlite:<seq>`` cursor resumes after."""
     if not text.startswith(CURSOR_PREFIX) or not text[len(CURSOR_PREFIX) :].isdigit():
@@ -318,11 +331,17 @@ class SQLiteChangeFeed(ChangeFeed):
     batch: int = 5000
 
     def __init__(
-        self, conn: sqlite3.Connection, after: int, devices: frozenset[str], display_url: str
+        self,
+        conn: sqlite3.Connection,
+        after: int,
+        devices: frozenset[str],
+        exclude_origin: str | None,
+        display_url: str,
     ) -> None:
         self._conn = conn
         self._after = after
         self._devices = devices
+        self._exclude_origin = exclude_origin
         self._display_url = display_url
         self._data_version: int | None = None
         self._closed = False
@@ -355,9 +374,13 @@ class SQLiteChangeFeed(ChangeFeed):
         if len(rows) < self.batch:
             # Seen everything up to this version; a full batch means more may be waiting.
             self._data_version = version
+        # Filter here rather than in SQL so the cursor moves past rows that are left out:
+        # a WHERE clause would make every poll rescan them.
         changes: list[Change] = []
         for row in rows:
-            if not self._devices or row[1] in self._devices:
+            if (not self._devices or row[1] in self._devices) and (
+                self._exclude_origin is None or row[10] != self._exclude_origin
+            ):
                 changes.append(Change(f"{CURSOR_PREFIX}{row[0]}", _row_to_position(row), row[10]))
         if rows:
             self._after = rows[-1][0]

@@ -1,0 +1,474 @@
+"""The WebSocket relay: publishers in, subscribers out, everything stored.
+
+This module only moves messages: parsing and validation live in :mod:`geotrack.schema`,
+durable writes in :mod:`geotrack.relay.ingest`, delivery in :mod:`geotrack.relay.fanout`.
+The wire contract it implements is docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import time
+import uuid
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Final
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from geotrack.errors import FrameError, InvalidParameter, RelayError, StoreError
+from geotrack.relay.fanout import Hub, Subscriber
+from geotrack.relay.ingest import GroupCommitter
+from geotrack.schema import (
+    Ack,
+    Position,
+    Rejection,
+    SubscribeFilter,
+    decode_frame,
+    encode_ack,
+    encode_error,
+    literal_role,
+)
+from geotrack.store import ChangeFeed, Store
+
+log = logging.getLogger("geotrack.relay")
+
+CLOSE_GOING_AWAY: Final = 1001
+CLOSE_STORE_FAILED: Final = 1011
+
+
+@dataclass(slots=True)
+class RelayConfig:
+    """Settings of a relay; every limit here is documented in docs/protocol.md."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    #: Largest frame accepted from a client; larger ones close the connection with 1009.
+    max_frame: int = 1 << 20
+    #: Positions queued for one subscriber before it is dropped as too slow.
+    subscriber_queue: int = 10_000
+    #: Frames a publisher may have unacknowledged before the relay stops reading from it.
+    max_inflight: int = 64
+    #: Seconds between rate summaries in the log (0 turns them off).
+    stats_interval: float = 10.0
+    #: Deliver what other relays sharing the store stored (scale-out); seconds per poll.
+    follow_interval: float = 0.5
+
+
+@dataclass(slots=True)
+class Counters:
+    """What the relay has done since it started."""
+
+    stored: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    frame_errors: int = 0
+    delivered: int = 0
+    from_peers: int = 0
+
+    def snapshot(self) -> tuple[int, ...]:
+        return (self.stored, self.duplicates, self.rejected, self.delivered, self.from_peers)
+
+
+class _Answers:
+    """A publisher's answers in frame order, with room for ``limit`` pending ones."""
+
+    def __init__(self, limit: int) -> None:
+        self._items: deque[asyncio.Future[bytes] | None] = deque()
+        self._limit = limit
+        self._changed = asyncio.Event()
+
+    def put(self, answer: asyncio.Future[bytes] | None) -> None:
+        self._items.append(answer)
+        self._changed.set()
+
+    async def get(self) -> asyncio.Future[bytes] | None:
+        while not self._items:
+            self._changed.clear()
+            await self._changed.wait()
+        item = self._items.popleft()
+        self._changed.set()
+        return item
+
+    async def room(self) -> None:
+        while len(self._items) >= self._limit:
+            self._changed.clear()
+            await self._changed.wait()
+
+
+@dataclass(slots=True, eq=False)
+class _Publisher:
+    name: str
+    reader: asyncio.Task[None] | None = None
+    stored: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+class Relay:
+    """A relay bound to one store. Use ``async with Relay(...)`` or start()/stop()."""
+
+    def __init__(self, store: Store, config: RelayConfig | None = None) -> None:
+        self.store = store
+        self.config = config or RelayConfig()
+        #: Written with every stored position, so peers' feeds can tell our writes apart.
+        self.id = f"relay-{uuid.uuid4().hex[:12]}"
+        self.counters = Counters()
+        self.hub = Hub()
+        self._committer = GroupCommitter(store, self.id, self._fan_out)
+        self._publishers: set[_Publisher] = set()
+        self._server: Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self._stopped = asyncio.Event()
+        self._follow_executor = ThreadPoolExecutor(1, thread_name_prefix="geotrack-follow")
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful with port 0)."""
+        if self._server is None:
+            raise RelayError("the relay is not started")
+        port: int = next(iter(self._server.sockets)).getsockname()[1]
+        return port
+
+    @property
+    def url(self) -> str:
+        """The base ws:// URL clients connect to."""
+        host = self.config.host
+        return f"ws://{f'[{host}]' if ':' in host else host}:{self.port}"
+
+    async def start(self) -> None:
+        """Bind, start the writer and the peer follower. Raises RelayError if it can't bind."""
+        feed = await asyncio.get_running_loop().run_in_executor(
+            self._follow_executor, lambda: self.store.follow(exclude_origin=self.id)
+        )
+        self._committer.start()
+        try:
+            self._server = await serve(
+                self._handle,
+                self.config.host,
+                self.config.port,
+                process_request=self._process_request,
+                max_size=self.config.max_frame,
+                # Positions are small and frequent: deflate would cost more CPU than it saves.
+                compression=None,
+                server_header="geotrack",
+            )
+        except OSError as exc:
+            await self._committer.close()
+            feed.close()
+            host, port = self.config.host, self.config.port
+            if exc.errno == errno.EADDRINUSE:
+                raise RelayError(f"port {port} on {host} is already in use") from None
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise RelayError(f"cannot bind to {host}: no such local address") from None
+            if exc.errno == errno.EACCES:
+                raise RelayError(f"not allowed to bind to {host}:{port}") from None
+            raise RelayError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        self._tasks.append(asyncio.create_task(self._follow_peers(feed), name="geotrack-follow"))
+        if self.config.stats_interval > 0:
+            self._tasks.append(asyncio.create_task(self._report(), name="geotrack-stats"))
+
+    async def stop(self) -> None:
+        """Stop accepting, commit and ack what is in flight, close clients with 1001."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        if self._server is not None:
+            self._server.close(close_connections=False)
+        # No more frames are read; frames already read are committed and acked.
+        for publisher in list(self._publishers):
+            if publisher.reader is not None:
+                publisher.reader.cancel()
+        await self._committer.close()
+        for subscriber in list(self.hub.subscribers):
+            subscriber.finish()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), timeout=15)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._follow_executor.shutdown(wait=True)
+        self._stopped.set()
+
+    async def __aenter__(self) -> Relay:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- handshake -------------------------------------------------------------------
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        parts = urlsplit(request.path)
+        role = literal_role(parts.path)
+        if role is None:
+            return _text_response(
+                connection,
+                HTTPStatus.NOT_FOUND,
+                f"no such endpoint {parts.path!r}: use /publish or /subscribe\n",
+            )
+        if self._stopping:
+            return _text_response(
+                connection, HTTPStatus.SERVICE_UNAVAILABLE, "relay shutting down\n"
+            )
+        if role == "subscribe":
+            try:
+                SubscribeFilter.from_query(parse_qs(parts.query, keep_blank_values=True))
+            except InvalidParameter as exc:
+                return _text_response(connection, HTTPStatus.BAD_REQUEST, f"{exc}\n")
+        elif parts.query:
+            return _text_response(
+                connection, HTTPStatus.BAD_REQUEST, "/publish takes no query parameters\n"
+            )
+        return None
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        parts = urlsplit(ws.request.path if ws.request else "/")
+        peer = _peer(ws)
+        if parts.path == "/publish":
+            await self._publish(ws, peer)
+        else:
+            flt = SubscribeFilter.from_query(parse_qs(parts.query, keep_blank_values=True))
+            await self._subscribe(ws, peer, flt)
+
+    # -- publishers ------------------------------------------------------------------
+
+    async def _publish(self, ws: ServerConnection, peer: str) -> None:
+        publisher = _Publisher(peer)
+        self._publishers.add(publisher)
+        log.info("publisher %s connected (%s)", peer, self._population())
+        answers = _Answers(self.config.max_inflight)
+        sender = asyncio.create_task(self._send_answers(ws, answers, publisher))
+        publisher.reader = asyncio.create_task(self._read_frames(ws, answers, publisher))
+        try:
+            with contextlib.suppress(asyncio.CancelledError):
+                await publisher.reader
+            answers.put(None)
+            await sender
+        finally:
+            self._publishers.discard(publisher)
+            if self._stopping:
+                await ws.close(CLOSE_GOING_AWAY, "relay shutting down")
+            log.info(
+                "publisher %s disconnected (%s): %d stored, %d duplicates, %d rejected in %.1f s",
+                peer,
+                _close_text(ws),
+                publisher.stored,
+                publisher.duplicates,
+                publisher.rejected,
+                time.monotonic() - publisher.started,
+            )
+
+    async def _read_frames(
+        self, ws: ServerConnection, answers: _Answers, publisher: _Publisher
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(ConnectionClosed):
+            async for message in ws:
+                answer: asyncio.Future[bytes]
+                if isinstance(message, bytes):
+                    answer = loop.create_future()
+                    answer.set_result(
+                        encode_error("binary frames are not accepted: send JSON in text frames")
+                    )
+                    self.counters.frame_errors += 1
+                else:
+                    answer = self._answer(message, publisher)
+                answers.put(answer)
+                # Stop reading while too many answers are pending: backpressure on the
+                # socket. A cancel here (shutdown) loses nothing: the answer is queued.
+                await answers.room()
+
+    def _answer(self, message: str, publisher: _Publisher) -> asyncio.Future[bytes]:
+        loop = asyncio.get_running_loop()
+        try:
+            frame = decode_frame(message)
+        except FrameError as exc:
+            self.counters.frame_errors += 1
+            done = loop.create_future()
+            done.set_result(encode_error(str(exc)))
+            return done
+        rejected = len(frame.rejected)
+        self.counters.rejected += rejected
+        publisher.rejected += rejected
+        if not frame.positions:
+            done = loop.create_future()
+            done.set_result(encode_ack(Ack(0, 0, frame.rejected)))
+            return done
+        committed = self._committer.submit(frame.positions)
+        return asyncio.ensure_future(self._ack(committed, frame.rejected, publisher))
+
+    async def _ack(
+        self,
+        committed: asyncio.Future[list[bool]],
+        rejected: list[Rejection],
+        publisher: _Publisher,
+    ) -> bytes:
+        flags = await committed
+        stored = sum(flags)
+        duplicates = len(flags) - stored
+        self.counters.stored += stored
+        self.counters.duplicates += duplicates
+        publisher.stored += stored
+        publisher.duplicates += duplicates
+        return encode_ack(Ack(stored, duplicates, rejected))
+
+    async def _send_answers(
+        self, ws: ServerConnection, answers: _Answers, publisher: _Publisher
+    ) -> None:
+        """Send one answer per frame, in frame order, each once its frame is committed."""
+        failed = False
+        while (answer := await answers.get()) is not None:
+            try:
+                data = await answer
+            except StoreError as exc:
+                # Never ack what is not stored. Closing tells the publisher to reconnect and
+                # resend everything unacknowledged; dedupe makes the resend safe.
+                if not failed:
+                    failed = True
+                    log.error("closing publisher %s: store write failed", publisher.name)
+                    if publisher.reader is not None:
+                        publisher.reader.cancel()
+                    with contextlib.suppress(ConnectionClosed):
+                        await ws.close(CLOSE_STORE_FAILED, f"store write failed: {exc}"[:120])
+                continue
+            if failed:
+                continue
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(data, text=True)
+
+    # -- subscribers -----------------------------------------------------------------
+
+    async def _subscribe(self, ws: ServerConnection, peer: str, flt: SubscribeFilter) -> None:
+        async def send(data: bytes) -> None:
+            await ws.send(data, text=True)
+
+        async def close(code: int, reason: str) -> None:
+            await ws.close(code, reason)
+
+        subscriber = Subscriber(peer, flt, send, close, self.config.subscriber_queue)
+        self.hub.add(subscriber)
+        log.info("subscriber %s connected%s (%s)", peer, _describe(flt), self._population())
+        pump = asyncio.create_task(subscriber.run())
+        # Nothing a subscriber sends means anything; reading still notices the close.
+        reader = asyncio.create_task(_drain(ws))
+        try:
+            await asyncio.wait({pump, reader}, return_when=asyncio.FIRST_COMPLETED)
+            if pump.done() and not pump.cancelled() and pump.exception() is None and self._stopping:
+                await ws.close(CLOSE_GOING_AWAY, "relay shutting down")
+        finally:
+            self.hub.remove(subscriber)
+            self.counters.delivered += subscriber.delivered
+            for task in (pump, reader):
+                task.cancel()
+            await asyncio.gather(pump, reader, return_exceptions=True)
+            log.info(
+                "subscriber %s disconnected (%s): %d delivered",
+                peer,
+                _close_text(ws),
+                subscriber.delivered,
+            )
+
+    def _fan_out(self, positions: list[Position]) -> None:
+        self.hub.publish(positions)
+
+    async def _follow_peers(self, feed: ChangeFeed) -> None:
+        """Deliver what other relays sharing the store stored (scale-out)."""
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                try:
+                    changes = await loop.run_in_executor(
+                        self._follow_executor, feed.poll, self.config.follow_interval
+                    )
+                except StoreError as exc:
+                    log.error("following the store failed: %s; retrying in 1 s", exc)
+                    await asyncio.sleep(1)
+                    continue
+                if changes:
+                    self.counters.from_peers += len(changes)
+                    self.hub.publish([c.position for c in changes])
+        finally:
+            await loop.run_in_executor(self._follow_executor, feed.close)
+
+    # -- reporting -------------------------------------------------------------------
+
+    def _population(self) -> str:
+        return f"{len(self._publishers)} publishers, {len(self.hub.subscribers)} subscribers"
+
+    async def _report(self) -> None:
+        interval = self.config.stats_interval
+        last = self.counters.snapshot()
+        while True:
+            await asyncio.sleep(interval)
+            now = self.counters.snapshot()
+            delivered = self.counters.delivered + sum(s.delivered for s in self.hub.subscribers)
+            if now == last and not self._publishers:
+                continue
+            stored, dups, rejected, _, peers = (b - a for a, b in zip(last, now, strict=True))
+            log.info(
+                "%.0f stored/s, %d duplicates, %d rejected, %d from peers in %.0f s; "
+                "%d delivered in total; %s",
+                stored / interval,
+                dups,
+                rejected,
+                peers,
+                interval,
+                delivered,
+                self._population(),
+            )
+            last = now
+
+
+async def _drain(ws: ServerConnection) -> None:
+    with contextlib.suppress(ConnectionClosed):
+        async for _ in ws:
+            pass
+
+
+def _text_response(connection: ServerConnection, status: HTTPStatus, body: str) -> Response:
+    response = connection.respond(status, body)
+    response.headers = Headers(
+        [(k, v) for k, v in response.headers.raw_items() if k.lower() != "content-type"]
+        + [("Content-Type", "text/plain; charset=utf-8")]
+    )
+    return response
+
+
+def _peer(ws: ServerConnection) -> str:
+    address = ws.remote_address
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(address)
+
+
+def _describe(flt: SubscribeFilter) -> str:
+    parts = []
+    if flt.devices:
+        parts.append("devices " + ",".join(sorted(flt.devices)))
+    if flt.bbox is not None:
+        parts.append(f"bbox {flt.bbox}")
+    return f" [{'; '.join(parts)}]" if parts else ""
+
+
+def _close_text(ws: ServerConnection) -> str:
+    code = ws.close_code
+    reason = ws.close_reason
+    if code is None:
+        return "no close code"
+    return f"code {code}{': ' + reason if reason else ''}"
