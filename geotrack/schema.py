@@ -373,6 +373,10 @@ class BBox:
         return f"{self.min_lon},{self.min_lat},{self.max_lon},{self.max_lat}"
 
 
+#: The query parameters /subscribe understands.
+SUBSCRIBE_PARAMETERS: Final = ("device", "bbox")
+
+
 @dataclass(frozen=True, slots=True)
 class SubscribeFilter:
     """What a subscriber asked for: any of ``devices`` (all when empty), inside ``bbox``."""
@@ -380,18 +384,16 @@ class SubscribeFilter:
     devices: frozenset[str] = field(default_factory=frozenset)
     bbox: BBox | None = None
 
-    SUPPORTED: tuple[str, ...] = ("device", "bbox")
-
     @classmethod
     def from_query(cls, query: Mapping[str, Sequence[str]]) -> SubscribeFilter:
         """Build a filter from parsed query parameters (``urllib.parse.parse_qs`` form).
 
         Unknown parameters are errors too: a typo must not silently widen a subscription.
         """
-        unknown = sorted(set(query) - set(cls.SUPPORTED))
+        unknown = sorted(set(query) - set(SUBSCRIBE_PARAMETERS))
         if unknown:
             raise InvalidParameter(
-                unknown[0], f"unknown parameter (supported: {', '.join(cls.SUPPORTED)})"
+                unknown[0], f"unknown parameter (supported: {', '.join(SUBSCRIBE_PARAMETERS)})"
             )
         devices = list(query.get("device", []))
         for device in devices:
@@ -427,7 +429,9 @@ def parse_duration(text: str, name: str = "duration") -> float:
     try:
         seconds = float(m.group(1)) * _UNIT_S[m.group(2)] if m else float(text)
     except ValueError:
-        raise InvalidParameter(name, f"expected a duration like 90s, 15m, 2h or 1d, got {text!r}")
+        raise InvalidParameter(
+            name, f"expected a duration like 90s, 15m, 2h or 1d, got {text!r}"
+        ) from None
     if not math.isfinite(seconds) or seconds < 0:
         raise InvalidParameter(name, f"must be a non-negative duration, got {text!r}")
     return seconds

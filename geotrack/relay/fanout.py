@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Final
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import Any, Final
 
 from geotrack.schema import Position, SubscribeFilter, encode_batch, encode_position
 
@@ -25,7 +25,7 @@ CLOSE_TOO_SLOW: Final = 1013
 MAX_FRAME_POSITIONS: Final = 1000
 
 Send = Callable[[bytes], Awaitable[None]]
-Close = Callable[[int, str], Awaitable[None]]
+Close = Callable[[int, str], Coroutine[Any, Any, None]]
 
 
 class Subscriber:
@@ -42,39 +42,43 @@ class Subscriber:
         self.dropped = False
         self.delivered = 0
         self._closing = False
+        self._closer: asyncio.Task[None] | None = None
 
     def push(self, encoded: list[bytes]) -> None:
         """Queue encoded positions; drop the subscriber if that overflows its queue."""
         if self.dropped or self._closing:
             return
         if len(self._queue) + len(encoded) > self._limit:
-            self.dropped = True
-            self._queue.clear()
-            self._ready.set()
+            self._drop()
             return
         self._queue.extend(encoded)
         self._ready.set()
 
+    def _drop(self) -> None:
+        self.dropped = True
+        self._queue.clear()
+        self._ready.set()
+        log.warning("subscriber %s dropped: more than %d positions queued", self.name, self._limit)
+        # Close now rather than after the send in progress, which may never finish; the
+        # close frame reaches the client after the bytes already handed to the socket.
+        self._closer = asyncio.create_task(
+            self._close(CLOSE_TOO_SLOW, f"too slow: more than {self._limit} positions queued")
+        )
+
     async def run(self) -> None:
         """Send queued positions until the subscriber is dropped or :meth:`finish` is called."""
-        while True:
+        while not self.dropped:
             await self._ready.wait()
             self._ready.clear()
-            if self.dropped:
-                log.warning(
-                    "subscriber %s dropped: more than %d positions queued", self.name, self._limit
-                )
-                await self._close(
-                    CLOSE_TOO_SLOW, f"too slow: more than {self._limit} positions queued"
-                )
-                return
-            while self._queue:
+            while self._queue and not self.dropped:
                 chunk = self._queue[:MAX_FRAME_POSITIONS]
                 del self._queue[:MAX_FRAME_POSITIONS]
                 await self._send(encode_batch(chunk))
                 self.delivered += len(chunk)
             if self._closing:
                 return
+        if self._closer is not None:
+            await self._closer
 
     def finish(self) -> None:
         """Send what is queued, then let :meth:`run` return (for shutdown)."""

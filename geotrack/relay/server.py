@@ -44,6 +44,8 @@ log = logging.getLogger("geotrack.relay")
 
 CLOSE_GOING_AWAY: Final = 1001
 CLOSE_STORE_FAILED: Final = 1011
+#: Seconds a client gets to complete a closing handshake before it is cut off.
+CLOSE_TIMEOUT: Final = 10.0
 
 
 @dataclass(slots=True)
@@ -358,7 +360,12 @@ class Relay:
             await ws.send(data, text=True)
 
         async def close(code: int, reason: str) -> None:
-            await ws.close(code, reason)
+            # A client that never reads never takes the close frame either: give it the
+            # close timeout, then cut the connection.
+            try:
+                await asyncio.wait_for(ws.close(code, reason), CLOSE_TIMEOUT)
+            except TimeoutError:
+                ws.transport.abort()
 
         subscriber = Subscriber(peer, flt, send, close, self.config.subscriber_queue)
         self.hub.add(subscriber)

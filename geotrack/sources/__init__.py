@@ -1,0 +1,1 @@
+"""Sources of positions to publish: GPX files and simulated movers."""
