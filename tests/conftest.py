@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from geotrack.store import Store, open_store
+from tests import mongo_servers
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
@@ -34,6 +35,8 @@ def _sqlite_factory(tmp_path: Path) -> StoreFactory:
 # (nx-27017 over the wire, and a live replica set when GEOTRACK_TEST_MONGO_URI is set).
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], StoreFactory]] = {
     "sqlite": lambda request, tmp_path: _sqlite_factory(tmp_path),
+    "nx27017": mongo_servers.nx27017_backend,
+    "mongo-live": mongo_servers.live_backend,
 }
 
 
