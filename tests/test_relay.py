@@ -13,6 +13,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from geotrack.store import open_store
+from tests.conftest import StoreFactory
 from tests.relay_helpers import arun, publisher, running_relay, subscriber, within
 
 T0 = 1_764_072_000  # 2025-11-25T12:00:00Z, Unix seconds
@@ -459,14 +460,12 @@ def test_slow_subscriber_is_dropped_and_never_stalls_anyone(tmp_path: Path) -> N
     arun(main(), timeout=90)
 
 
-def test_subscribers_receive_what_other_relays_store(tmp_path: Path) -> None:
-    """Two relays sharing one SQLite file: publish to one, subscribe to the other."""
-    db = tmp_path / "shared.db"
-
+def test_subscribers_receive_what_other_relays_store(store_factory: StoreFactory) -> None:
+    """Two relays on one store (every backend): publish to one, subscribe to the other."""
     async def main() -> None:
         async with (
-            running_relay(db, follow_interval=0.05) as a,
-            running_relay(db, follow_interval=0.05) as b,
+            running_relay("", store=store_factory(), follow_interval=0.05) as a,
+            running_relay("", store=store_factory(), follow_interval=0.05) as b,
         ):
             on_a, on_b = await subscriber(a), await subscriber(b)
             async with await publisher(a) as ws:
