@@ -327,7 +327,7 @@ class SQLiteChangeFeed(ChangeFeed):
     """
 
     #: How often an idle feed looks for new rows; the latency of the cross-process path.
-    interval: float = 0.02
+    interval: float = 0.005
     batch: int = 5000
 
     def __init__(
