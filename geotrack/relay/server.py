@@ -67,6 +67,15 @@ class RelayConfig:
 
 
 @dataclass(slots=True)
+class TransportCounters:
+    """Positions one transport brought in."""
+
+    stored: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+
+
+@dataclass(slots=True)
 class Counters:
     """What the relay has done since it started."""
 
@@ -76,6 +85,14 @@ class Counters:
     frame_errors: int = 0
     delivered: int = 0
     from_peers: int = 0
+    by_transport: dict[str, TransportCounters] = field(default_factory=dict)
+
+    def transport(self, name: str) -> TransportCounters:
+        """The counters of one transport (``websocket``, ``http``, ...), created on first use."""
+        counts = self.by_transport.get(name)
+        if counts is None:
+            counts = self.by_transport[name] = TransportCounters()
+        return counts
 
     def snapshot(self) -> tuple[int, ...]:
         return (self.stored, self.duplicates, self.rejected, self.delivered, self.from_peers)
@@ -304,30 +321,47 @@ class Relay:
             done = loop.create_future()
             done.set_result(encode_error(str(exc)))
             return done
-        rejected = len(frame.rejected)
-        self.counters.rejected += rejected
-        publisher.rejected += rejected
-        if not frame.positions:
-            done = loop.create_future()
-            done.set_result(encode_ack(Ack(0, 0, frame.rejected)))
-            return done
-        committed = self._committer.submit(frame.positions)
-        return asyncio.ensure_future(self._ack(committed, frame.rejected, publisher))
+        publisher.rejected += len(frame.rejected)
+        committed = self.submit(frame.positions, frame.rejected, "websocket")
+        return asyncio.ensure_future(self._ack(committed, publisher))
 
-    async def _ack(
-        self,
-        committed: asyncio.Future[list[bool]],
-        rejected: list[Rejection],
-        publisher: _Publisher,
-    ) -> bytes:
-        flags = await committed
-        stored = sum(flags)
-        duplicates = len(flags) - stored
-        self.counters.stored += stored
-        self.counters.duplicates += duplicates
-        publisher.stored += stored
-        publisher.duplicates += duplicates
-        return encode_ack(Ack(stored, duplicates, rejected))
+    def submit(
+        self, positions: list[Position], rejected: list[Rejection], transport: str
+    ) -> asyncio.Future[Ack]:
+        """Store positions the way a publish frame is stored; the future gives its Ack.
+
+        This is the one path into the store for every transport (``transport`` names it in
+        the counters): dedupe, group commit and fan-out are the same whatever carried the
+        positions. The future raises StoreError when the write failed; nothing is then
+        acked, and the sender must retry.
+        """
+        counts = self.counters.transport(transport)
+        counts.rejected += len(rejected)
+        self.counters.rejected += len(rejected)
+        loop = asyncio.get_running_loop()
+        if not positions:
+            done: asyncio.Future[Ack] = loop.create_future()
+            done.set_result(Ack(0, 0, rejected))
+            return done
+        committed = self._committer.submit(positions)
+
+        async def ack() -> Ack:
+            flags = await committed
+            stored = sum(flags)
+            duplicates = len(flags) - stored
+            self.counters.stored += stored
+            self.counters.duplicates += duplicates
+            counts.stored += stored
+            counts.duplicates += duplicates
+            return Ack(stored, duplicates, rejected)
+
+        return asyncio.ensure_future(ack())
+
+    async def _ack(self, committed: asyncio.Future[Ack], publisher: _Publisher) -> bytes:
+        ack = await committed
+        publisher.stored += ack.stored
+        publisher.duplicates += ack.duplicates
+        return encode_ack(ack)
 
     async def _send_answers(
         self, ws: ServerConnection, answers: _Answers, publisher: _Publisher
