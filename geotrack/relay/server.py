@@ -28,6 +28,7 @@ from websockets.http11 import Request, Response
 from geotrack.errors import FrameError, InvalidParameter, RelayError, StoreError
 from geotrack.relay.fanout import Hub, Subscriber
 from geotrack.relay.ingest import GroupCommitter
+from geotrack.relay.metrics import Histogram
 from geotrack.schema import (
     Ack,
     Position,
@@ -86,6 +87,8 @@ class Counters:
     delivered: int = 0
     from_peers: int = 0
     by_transport: dict[str, TransportCounters] = field(default_factory=dict)
+    #: Seconds from a frame's arrival to its ack being ready (committed), all transports.
+    ack_latency: Histogram = field(default_factory=Histogram)
 
     def transport(self, name: str) -> TransportCounters:
         """The counters of one transport (``websocket``, ``http``, ...), created on first use."""
@@ -344,9 +347,11 @@ class Relay:
             done.set_result(Ack(0, 0, rejected))
             return done
         committed = self._committer.submit(positions)
+        started = loop.time()
 
         async def ack() -> Ack:
             flags = await committed
+            self.counters.ack_latency.observe(loop.time() - started)
             stored = sum(flags)
             duplicates = len(flags) - stored
             self.counters.stored += stored
@@ -447,6 +452,16 @@ class Relay:
             await loop.run_in_executor(self._follow_executor, feed.close)
 
     # -- reporting -------------------------------------------------------------------
+
+    @property
+    def publishers(self) -> int:
+        """Publishers connected now."""
+        return len(self._publishers)
+
+    @property
+    def subscribers(self) -> int:
+        """Subscribers connected now."""
+        return len(self.hub.subscribers)
 
     def _population(self) -> str:
         return f"{len(self._publishers)} publishers, {len(self.hub.subscribers)} subscribers"
