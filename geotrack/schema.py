@@ -221,15 +221,15 @@ def _describe(exc: msgspec.ValidationError) -> str:
     return reason
 
 
-def _check_size(n: int) -> None:
+def _check_size(n: int, limit: int = MAX_BATCH) -> None:
     if n == 0:
-        raise FrameError("a batch must hold 1 to 1000 positions; got an empty array")
-    if n > MAX_BATCH:
-        raise FrameError(f"a batch must hold 1 to {MAX_BATCH} positions; got {n}")
+        raise FrameError(f"a batch must hold 1 to {limit} positions; got an empty array")
+    if n > limit:
+        raise FrameError(f"a batch must hold 1 to {limit} positions; got {n}")
 
 
-def decode_frame(data: bytes | str) -> ParsedFrame:
-    """Parse one publish frame: a Position or an array of 1 to 1000 Positions.
+def decode_frame(data: bytes | str, max_batch: int = MAX_BATCH) -> ParsedFrame:
+    """Parse one publish frame: a Position or an array of 1 to ``max_batch`` Positions.
 
     Raises FrameError when the frame as a whole is unusable (not JSON, neither an object
     nor an array, an empty or too large array). Otherwise every position is either valid
@@ -238,14 +238,14 @@ def decode_frame(data: bytes | str) -> ParsedFrame:
     try:
         decoded = _fast_decoder.decode(data)
     except (msgspec.ValidationError, msgspec.DecodeError):
-        return _decode_slow(data)
+        return _decode_slow(data, max_batch)
     if isinstance(decoded, Position):
         return ParsedFrame([decoded], [0], [], 1)
-    _check_size(len(decoded))
+    _check_size(len(decoded), max_batch)
     return ParsedFrame(decoded, list(range(len(decoded))), [], len(decoded))
 
 
-def _decode_slow(data: bytes | str) -> ParsedFrame:
+def _decode_slow(data: bytes | str, max_batch: int) -> ParsedFrame:
     # The lenient stdlib parser accepts NaN and Infinity literals (Python's json.dumps
     # writes them), so such a value is reported against its field instead of failing the
     # whole frame, and the frame's valid positions are still stored.
@@ -258,7 +258,7 @@ def _decode_slow(data: bytes | str) -> ParsedFrame:
     if isinstance(value, dict):
         items = [value]
     elif isinstance(value, list):
-        _check_size(len(value))
+        _check_size(len(value), max_batch)
         items = value
     else:
         raise FrameError(
@@ -385,15 +385,19 @@ class SubscribeFilter:
     bbox: BBox | None = None
 
     @classmethod
-    def from_query(cls, query: Mapping[str, Sequence[str]]) -> SubscribeFilter:
+    def from_query(
+        cls, query: Mapping[str, Sequence[str]], others: Sequence[str] = ("since", "token")
+    ) -> SubscribeFilter:
         """Build a filter from parsed query parameters (``urllib.parse.parse_qs`` form).
 
-        Unknown parameters are errors too: a typo must not silently widen a subscription.
+        ``others`` are parameters the caller handles itself. Unknown parameters are errors
+        too: a typo must not silently widen a subscription.
         """
-        unknown = sorted(set(query) - set(SUBSCRIBE_PARAMETERS))
+        supported = (*SUBSCRIBE_PARAMETERS, *others)
+        unknown = sorted(set(query) - set(supported))
         if unknown:
             raise InvalidParameter(
-                unknown[0], f"unknown parameter (supported: {', '.join(SUBSCRIBE_PARAMETERS)})"
+                unknown[0], f"unknown parameter (supported: {', '.join(supported)})"
             )
         devices = list(query.get("device", []))
         for device in devices:

@@ -5,12 +5,20 @@ bounded queue of encoded positions and its own sender task, which coalesces what
 queued while the previous send was in progress into one JSON array frame. When a
 subscriber's queue is full it is dropped (closed with 1013 and a reason) instead of
 slowing anyone else: that is the slow-subscriber policy documented in docs/protocol.md.
+
+A subscriber that asked for ``since`` starts *holding*: live positions are kept aside
+while the store replays what was stored since then, and released once the replay has
+caught up. Positions seen by both paths are sent once: each path checks the other's keys
+(device, ts), and replayed keys are remembered for :data:`SEAM_WINDOW` seconds after the
+release, longer than any live push can lag its commit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, Final
 
@@ -24,14 +32,54 @@ CLOSE_TOO_SLOW: Final = 1013
 #: keeps frames under common clients' default message limits (1 MiB in Python websockets).
 MAX_FRAME_POSITIONS: Final = 1000
 
+#: Seconds a replayed key is remembered to drop the same position arriving live.
+SEAM_WINDOW: Final = 5.0
+
+Key = tuple[str, str]
 Send = Callable[[bytes], Awaitable[None]]
 Close = Callable[[int, str], Coroutine[Any, Any, None]]
+
+
+class _RecentKeys:
+    """Keys seen in the last ``window`` seconds."""
+
+    def __init__(self, window: float) -> None:
+        self._window = window
+        self._keys: set[Key] = set()
+        self._order: deque[tuple[float, Key]] = deque()
+
+    def add(self, key: Key) -> None:
+        now = time.monotonic()
+        self._keys.add(key)
+        self._order.append((now, key))
+        self._expire(now)
+
+    def __contains__(self, key: Key) -> bool:
+        self._expire(time.monotonic())
+        return key in self._keys
+
+    def _expire(self, now: float) -> None:
+        while self._order and self._order[0][0] < now - self._window:
+            self._keys.discard(self._order.popleft()[1])
+
+    @property
+    def empty(self) -> bool:
+        self._expire(time.monotonic())
+        return not self._order
 
 
 class Subscriber:
     """One subscriber's queue and sender."""
 
-    def __init__(self, name: str, flt: SubscribeFilter, send: Send, close: Close, limit: int):
+    def __init__(
+        self,
+        name: str,
+        flt: SubscribeFilter,
+        send: Send,
+        close: Close,
+        limit: int,
+        hold: bool = False,
+    ):
         self.name = name
         self.filter = flt
         self._send = send
@@ -39,10 +87,56 @@ class Subscriber:
         self._limit = limit
         self._queue: list[bytes] = []
         self._ready = asyncio.Event()
+        self._sent = asyncio.Event()  # set after each frame sent and on drop
         self.dropped = False
         self.delivered = 0
         self._closing = False
         self._closer: asyncio.Task[None] | None = None
+        # Set while replaying: live positions wait here, by key, in arrival order.
+        self._held: dict[Key, bytes] | None = {} if hold else None
+        self._replayed = _RecentKeys(SEAM_WINDOW) if hold else None
+
+    @property
+    def keyed(self) -> bool:
+        """Whether pushes need keys (during a replay and for a while after it)."""
+        if self._replayed is not None and self._held is None and self._replayed.empty:
+            self._replayed = None  # the seam is long past
+        return self._replayed is not None
+
+    def push_keyed(self, items: list[tuple[Key, bytes]]) -> None:
+        """Queue live positions, leaving out those the replay already sent."""
+        replayed = self._replayed
+        fresh = [(k, e) for k, e in items if replayed is None or k not in replayed]
+        if self._held is None:
+            self.push([e for _, e in fresh])
+            return
+        if self.dropped:
+            return
+        self._held.update(fresh)
+        if len(self._held) + len(self._queue) > self._limit:
+            self._drop()
+
+    def replay(self, items: list[tuple[Key, bytes]]) -> None:
+        """Queue positions replayed from the store (oldest first)."""
+        if self.dropped or self._replayed is None:
+            return
+        for key, _ in items:
+            self._replayed.add(key)
+            if self._held is not None:
+                self._held.pop(key, None)
+        self.push([e for _, e in items])
+
+    def release(self) -> None:
+        """The replay has caught up: send the live positions held meanwhile, then go live."""
+        held, self._held = self._held, None
+        if held:
+            self.push(list(held.values()))
+
+    async def room(self) -> None:
+        """Wait until the queue is at most half full (a replay's pace)."""
+        while len(self._queue) > self._limit // 2 and not self.dropped:
+            self._sent.clear()
+            await self._sent.wait()
 
     def push(self, encoded: list[bytes]) -> None:
         """Queue encoded positions; drop the subscriber if that overflows its queue."""
@@ -58,6 +152,7 @@ class Subscriber:
         self.dropped = True
         self._queue.clear()
         self._ready.set()
+        self._sent.set()
         log.warning("subscriber %s dropped: more than %d positions queued", self.name, self._limit)
         # Close now rather than after the send in progress, which may never finish; the
         # close frame reaches the client after the bytes already handed to the socket.
@@ -75,6 +170,7 @@ class Subscriber:
                 del self._queue[:MAX_FRAME_POSITIONS]
                 await self._send(encode_batch(chunk))
                 self.delivered += len(chunk)
+                self._sent.set()
             if self._closing:
                 return
         if self._closer is not None:
@@ -118,7 +214,9 @@ class Hub:
         everything = [encoded for _, encoded in items]
         for subscriber in self.subscribers:
             flt = subscriber.filter
-            if flt.everything:
+            if subscriber.keyed:
+                subscriber.push_keyed([(p.key, e) for p, e in items if flt.matches(p)])
+            elif flt.everything:
                 subscriber.push(everything)
             else:
                 matching = [encoded for p, encoded in items if flt.matches(p)]

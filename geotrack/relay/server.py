@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import ssl
 import time
 import uuid
 from collections import deque
@@ -24,20 +25,26 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.typing import Origin
 
+from geotrack.auth import Grant, Tokens, presented_token
 from geotrack.errors import FrameError, InvalidParameter, RelayError, StoreError
 from geotrack.relay.fanout import Hub, Subscriber
 from geotrack.relay.ingest import GroupCommitter
 from geotrack.relay.metrics import Histogram
 from geotrack.schema import (
+    MAX_BATCH,
     Ack,
+    ParsedFrame,
     Position,
     Rejection,
     SubscribeFilter,
     decode_frame,
     encode_ack,
     encode_error,
+    encode_position,
     literal_role,
+    parse_time,
 )
 from geotrack.store import ChangeFeed, Store
 
@@ -65,6 +72,22 @@ class RelayConfig:
     stats_interval: float = 10.0
     #: Deliver what other relays sharing the store stored (scale-out); seconds per poll.
     follow_interval: float = 0.5
+    #: Most positions in one publish frame (the protocol allows at most 1000).
+    max_batch: int = MAX_BATCH
+    #: Frames per second one connection may send, sustained (bursts of twice that pass);
+    #: a faster sender is read more slowly (TCP backpressure), nothing is dropped.
+    max_rate: float = 1000.0
+    #: WebSocket connections held at once; handshakes beyond it get HTTP 503.
+    max_connections: int = 10_000
+    #: Seconds a client has to complete its opening handshake.
+    handshake_timeout: float = 10.0
+    #: Who may publish and subscribe (``--auth``); None lets anyone do both.
+    tokens: Tokens | None = None
+    #: TLS settings to serve wss:// (``--certfile``/``--keyfile``).
+    ssl: ssl.SSLContext | None = None
+    #: Origins browsers may connect from (``--allow-origin``); None allows any. Clients
+    #: that send no Origin header (devices, servers) are always allowed.
+    allow_origins: tuple[str, ...] | None = None
 
 
 @dataclass(slots=True)
@@ -127,9 +150,19 @@ class _Answers:
             await self._changed.wait()
 
 
+@dataclass(slots=True)
+class _Admission:
+    """What the handshake established, for the connection handler."""
+
+    grant: Grant | None
+    filter: SubscribeFilter | None = None
+    since: str | int | None = None
+
+
 @dataclass(slots=True, eq=False)
 class _Publisher:
     name: str
+    grant: Grant | None = None
     reader: asyncio.Task[None] | None = None
     stored: int = 0
     duplicates: int = 0
@@ -154,6 +187,7 @@ class Relay:
         self._stopping = False
         self._stopped = asyncio.Event()
         self._follow_executor = ThreadPoolExecutor(1, thread_name_prefix="geotrack-follow")
+        self._admissions: dict[ServerConnection, _Admission] = {}
 
     @property
     def port(self) -> int:
@@ -167,7 +201,8 @@ class Relay:
     def url(self) -> str:
         """The base ws:// URL clients connect to."""
         host = self.config.host
-        return f"ws://{f'[{host}]' if ':' in host else host}:{self.port}"
+        scheme = "wss" if self.config.ssl is not None else "ws"
+        return f"{scheme}://{f'[{host}]' if ':' in host else host}:{self.port}"
 
     async def start(self) -> None:
         """Bind, start the writer and the peer follower. Raises RelayError if it can't bind."""
@@ -182,6 +217,13 @@ class Relay:
                 self.config.port,
                 process_request=self._process_request,
                 max_size=self.config.max_frame,
+                open_timeout=self.config.handshake_timeout,
+                ssl=self.config.ssl,
+                origins=(
+                    [None, *(Origin(o) for o in self.config.allow_origins)]
+                    if self.config.allow_origins is not None
+                    else None
+                ),
                 # Positions are small and frequent: deflate would cost more CPU than it saves.
                 compression=None,
                 server_header="geotrack",
@@ -247,30 +289,69 @@ class Relay:
             return _text_response(
                 connection, HTTPStatus.SERVICE_UNAVAILABLE, "relay shutting down\n"
             )
+        if self._server is not None and len(self._server.connections) >= self.config.max_connections:
+            return _text_response(
+                connection, HTTPStatus.SERVICE_UNAVAILABLE, "too many connections, retry later\n"
+            )
+        query = parse_qs(parts.query, keep_blank_values=True)
+        grant: Grant | None = None
+        tokens = self.config.tokens
+        if tokens is not None:
+            grant = tokens.check(presented_token(request.headers, query))
+            if grant is None:
+                response = _text_response(
+                    connection,
+                    HTTPStatus.UNAUTHORIZED,
+                    "a valid token is required: Authorization: Bearer TOKEN, or ?token=TOKEN\n",
+                )
+                response.headers["WWW-Authenticate"] = 'Bearer realm="geotrack"'
+                return response
+            allowed = grant.may_publish if role == "publish" else grant.may_subscribe
+            if not allowed:
+                return _text_response(
+                    connection, HTTPStatus.FORBIDDEN, f"this token may not {role}\n"
+                )
+        query.pop("token", None)
+        admission = _Admission(grant)
         if role == "subscribe":
             try:
-                SubscribeFilter.from_query(parse_qs(parts.query, keep_blank_values=True))
+                since = query.pop("since", [])
+                admission.filter = SubscribeFilter.from_query(query)
+                if len(since) > 1:
+                    raise InvalidParameter("since", "give it at most once")
+                if since:
+                    admission.since = self._parse_since(since[0])
             except InvalidParameter as exc:
                 return _text_response(connection, HTTPStatus.BAD_REQUEST, f"{exc}\n")
-        elif parts.query:
+        elif query:
             return _text_response(
-                connection, HTTPStatus.BAD_REQUEST, "/publish takes no query parameters\n"
+                connection,
+                HTTPStatus.BAD_REQUEST,
+                "/publish takes no query parameters (but token)\n",
             )
+        self._admissions[connection] = admission
         return None
 
+    def _parse_since(self, text: str) -> str | int:
+        if self.store.is_cursor(text):
+            return text
+        return parse_time(text, time.time_ns() // 1_000_000, "since")
+
     async def _handle(self, ws: ServerConnection) -> None:
-        parts = urlsplit(ws.request.path if ws.request else "/")
+        admission = self._admissions.pop(ws, None)
+        if admission is None:  # cannot happen: every accepted handshake was admitted
+            await ws.close(CLOSE_STORE_FAILED, "internal error")
+            return
         peer = _peer(ws)
-        if parts.path == "/publish":
-            await self._publish(ws, peer)
+        if admission.filter is None:
+            await self._publish(ws, peer, admission.grant)
         else:
-            flt = SubscribeFilter.from_query(parse_qs(parts.query, keep_blank_values=True))
-            await self._subscribe(ws, peer, flt)
+            await self._subscribe(ws, peer, admission.filter, admission.since)
 
     # -- publishers ------------------------------------------------------------------
 
-    async def _publish(self, ws: ServerConnection, peer: str) -> None:
-        publisher = _Publisher(peer)
+    async def _publish(self, ws: ServerConnection, peer: str, grant: Grant | None) -> None:
+        publisher = _Publisher(peer, grant)
         self._publishers.add(publisher)
         log.info("publisher %s connected (%s)", peer, self._population())
         answers = _Answers(self.config.max_inflight)
@@ -299,8 +380,20 @@ class Relay:
         self, ws: ServerConnection, answers: _Answers, publisher: _Publisher
     ) -> None:
         loop = asyncio.get_running_loop()
+        # A token bucket: max_rate frames per second, bursts of twice that.
+        rate = self.config.max_rate
+        burst = allowance = max(2 * rate, 1.0)
+        last = loop.time()
         with contextlib.suppress(ConnectionClosed):
             async for message in ws:
+                now = loop.time()
+                allowance = min(burst, allowance + (now - last) * rate)
+                last = now
+                if allowance < 1:
+                    await asyncio.sleep((1 - allowance) / rate)
+                    allowance = 1.0
+                    last = loop.time()
+                allowance -= 1
                 answer: asyncio.Future[bytes]
                 if isinstance(message, bytes):
                     answer = loop.create_future()
@@ -318,14 +411,17 @@ class Relay:
     def _answer(self, message: str, publisher: _Publisher) -> asyncio.Future[bytes]:
         loop = asyncio.get_running_loop()
         try:
-            frame = decode_frame(message)
+            frame = decode_frame(message, self.config.max_batch)
         except FrameError as exc:
             self.counters.frame_errors += 1
             done = loop.create_future()
             done.set_result(encode_error(str(exc)))
             return done
-        publisher.rejected += len(frame.rejected)
-        committed = self.submit(frame.positions, frame.rejected, "websocket")
+        positions, rejected = frame.positions, frame.rejected
+        if publisher.grant is not None and publisher.grant.devices:
+            positions, rejected = _enforce(publisher.grant, frame)
+        publisher.rejected += len(rejected)
+        committed = self.submit(positions, rejected, "websocket")
         return asyncio.ensure_future(self._ack(committed, publisher))
 
     def submit(
@@ -394,7 +490,9 @@ class Relay:
 
     # -- subscribers -----------------------------------------------------------------
 
-    async def _subscribe(self, ws: ServerConnection, peer: str, flt: SubscribeFilter) -> None:
+    async def _subscribe(
+        self, ws: ServerConnection, peer: str, flt: SubscribeFilter, since: str | int | None
+    ) -> None:
         async def send(data: bytes) -> None:
             await ws.send(data, text=True)
 
@@ -406,10 +504,21 @@ class Relay:
             except TimeoutError:
                 ws.transport.abort()
 
-        subscriber = Subscriber(peer, flt, send, close, self.config.subscriber_queue)
+        subscriber = Subscriber(
+            peer, flt, send, close, self.config.subscriber_queue, hold=since is not None
+        )
         self.hub.add(subscriber)
         log.info("subscriber %s connected%s (%s)", peer, _describe(flt), self._population())
         pump = asyncio.create_task(subscriber.run())
+        if since is not None:
+            try:
+                await self._replay(subscriber, since)
+            except StoreError as exc:
+                log.error("replay for subscriber %s failed: %s", peer, exc)
+                self.hub.remove(subscriber)
+                pump.cancel()
+                await ws.close(CLOSE_STORE_FAILED, f"replay failed: {exc}"[:120])
+                return
         # Nothing a subscriber sends means anything; reading still notices the close.
         reader = asyncio.create_task(_drain(ws))
         try:
@@ -428,6 +537,29 @@ class Relay:
                 _close_text(ws),
                 subscriber.delivered,
             )
+
+    async def _replay(self, subscriber: Subscriber, since: str | int) -> None:
+        """Send what was stored since ``since``, then release the live positions held."""
+        loop = asyncio.get_running_loop()
+        flt = subscriber.filter
+        feed = await asyncio.to_thread(self.store.follow, since, tuple(flt.devices))
+        step = max(1, self.config.subscriber_queue // 2)
+        try:
+            while not subscriber.dropped:
+                changes = await loop.run_in_executor(None, feed.poll, 0)
+                if not changes:
+                    break
+                items = [
+                    (c.position.key, encode_position(c.position))
+                    for c in changes
+                    if flt.matches(c.position)
+                ]
+                for start in range(0, len(items), step):
+                    await subscriber.room()
+                    subscriber.replay(items[start : start + step])
+        finally:
+            await asyncio.to_thread(feed.close)
+        subscriber.release()
 
     def _fan_out(self, positions: list[Position]) -> None:
         self.hub.publish(positions)
@@ -488,6 +620,21 @@ class Relay:
                 self._population(),
             )
             last = now
+
+
+def _enforce(grant: Grant, frame: ParsedFrame) -> tuple[list[Position], list[Rejection]]:
+    """Reject the positions of devices the publisher's token may not publish as."""
+    allowed: list[Position] = []
+    rejected = list(frame.rejected)
+    for index, position in zip(frame.indexes, frame.positions, strict=True):
+        if grant.may_publish_as(position.device):
+            allowed.append(position)
+        else:
+            rejected.append(
+                Rejection(index, f"device: this token may not publish as {position.device!r}")
+            )
+    rejected.sort(key=lambda r: r.index)
+    return allowed, rejected
 
 
 async def _drain(ws: ServerConnection) -> None:
