@@ -1,18 +1,25 @@
 """Clients of a relay: a publisher that keeps every frame until it is acked, and a subscriber.
 
-Both are thin: frames are built and parsed by :mod:`geotrack.schema`.
+Both survive a lost connection: they reconnect with capped exponential backoff and full
+jitter. The publisher then resends every frame not yet acked (the relay's dedupe on device
+and time makes that safe: at-least-once sending, exactly-once storage); the subscriber
+resubscribes with ``since`` and drops what it already had. Frames are built and parsed by
+:mod:`geotrack.schema`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import random
 import ssl
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Self
+from typing import Final, Self
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -29,27 +36,62 @@ from geotrack.schema import (
     encode_position,
 )
 
-__all__ = ["PublishStats", "Publisher", "endpoint", "subscribe"]
+__all__ = ["Backoff", "PublishStats", "Publisher", "endpoint", "subscribe"]
+
+log = logging.getLogger("geotrack.client")
+
+#: Close codes after which resending the same frames cannot help.
+_PERMANENT_CLOSE: Final = {1002, 1003, 1007, 1008, 1009}
+
+
+class PermanentRelayError(RelayError):
+    """The relay refused in a way retrying cannot fix (bad URL, 4xx handshake, bad frame)."""
 
 
 def endpoint(url: str, path: str, query: dict[str, list[str]] | None = None) -> str:
     """The URL of a relay endpoint: ``ws://host:port`` plus ``/publish`` or ``/subscribe``.
 
-    A URL that already ends in the endpoint's path is kept as it is.
+    A URL that already ends in the endpoint's path is kept as it is; ``query`` replaces the
+    URL's own query, except its ``token``, which is kept.
     """
     parts = urlsplit(url)
     if parts.scheme not in ("ws", "wss"):
-        raise RelayError(f"relay URL must start with ws:// or wss://, got {url!r}")
+        raise PermanentRelayError(f"relay URL must start with ws:// or wss://, got {url!r}")
     base = parts.path.rstrip("/")
     if not base.endswith(path):
         base += path
-    q = urlencode(query, doseq=True) if query else parts.query
+    q = parts.query
+    if query:
+        q = "&".join(x for x in (urlencode(query, doseq=True), _token_part(parts.query)) if x)
     return urlunsplit((parts.scheme, parts.netloc, base, q, ""))
 
 
+def _token_part(query: str) -> str:
+    return "&".join(p for p in query.split("&") if p.startswith("token="))
+
+
+@dataclass(slots=True)
+class Backoff:
+    """Capped exponential backoff with full jitter: delay n is uniform in [0, min(cap, base·2ⁿ)].
+
+    ``give_up_after`` bounds the time spent retrying one outage (None: never give up).
+    """
+
+    base: float = 0.25
+    cap: float = 30.0
+    give_up_after: float | None = 300.0
+
+    def delay(self, attempt: int) -> float:
+        return random.uniform(0, min(self.cap, self.base * 2**attempt))
+
+
 async def _open(
-    url: str, ssl_context: ssl.SSLContext | None, open_timeout: float
+    url: str,
+    ssl_context: ssl.SSLContext | None,
+    open_timeout: float,
+    token: str | None = None,
 ) -> ClientConnection:
+    headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
         return await connect(
             url,
@@ -57,24 +99,41 @@ async def _open(
             open_timeout=open_timeout,
             compression=None,
             max_size=None if "/subscribe" in url else 1 << 20,
+            additional_headers=headers,
         )
     except InvalidStatus as exc:
         body = exc.response.body.decode("utf-8", "replace").strip() if exc.response.body else ""
-        raise RelayError(
-            f"{url} refused the connection: HTTP {exc.response.status_code}"
-            + (f": {body}" if body else "")
-        ) from None
+        message = f"{_redact(url)} refused the connection: HTTP {exc.response.status_code}" + (
+            f": {body}" if body else ""
+        )
+        if 400 <= exc.response.status_code < 500:
+            raise PermanentRelayError(message) from None
+        raise RelayError(message) from None
     except InvalidURI as exc:
-        raise RelayError(f"bad relay URL {url!r}: {exc}") from None
+        raise PermanentRelayError(f"bad relay URL {_redact(url)!r}: {exc}") from None
     except TimeoutError:
         raise RelayError(
-            f"cannot reach relay at {url}: no answer within {open_timeout:g} s"
+            f"cannot reach relay at {_redact(url)}: no answer within {open_timeout:g} s"
+        ) from None
+    except ssl.SSLCertVerificationError as exc:
+        raise PermanentRelayError(
+            f"cannot reach relay at {_redact(url)}: certificate not trusted "
+            f"({exc.verify_message}); give the CA with --cafile"
         ) from None
     except OSError as exc:
         reason = exc.strerror or str(exc) or type(exc).__name__
-        raise RelayError(f"cannot reach relay at {url}: {reason}") from None
+        raise RelayError(f"cannot reach relay at {_redact(url)}: {reason}") from None
     except WebSocketException as exc:
-        raise RelayError(f"cannot open a WebSocket to {url}: {exc}") from None
+        raise RelayError(f"cannot open a WebSocket to {_redact(url)}: {exc}") from None
+
+
+def _redact(url: str) -> str:
+    """The URL without its token, for messages."""
+    parts = urlsplit(url)
+    query = "&".join(
+        "token=…" if p.startswith("token=") else p for p in parts.query.split("&") if p
+    )
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
 
 
 @dataclass(slots=True)
@@ -104,7 +163,11 @@ class Publisher:
     """Publishes frames of positions to a relay's ``/publish`` and collects the acks.
 
     Up to ``window`` frames may be unacknowledged at once (pipelining); :meth:`send` waits
-    for room. Every frame is kept until its ack arrives.
+    for room. Every frame is kept until its ack arrives. When the connection is lost, the
+    publisher reconnects (``backoff``; None turns that off) and resends every frame still
+    unacknowledged, in order, before anything new (``reconnect=False`` fails instead). The
+    first connection is not retried: a
+    relay that cannot be reached at all is more likely a wrong URL than an outage.
     """
 
     def __init__(
@@ -114,24 +177,36 @@ class Publisher:
         window: int = 32,
         open_timeout: float = 10.0,
         ssl_context: ssl.SSLContext | None = None,
+        token: str | None = None,
+        reconnect: bool = True,
+        backoff: Backoff | None = None,
         keep_rejections: int = 20,
     ) -> None:
         self.url = endpoint(url, "/publish")
         self.window = window
         self.open_timeout = open_timeout
         self.ssl_context = ssl_context
+        self.token = token
+        self.reconnect = reconnect
+        self.backoff = backoff if backoff is not None else Backoff()
         self.stats = PublishStats()
+        self.reconnects = 0
         self._keep_rejections = keep_rejections
         self._ws: ClientConnection | None = None
         self._inflight: deque[_Frame] = deque()
         self._room = asyncio.Condition()
         self._reader: asyncio.Task[None] | None = None
+        self._reconnecting: asyncio.Task[None] | None = None
         self._failure: RelayError | None = None
+        self._closing = False
 
     async def connect(self) -> None:
         """Open the connection. Raises RelayError when the relay can't be reached."""
-        self._ws = await _open(self.url, self.ssl_context, self.open_timeout)
-        self._reader = asyncio.create_task(self._read_acks(self._ws))
+        self._attach(await _open(self.url, self.ssl_context, self.open_timeout, self.token))
+
+    def _attach(self, ws: ClientConnection) -> None:
+        self._ws = ws
+        self._reader = asyncio.create_task(self._read_acks(ws))
 
     async def send(self, positions: Sequence[Position]) -> asyncio.Future[Ack]:
         """Send one frame; the returned future gives its ack."""
@@ -139,27 +214,36 @@ class Publisher:
             raise RelayError("the publisher is not connected")
         async with self._room:
             await self._room.wait_for(
-                lambda: len(self._inflight) < self.window or self._failure is not None
+                lambda: (
+                    (len(self._inflight) < self.window and self._reconnecting is None)
+                    or self._failure is not None
+                )
             )
         self._raise_failure()
         data = encode_batch(encode_position(p) for p in positions)
         frame = _Frame(positions, data, asyncio.get_running_loop().create_future())
         self._inflight.append(frame)
         self.stats.sent += len(positions)
+        ws = self._ws
         try:
-            await self._ws.send(data, text=True)
+            await ws.send(data, text=True)
         except ConnectionClosed:
-            self._raise_failure(self._closed_error(self._ws))
+            self._lost(ws)  # the frame is in flight: the reconnect resends it
         return frame.future
 
     async def flush(self) -> None:
-        """Wait until every sent frame is acked."""
+        """Wait until every sent frame is acked (across reconnects)."""
         async with self._room:
             await self._room.wait_for(lambda: not self._inflight or self._failure is not None)
         self._raise_failure()
 
     async def close(self) -> None:
         """Close the connection (after :meth:`flush`, to keep nothing unacknowledged)."""
+        self._closing = True
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconnecting
         if self._ws is not None:
             await self._ws.close()
         if self._reader is not None:
@@ -186,10 +270,10 @@ class Publisher:
         await self.close()
 
     async def _read_acks(self, ws: ClientConnection) -> None:
-        try:
+        with contextlib.suppress(ConnectionClosed):
             async for message in ws:
                 if not self._inflight:
-                    self._fail(RelayError("the relay sent an answer to no frame"))
+                    self._fail(PermanentRelayError("the relay sent an answer to no frame"))
                     return
                 frame = self._inflight.popleft()
                 try:
@@ -199,17 +283,70 @@ class Publisher:
                     self.stats.errors.append(str(exc))
                     ack = Ack(0, 0, [])
                 except ValueError as exc:
-                    self._fail(RelayError(f"the relay sent something that is not an ack: {exc}"))
+                    self._fail(
+                        PermanentRelayError(f"the relay sent something that is not an ack: {exc}")
+                    )
                     return
                 else:
                     self._count(frame, ack)
                 frame.future.set_result(ack)
                 async with self._room:
                     self._room.notify_all()
-        except ConnectionClosed:
-            pass
-        if self._inflight:
-            self._fail(self._closed_error(ws))
+        if not self._closing:
+            self._lost(ws)
+
+    def _lost(self, ws: ClientConnection) -> None:
+        """The connection ``ws`` is gone: reconnect and resend, or fail."""
+        if ws is not self._ws or self._reconnecting is not None or self._failure is not None:
+            return
+        error = self._closed_error(ws)
+        if not self.reconnect or ws.close_code in _PERMANENT_CLOSE:
+            self._fail(error)
+            return
+        log.warning("%s; reconnecting", error)
+        self._reconnecting = asyncio.create_task(self._reconnect(error))
+
+    async def _reconnect(self, cause: RelayError) -> None:
+        backoff = self.backoff
+        started = time.monotonic()
+        attempt = 0
+        try:
+            while True:
+                await asyncio.sleep(backoff.delay(attempt))
+                attempt += 1
+                try:
+                    ws = await _open(self.url, self.ssl_context, self.open_timeout, self.token)
+                except PermanentRelayError as exc:
+                    self._fail(exc)
+                    return
+                except RelayError as exc:
+                    waited = time.monotonic() - started
+                    if backoff.give_up_after is not None and waited > backoff.give_up_after:
+                        self._fail(
+                            RelayError(f"{cause}; gave up reconnecting after {waited:.0f} s: {exc}")
+                        )
+                        return
+                    log.info("reconnect attempt %d failed: %s", attempt, exc)
+                    continue
+                try:
+                    # Everything unacknowledged goes again, in order, before anything new.
+                    for frame in list(self._inflight):
+                        await ws.send(frame.data, text=True)
+                except ConnectionClosed:
+                    continue
+                self.reconnects += 1
+                log.info(
+                    "reconnected after %.1f s; resent %d positions",
+                    time.monotonic() - started,
+                    sum(len(f.positions) for f in self._inflight),
+                )
+                self._reconnecting = None
+                self._attach(ws)
+                async with self._room:
+                    self._room.notify_all()
+                return
+        finally:
+            self._reconnecting = None
 
     def _count(self, frame: _Frame, ack: Ack) -> None:
         self.stats.stored += ack.stored
@@ -254,20 +391,83 @@ async def subscribe(
     devices: Sequence[str] = (),
     bbox: BBox | None = None,
     *,
+    since: str | None = None,
     open_timeout: float = 10.0,
     ssl_context: ssl.SSLContext | None = None,
+    token: str | None = None,
+    reconnect: bool = True,
+    backoff: Backoff | None = None,
+    margin: float = 5.0,
 ) -> AsyncIterator[list[Position]]:
-    """Yield the batches of positions a relay's ``/subscribe`` sends, until it closes."""
-    query: dict[str, list[str]] = {}
-    if devices:
-        query["device"] = list(devices)
-    if bbox is not None:
-        query["bbox"] = [str(bbox)]
-    ws = await _open(endpoint(url, "/subscribe", query), ssl_context, open_timeout)
-    try:
-        async for message in ws:
-            yield decode_positions(message)
-    except ConnectionClosed:
-        pass
-    finally:
-        await ws.close()
+    """Yield the batches of positions a relay's ``/subscribe`` sends.
+
+    ``since`` (a time or a store cursor) replays what was stored since then first. When the
+    connection is lost, it reconnects (unless ``reconnect`` is false) with ``since`` set to
+    when the last frame arrived minus ``margin`` seconds (for clock differences between
+    here and the relay), and drops the positions it already yielded, so the caller sees
+    every position once. Raises RelayError when it gives up.
+    """
+    backoff = backoff if backoff is not None else Backoff()
+    seen = _Seen(window=margin + 120.0)
+    last_frame: float | None = None
+    attempt = 0
+    outage: float | None = None
+    while True:
+        query: dict[str, list[str]] = {}
+        if devices:
+            query["device"] = list(devices)
+        if bbox is not None:
+            query["bbox"] = [str(bbox)]
+        if last_frame is not None:
+            query["since"] = [f"{last_frame - margin:.3f}"]
+        elif since is not None:
+            query["since"] = [since]
+        try:
+            ws = await _open(endpoint(url, "/subscribe", query), ssl_context, open_timeout, token)
+        except PermanentRelayError:
+            raise
+        except RelayError as exc:
+            if outage is None:
+                raise  # never connected: most likely a wrong URL
+            waited = time.monotonic() - outage
+            if backoff.give_up_after is not None and waited > backoff.give_up_after:
+                raise RelayError(f"gave up reconnecting after {waited:.0f} s: {exc}") from None
+            await asyncio.sleep(backoff.delay(attempt))
+            attempt += 1
+            continue
+        attempt, outage = 0, None
+        try:
+            async for message in ws:
+                last_frame = time.time()
+                fresh = [p for p in decode_positions(message) if seen.first(p.key)]
+                if fresh:
+                    yield fresh
+        except ConnectionClosed:
+            pass
+        finally:
+            await ws.close()
+        if not reconnect or ws.close_code in _PERMANENT_CLOSE:
+            return
+        outage = time.monotonic()
+        last_frame = last_frame if last_frame is not None else time.time()
+        log.warning("subscription lost (code %s); resubscribing", ws.close_code)
+
+
+class _Seen:
+    """Keys yielded in the last ``window`` seconds (the overlap a resubscription replays)."""
+
+    def __init__(self, window: float) -> None:
+        self._window = window
+        self._keys: set[tuple[str, str]] = set()
+        self._order: deque[tuple[float, tuple[str, str]]] = deque()
+
+    def first(self, key: tuple[str, str]) -> bool:
+        """Record ``key``; True unless it was seen within the window."""
+        now = time.monotonic()
+        while self._order and self._order[0][0] < now - self._window:
+            self._keys.discard(self._order.popleft()[1])
+        if key in self._keys:
+            return False
+        self._keys.add(key)
+        self._order.append((now, key))
+        return True

@@ -33,7 +33,7 @@ async def running_relay(
     own = store is None
     if store is None:
         store = open_store(f"sqlite:///{db}")
-    relay = Relay(store, RelayConfig(port=0, stats_interval=0, **config))
+    relay = Relay(store, RelayConfig(**{"port": 0, "stats_interval": 0, **config}))
     await relay.start()
     try:
         yield relay
