@@ -48,7 +48,8 @@ __all__ = [
 
 MAX_BATCH: Final = 1000
 MAX_ATTRS: Final = 32
-DEVICE_PATTERN: Final = r"^[A-Za-z0-9._:-]{1,64}$"
+# \Z, not $: $ also matches before a trailing newline.
+DEVICE_PATTERN: Final = r"^[A-Za-z0-9._:-]{1,64}\Z"
 _DEVICE_RE: Final = re.compile(DEVICE_PATTERN)
 _INT64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 AttrValue = str | _INT64 | float | bool | None
@@ -59,7 +60,9 @@ _MS: Final = timedelta(milliseconds=1)
 _MIN_S: Final = -62135596800.0
 _MAX_S: Final = 253402300799.999
 _RFC3339_RE: Final = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})$"
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?"
+    r"([Zz]|[+-](?:[01]\d|2[0-3]):[0-5]\d)\Z",
+    re.ASCII,  # \d is 0-9 only, not every Unicode digit
 )
 
 
@@ -111,7 +114,20 @@ def parse_ts(value: str | float) -> str:
         raise ValueError("must be finite")
     if not _MIN_S <= value <= _MAX_S:
         raise ValueError("Unix seconds out of range (years 0001-9999)")
-    return ms_to_ts(math.floor(value * 1000))
+    ms = math.floor(value * 1000)
+    # value * 1000 rounds in binary: 1093077386.909 * 1000 is 1093077386908.9999. Keep the
+    # millisecond the number spells when it spells one exactly.
+    if (ms + 1) / 1000 == value:
+        ms += 1
+    return ms_to_ts(ms)
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class Position(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -146,6 +162,9 @@ class Position(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
             for key, value in self.attrs.items():
                 if isinstance(value, float) and not math.isfinite(value):
                     raise ValueError(f"attrs.{key}: must be a finite number")
+                # JSON text may spell lone surrogates (\ud800), which no UTF-8 store holds.
+                if not _utf8(key) or (isinstance(value, str) and not _utf8(value)):
+                    raise ValueError("attrs: strings must be valid Unicode (no lone surrogates)")
 
     @property
     def time(self) -> str:
@@ -210,10 +229,10 @@ def _describe(exc: msgspec.ValidationError) -> str:
         # "$.attrs[...]" -> "attrs"; "$[3].lat" never happens: we decode one position at a time.
         name = where.lstrip(".").split("[", 1)[0] or "position"
         return f"{name}: {reason[:1].lower()}{reason[1:]}"
-    unknown = re.match(r"Object contains unknown field `(.*)`", reason)
+    unknown = re.match(r"Object contains unknown field `(.*)`", reason, re.DOTALL)
     if unknown:
         return f"{unknown.group(1)}: unknown field"
-    missing = re.match(r"Object missing required field `(.*)`", reason)
+    missing = re.match(r"Object missing required field `(.*)`", reason, re.DOTALL)
     if missing:
         return f"{missing.group(1)}: required field is missing"
     if reason.startswith("Expected `object`"):

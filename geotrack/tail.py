@@ -41,17 +41,21 @@ def follow(
     devices: Collection[str] = (),
     running: Callable[[], bool] = lambda: True,
     poll: float = 0.5,
+    on_open: Callable[[str], None] | None = None,
 ) -> str:
     """Call ``emit`` for each newly stored position until ``running()`` is false.
 
-    Returns the cursor to resume from. KeyboardInterrupt is the usual way out: it is
-    caught here, so the cursor is returned all the same.
+    ``on_open`` is called with the starting cursor once the feed is open (a bad ``since``
+    has been refused by then). Returns the cursor to resume from. KeyboardInterrupt is
+    the usual way out: it is caught here, so the cursor is returned all the same.
     """
     with store.follow(since=since, devices=devices) as feed:
         # The cursor of what was emitted, not of what was fetched: an interrupt in the
         # middle of a batch must not skip the rest of it on resume.
         cursor = feed.cursor
         try:
+            if on_open is not None:
+                on_open(cursor)
             while running():
                 for change in feed.poll(poll):
                     emit(change)

@@ -289,7 +289,8 @@ class Relay:
             return _text_response(
                 connection, HTTPStatus.SERVICE_UNAVAILABLE, "relay shutting down\n"
             )
-        if self._server is not None and len(self._server.connections) >= self.config.max_connections:
+        connections = len(self._server.connections) if self._server is not None else 0
+        if connections >= self.config.max_connections:
             return _text_response(
                 connection, HTTPStatus.SERVICE_UNAVAILABLE, "too many connections, retry later\n"
             )
