@@ -549,7 +549,7 @@ def test_parse_duration_rejects(text: str) -> None:
     assert info.value.name == "--duration"
 
 
-# -- holes found and closed, kept as regressions -------------------------------------------------------------
+# -- holes found and closed, kept as regressions --------------------------------------
 
 
 def test_device_with_a_trailing_newline_is_rejected() -> None:
