@@ -85,6 +85,15 @@ def test_query_orders_by_device_then_time_and_filters(store: Store) -> None:
     assert store.devices() == ["a", "b", "c"]
 
 
+def test_latest_is_each_devices_last_fix(store: Store) -> None:
+    assert store.latest() == []
+    # Written out of time order: the last fix is the latest ts, not the last write.
+    store.write([pos("b", 2), pos("a", 1, speed=3.5), pos("b", 0), pos("a", 0), pos("c", 5)])
+    assert store.latest() == [pos("a", 1, speed=3.5), pos("b", 2), pos("c", 5)]
+    assert store.latest(["c", "a", "nobody"]) == [pos("a", 1, speed=3.5), pos("c", 5)]
+    assert store.latest(["nobody"]) == []
+
+
 def test_follow_from_now_sees_only_new_positions(store: Store) -> None:
     store.write([pos(i=0)])
     with store.follow() as feed:

@@ -93,6 +93,21 @@ class Store(ABC):
     def devices(self) -> list[str]:
         """Every device that has stored positions, sorted."""
 
+    def latest(self, devices: Collection[str] = ()) -> list[Position]:
+        """The last fix (latest ``ts``) of each device that has one, ordered by device.
+
+        ``devices`` narrows to those devices (all when empty). This default reads every
+        stored position once; backends override it with a lookup on their (device, ts)
+        index.
+        """
+        last: list[Position] = []
+        for position in self.query(devices):
+            if last and last[-1].device == position.device:
+                last[-1] = position
+            else:
+                last.append(position)
+        return last
+
     @abstractmethod
     def follow(
         self,

@@ -42,7 +42,7 @@ import bson
 from bson import DatetimeMS, Int64, Timestamp
 from bson.codec_options import CodecOptions, DatetimeConversion
 from bson.errors import BSONError
-from pymongo import ASCENDING, GEOSPHERE, IndexModel, MongoClient
+from pymongo import ASCENDING, DESCENDING, GEOSPHERE, IndexModel, MongoClient
 from pymongo.change_stream import CollectionChangeStream
 from pymongo.collection import Collection as MongoCollection
 from pymongo.errors import (
@@ -454,6 +454,22 @@ class MongoStore(Store):
             return sorted(self._positions.distinct("device"))
         except PyMongoError as exc:
             self._raise(exc, "listing devices")
+
+    def latest(self, devices: Collection[str] = ()) -> list[Position]:
+        self._check_open()
+        names = sorted(devices) if devices else self.devices()
+        last: list[Position] = []
+        try:
+            # One indexed lookup per device: the end of its (device, ts) range.
+            for name in names:
+                doc = self._positions.find_one(
+                    {"device": name}, _PROJECTION, sort=[("ts", DESCENDING)]
+                )
+                if doc is not None:
+                    last.append(_to_position(doc))
+        except PyMongoError as exc:
+            self._raise(exc, "querying")
+        return last
 
     def follow(
         self,

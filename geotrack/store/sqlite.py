@@ -241,6 +241,24 @@ class SQLiteStore(Store):
         finally:
             conn.close()
 
+    def latest(self, devices: Collection[str] = ()) -> list[Position]:
+        where, params = _where(devices, None, None)
+        conn = self._reader()
+        try:
+            # Per device one step down the (device, ts) index from its end.
+            rows = conn.execute(
+                f"{_SELECT} FROM positions WHERE seq IN ("
+                "SELECT (SELECT seq FROM positions AS p WHERE p.device = d.device "
+                "ORDER BY ts DESC LIMIT 1) "
+                f"FROM (SELECT DISTINCT device FROM positions {where}) AS d) ORDER BY device",
+                params,
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"query on {self.display_url} failed: {exc}") from None
+        finally:
+            conn.close()
+        return [_row_to_position(row) for row in rows]
+
     def follow(
         self,
         since: str | int | None = None,

@@ -1,0 +1,641 @@
+"""The HTTP listener: device clients, a REST API, health and metrics, beside the relay.
+
+It runs in the relay's process and event loop (aiohttp's web server) and moves requests
+only: parsing lives in :mod:`geotrack.relay.http_devices` and :mod:`geotrack.schema`, and
+every position it accepts goes through :meth:`Relay.submit`, the one path into the store,
+dedupe and fan-out, so a subscriber cannot tell how a position arrived. The contract is
+docs/http.md:
+
+    GET|POST /              OsmAnd protocol (Traccar Client, OsmAnd, GPSLogger)
+    POST /owntracks         OwnTracks HTTP mode
+    POST /api/positions     a Position or an array of them; answers the WebSocket ack
+    GET  /api/positions     history in any export format, streamed
+    GET  /api/devices       every device with its last fix
+    GET  /healthz           200 when the store answers, else 503
+    GET  /metrics           Prometheus text format 0.0.4
+
+The store is synchronous: every read runs on the listener's worker threads, never on the
+event loop. Tokens are never logged: the access log names the path without its query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import errno
+import io
+import logging
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, Final, Literal
+from urllib.parse import parse_qsl
+
+import msgspec
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from multidict import MultiDict, MultiMapping
+
+from geotrack.auth import Grant, Tokens, presented_token
+from geotrack.errors import FrameError, InvalidParameter, InvalidPosition, RelayError, StoreError
+from geotrack.export import EXTENSIONS, FORMATS, export
+from geotrack.relay.http_devices import parse_osmand, parse_owntracks
+from geotrack.relay.metrics import Family, exposition
+from geotrack.relay.server import Relay
+from geotrack.schema import (
+    DEVICE_PATTERN,
+    Position,
+    Rejection,
+    decode_frame,
+    encode_ack,
+    encode_error,
+    parse_duration,
+    parse_time,
+)
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+
+__all__ = ["CONTENT_TYPES", "HttpListener"]
+
+log = logging.getLogger("geotrack.http")
+
+#: The Content-Type of each export format.
+CONTENT_TYPES: Final[dict[str, str]] = {
+    "gpx": "application/gpx+xml; charset=utf-8",
+    "geojson": "application/geo+json; charset=utf-8",
+    "csv": "text/csv; charset=utf-8",
+    "ndjson": "application/x-ndjson; charset=utf-8",
+}
+#: Transports always present in /metrics, so a dashboard's series exist from the start.
+TRANSPORTS: Final = ("websocket", "osmand", "owntracks", "rest")
+#: Bytes an export hands to the response at a time, and chunks in flight between them.
+CHUNK_BYTES: Final = 64 * 1024
+_CHUNKS_IN_FLIGHT: Final = 4
+#: Seconds /healthz waits for the store before answering 503.
+HEALTH_TIMEOUT: Final = 5.0
+_EXPORT_PARAMETERS: Final = ("device", "since", "until", "format", "gap", "token")
+_DEVICE_RE: Final = re.compile(DEVICE_PATTERN)
+_METRICS_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+
+Role = Literal["publish", "subscribe"]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class _DeviceEntry(msgspec.Struct):
+    device: str
+    last: Position
+
+
+_encode: Final = msgspec.json.Encoder().encode
+
+
+class HttpListener:
+    """An HTTP listener feeding one relay. Use ``async with`` or start()/stop().
+
+    ``port`` 0 picks a free port (see :attr:`port`). With ``tokens``, every endpoint but
+    /healthz and /metrics needs a token: publish for ingestion, subscribe for reads.
+    """
+
+    def __init__(
+        self,
+        relay: Relay,
+        host: str,
+        port: int,
+        tokens: Tokens | None = None,
+        *,
+        shutdown_timeout: float = 10.0,
+    ) -> None:
+        self.relay = relay
+        self.host = host
+        self._port = port
+        self._tokens = tokens
+        self._shutdown_timeout = shutdown_timeout
+        self._runner: web.AppRunner | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        #: Requests answered, by (route, method, status), for /metrics.
+        self.requests: Counter[tuple[str, str, int]] = Counter()
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful with port 0)."""
+        if self._runner is None or not self._runner.addresses:
+            raise RelayError("the HTTP listener is not started")
+        port: int = self._runner.addresses[0][1]
+        return port
+
+    @property
+    def url(self) -> str:
+        """The base http:// (https:// with TLS) URL."""
+        host = self.host
+        scheme = "https" if self.relay.config.ssl is not None else "http"
+        return f"{scheme}://{f'[{host}]' if ':' in host else host}:{self.port}"
+
+    async def start(self) -> None:
+        """Bind and serve. Raises RelayError when the address cannot be used."""
+        app = web.Application(
+            client_max_size=self.relay.config.max_frame, middlewares=[self._middleware]
+        )
+        app.router.add_route("GET", "/", self._osmand)
+        app.router.add_route("POST", "/", self._osmand)
+        app.router.add_route("POST", "/owntracks", self._owntracks)
+        app.router.add_route("POST", "/api/positions", self._post_positions)
+        app.router.add_route("GET", "/api/positions", self._get_positions)
+        app.router.add_route("GET", "/api/devices", self._devices)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/metrics", self._metrics)
+        self._executor = ThreadPoolExecutor(4, thread_name_prefix="geotrack-http")
+        runner = web.AppRunner(
+            app,
+            access_log_class=_AccessLogger,
+            access_log=log,
+            logger=log,
+            shutdown_timeout=self._shutdown_timeout,
+        )
+        await runner.setup()
+        # The relay's TLS settings serve https:// here too: tokens never cross in clear
+        # on one port but not the other.
+        site = web.TCPSite(runner, self.host, self._port, ssl_context=self.relay.config.ssl)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            self._executor.shutdown(wait=False)
+            raise RelayError(_bind_error(exc, self.host, self._port)) from None
+        self._runner = runner
+
+    async def stop(self) -> None:
+        """Stop accepting, let requests in progress finish (bounded), release threads."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    async def __aenter__(self) -> HttpListener:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- plumbing --------------------------------------------------------------------
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        route = request.match_info.route.resource
+        name = route.canonical if route is not None else "other"
+        try:
+            response = await handler(request)
+        except web.HTTPNotFound:
+            response = _text(
+                404,
+                f"no such endpoint {request.path[:100]!r}: see docs/http.md "
+                "(/, /owntracks, /api/positions, /api/devices, /healthz, /metrics)",
+            )
+        except web.HTTPException as exc:
+            self.requests[(name, request.method, exc.status)] += 1
+            raise
+        self.requests[(name, request.method, response.status)] += 1
+        return response
+
+    async def _store_call(self, function: Callable[..., Any], *args: Any) -> Any:
+        assert self._executor is not None
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+
+    def _grant(self, request: web.Request, role: Role) -> Grant | None:
+        """The token's grant (None when auth is off); 401 or 403 when it does not do."""
+        if self._tokens is None:
+            return None
+        query = {key: request.query.getall(key) for key in request.query}
+        grant = self._tokens.check(presented_token(request.headers, query))
+        if grant is None:
+            raise web.HTTPUnauthorized(
+                text="a valid token is required (Authorization: Bearer TOKEN, Basic auth "
+                "with the token as password, or ?token=TOKEN)\n",
+                headers=MultiDict(
+                    [
+                        ("WWW-Authenticate", 'Bearer realm="geotrack"'),
+                        ("WWW-Authenticate", 'Basic realm="geotrack", charset="UTF-8"'),
+                    ]
+                ),
+            )
+        allowed = grant.may_publish if role == "publish" else grant.may_subscribe
+        if not allowed:
+            raise web.HTTPForbidden(text=f"token {grant.name!r} may not {role}\n")
+        return grant
+
+    async def _ingest(
+        self, positions: list[Position], grant: Grant | None, transport: str
+    ) -> web.Response | None:
+        """Store the positions of a device request; an error response, or None when stored."""
+        if grant is not None:
+            for position in positions:
+                if not grant.may_publish_as(position.device):
+                    reason = f"device: token {grant.name!r} may not publish as {position.device!r}"
+                    self._count_rejected(transport, reason, len(positions))
+                    return _text(403, reason)
+        try:
+            await self.relay.submit(positions, [], transport)
+        except StoreError as exc:
+            return _text(503, f"store write failed, send it again: {exc}")
+        return None
+
+    def _count_rejected(self, transport: str, reason: str, count: int = 1) -> None:
+        # Through submit, so that rejections are counted where every transport's are.
+        self.relay.submit([], [Rejection(i, reason) for i in range(count)], transport)
+
+    # -- device clients --------------------------------------------------------------
+
+    async def _osmand(self, request: web.Request) -> web.StreamResponse:
+        grant = self._grant(request, "publish")
+        try:
+            if request.content_type == "application/json":
+                params: MultiDict[str] = MultiDict()
+                body = _decode_json(await request.read())
+            else:
+                body = None
+                params = _without_token(request.query)
+                if not params and request.method == "POST":
+                    # Parameters in a form body when the URL has none, as Traccar reads them.
+                    params = _without_token(_form(await request.read()))
+            position = parse_osmand(params, body, now_ms=time.time_ns() // 1_000_000)
+        except (InvalidParameter, InvalidPosition) as exc:
+            self._count_rejected("osmand", str(exc))
+            return _text(400, str(exc))
+        failed = await self._ingest([position], grant, "osmand")
+        return failed or web.Response(status=200)
+
+    async def _owntracks(self, request: web.Request) -> web.StreamResponse:
+        grant = self._grant(request, "publish")
+        user = request.query.get("u") or request.headers.get("X-Limit-U")
+        device = request.query.get("d") or request.headers.get("X-Limit-D")
+        try:
+            body = _decode_json(await request.read())
+            # The apps post one message; a list of them is read as well.
+            messages = body if isinstance(body, list) else [body]
+            parsed = [parse_owntracks(m, user=user, device=device) for m in messages]
+        except (InvalidParameter, InvalidPosition) as exc:
+            self._count_rejected("owntracks", str(exc))
+            return _text(400, str(exc))
+        positions = [p for p in parsed if p is not None]
+        if positions:
+            failed = await self._ingest(positions, grant, "owntracks")
+            if failed is not None:
+                return failed
+        # OwnTracks reads the answer as messages for the app: none.
+        return web.Response(body=b"[]", content_type="application/json")
+
+    # -- REST ------------------------------------------------------------------------
+
+    async def _post_positions(self, request: web.Request) -> web.StreamResponse:
+        grant = self._grant(request, "publish")
+        try:
+            frame = decode_frame(await request.read(), self.relay.config.max_batch)
+        except FrameError as exc:
+            return _json(400, encode_error(str(exc)))
+        positions: list[Position] = []
+        rejected = list(frame.rejected)
+        for index, position in zip(frame.indexes, frame.positions, strict=True):
+            if grant is not None and not grant.may_publish_as(position.device):
+                reason = f"device: token {grant.name!r} may not publish as {position.device!r}"
+                rejected.append(Rejection(index, reason))
+            else:
+                positions.append(position)
+        rejected.sort(key=lambda r: r.index)
+        try:
+            ack = await self.relay.submit(positions, rejected, "rest")
+        except StoreError as exc:
+            return _json(503, encode_error(f"store write failed, send it again: {exc}"))
+        return _json(200, encode_ack(ack))
+
+    async def _get_positions(self, request: web.Request) -> web.StreamResponse:
+        self._grant(request, "subscribe")
+        try:
+            query = _ExportQuery.parse(request.query)
+        except InvalidParameter as exc:
+            return _text(400, str(exc))
+        return await self._stream_export(request, query)
+
+    async def _devices(self, request: web.Request) -> web.StreamResponse:
+        self._grant(request, "subscribe")
+        unknown = sorted(set(request.query) - {"device", "token"})
+        if unknown:
+            return _text(400, f"{unknown[0]}: unknown parameter (supported: device)")
+        try:
+            devices = _devices_param(request.query)
+            latest: list[Position] = await self._store_call(self.relay.store.latest, devices)
+        except InvalidParameter as exc:
+            return _text(400, str(exc))
+        except StoreError as exc:
+            return _text(503, f"store read failed: {exc}")
+        body = _encode([_DeviceEntry(p.device, p) for p in latest])
+        return _json(200, body)
+
+    # -- export streaming ------------------------------------------------------------
+
+    async def _stream_export(self, request: web.Request, query: _ExportQuery) -> web.StreamResponse:
+        """Stream an export as the writer produces it, with memory flat.
+
+        The writer runs on a worker thread and writes into a TextIO that hands ~64 KB
+        chunks over a small queue; a full queue blocks the writer (backpressure from the
+        client's socket). Headers go out with the first chunk, so a store that fails
+        before that still gets a 503; one that fails later cuts the connection, so the
+        client sees a truncated transfer rather than a complete-looking file.
+        """
+        loop = asyncio.get_running_loop()
+        chunks: asyncio.Queue[bytes] = asyncio.Queue(maxsize=_CHUNKS_IN_FLIGHT)
+        stop = threading.Event()
+        assert self._executor is not None
+        producer = loop.run_in_executor(
+            self._executor, self._export_into, query, _Handover(chunks, loop, stop)
+        )
+        response: web.StreamResponse | None = None
+        try:
+            while (chunk := await _next_chunk(chunks, producer)) is not None:
+                if response is None:
+                    response = await self._start_export(request, query)
+                await response.write(chunk)
+            if response is None:  # an empty NDJSON export writes nothing at all
+                response = await self._start_export(request, query)
+            await response.write_eof()
+        except StoreError as exc:
+            if response is None:
+                return _text(503, f"store read failed: {exc}")
+            log.error("export to %s cut off: store read failed: %s", request.remote, exc)
+            if request.transport is not None:
+                request.transport.abort()
+        except ConnectionResetError:
+            log.debug("export to %s stopped: the client went away", request.remote)
+        finally:
+            stop.set()
+            with contextlib.suppress(Exception):
+                await producer
+        return response if response is not None else web.Response(status=499)
+
+    async def _start_export(self, request: web.Request, query: _ExportQuery) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": CONTENT_TYPES[query.format],
+                "Content-Disposition": (f'inline; filename="positions{EXTENSIONS[query.format]}"'),
+            }
+        )
+        await response.prepare(request)
+        return response
+
+    def _export_into(self, query: _ExportQuery, handover: _Handover) -> None:
+        """Run on a worker thread: query the store and write the export into ``handover``."""
+        sink = _ChunkSink(handover.put)
+        out = io.TextIOWrapper(
+            io.BufferedWriter(sink, buffer_size=CHUNK_BYTES), encoding="utf-8", newline=""
+        )
+        try:
+            positions = self.relay.store.query(query.devices, query.since_ms, query.until_ms)
+            try:
+                export(query.format, positions, out, gap_s=query.gap_s)
+                out.flush()
+            finally:
+                close = getattr(positions, "close", None)
+                if close is not None:
+                    close()  # the store's cursor, now rather than whenever it is collected
+        except _Aborted:
+            pass
+        finally:
+            sink.discard = True
+            out.close()
+
+    # -- operations ------------------------------------------------------------------
+
+    async def _healthz(self, request: web.Request) -> web.StreamResponse:
+        try:
+            await asyncio.wait_for(self._store_call(self.relay.store.ping), HEALTH_TIMEOUT)
+        except StoreError as exc:
+            return _text(503, f"store unreachable: {exc}")
+        except TimeoutError:
+            return _text(503, f"store unreachable: no answer within {HEALTH_TIMEOUT:g} s")
+        return _text(200, "ok")
+
+    async def _metrics(self, request: web.Request) -> web.StreamResponse:
+        body = exposition(self.families())
+        return web.Response(body=body.encode(), headers={"Content-Type": _METRICS_TYPE})
+
+    def families(self) -> list[Family]:
+        """What /metrics exposes, as metric families."""
+        relay = self.relay
+        counters = relay.counters
+        positions = Family(
+            "geotrack_positions_total",
+            "counter",
+            "Positions received, by transport and result (stored, duplicate or rejected).",
+        )
+        for transport in sorted({*TRANSPORTS, *counters.by_transport}):
+            counts = counters.transport(transport)
+            positions.add(counts.stored, transport=transport, result="stored")
+            positions.add(counts.duplicates, transport=transport, result="duplicate")
+            positions.add(counts.rejected, transport=transport, result="rejected")
+        connections = Family(
+            "geotrack_connections", "gauge", "WebSocket clients connected now, by role."
+        )
+        connections.add(relay.publishers, role="publisher")
+        connections.add(relay.subscribers, role="subscriber")
+        latency = Family(
+            "geotrack_ack_latency_seconds",
+            "histogram",
+            "Seconds from a position's arrival to its commit (its ack), all transports.",
+        )
+        latency.add_histogram(counters.ack_latency)
+        drops = Family(
+            "geotrack_subscriber_drops_total",
+            "counter",
+            "Subscribers closed for falling behind (1013).",
+        )
+        drops.add(relay.hub.dropped)
+        delivered = Family("geotrack_delivered_total", "counter", "Positions sent to subscribers.")
+        delivered.add(counters.delivered + sum(s.delivered for s in relay.hub.subscribers))
+        peers = Family(
+            "geotrack_from_peers_total",
+            "counter",
+            "Positions other relays sharing the store stored, delivered here.",
+        )
+        peers.add(counters.from_peers)
+        frame_errors = Family(
+            "geotrack_frame_errors_total",
+            "counter",
+            "WebSocket frames answered with an error frame.",
+        )
+        frame_errors.add(counters.frame_errors)
+        requests = Family(
+            "geotrack_http_requests_total",
+            "counter",
+            "HTTP requests answered, by route, method and status code.",
+        )
+        for (route, method, status), count in sorted(self.requests.items()):
+            requests.add(count, route=route, method=method, code=str(status))
+        return [positions, connections, latency, drops, delivered, peers, frame_errors, requests]
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+class _ExportQuery(msgspec.Struct, frozen=True):
+    format: str
+    devices: tuple[str, ...]
+    since_ms: int | None
+    until_ms: int | None
+    gap_s: float
+
+    @classmethod
+    def parse(cls, query: MultiMapping[str]) -> _ExportQuery:
+        unknown = sorted(set(query) - set(_EXPORT_PARAMETERS))
+        if unknown:
+            supported = ", ".join(p for p in _EXPORT_PARAMETERS if p != "token")
+            raise InvalidParameter(unknown[0], f"unknown parameter (supported: {supported})")
+        for name in ("since", "until", "format", "gap"):
+            if len(query.getall(name, [])) > 1:
+                raise InvalidParameter(name, "give it at most once")
+        fmt = query.get("format", "ndjson")
+        if fmt not in FORMATS:
+            known = ", ".join(FORMATS)
+            raise InvalidParameter("format", f"unknown format {fmt!r} (use one of: {known})")
+        now_ms = time.time_ns() // 1_000_000
+        since = query.get("since")
+        until = query.get("until")
+        return cls(
+            format=fmt,
+            devices=_devices_param(query),
+            since_ms=parse_time(since, now_ms, "since") if since is not None else None,
+            until_ms=parse_time(until, now_ms, "until") if until is not None else None,
+            gap_s=parse_duration(query["gap"], "gap") if "gap" in query else 600.0,
+        )
+
+
+def _devices_param(query: MultiMapping[str]) -> tuple[str, ...]:
+    devices = tuple(query.getall("device", []))
+    for device in devices:
+        if not _DEVICE_RE.match(device):
+            raise InvalidParameter(
+                "device", f"{device[:70]!r} is not 1-64 characters of A-Z a-z 0-9 . _ : -"
+            )
+    return devices
+
+
+class _Aborted(Exception):
+    """The client went away: the export thread stops writing."""
+
+
+class _Handover:
+    """Hands chunks from the export thread to the event loop, blocking while the queue is full."""
+
+    def __init__(
+        self, queue: asyncio.Queue[bytes], loop: asyncio.AbstractEventLoop, stop: threading.Event
+    ) -> None:
+        self._queue = queue
+        self._loop = loop
+        self._stop = stop
+
+    def put(self, chunk: bytes) -> None:
+        if self._stop.is_set():
+            raise _Aborted
+        done = asyncio.run_coroutine_threadsafe(self._queue.put(chunk), self._loop)
+        while True:
+            try:
+                done.result(timeout=0.25)
+                return
+            except concurrent.futures.TimeoutError:
+                # Check now and then whether the response is gone: nobody may drain the queue.
+                if self._stop.is_set():
+                    done.cancel()
+                    raise _Aborted from None
+
+
+class _ChunkSink(io.RawIOBase):
+    """The raw end of the export's TextIO: every block written goes to ``deliver``."""
+
+    def __init__(self, deliver: Callable[[bytes], None]) -> None:
+        self._deliver = deliver
+        #: Set once the export is over: writes at close time go nowhere.
+        self.discard = False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: ReadableBuffer) -> int:
+        chunk = bytes(data)
+        if chunk and not self.discard:
+            self._deliver(chunk)
+        return len(chunk)
+
+
+async def _next_chunk(chunks: asyncio.Queue[bytes], producer: asyncio.Future[None]) -> bytes | None:
+    """The next chunk of the export; None at its end; raises what the export raised."""
+    while True:
+        if not chunks.empty():
+            return chunks.get_nowait()
+        if producer.done():
+            producer.result()
+            return None
+        getter = asyncio.ensure_future(chunks.get())
+        waiting: set[asyncio.Future[Any]] = {getter, producer}
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if getter.done():
+            return getter.result()
+        getter.cancel()
+
+
+class _AccessLogger(AbstractAccessLogger):
+    """One debug line per request, without the query string (it may carry ?token=)."""
+
+    def log(self, request: Any, response: web.StreamResponse, time: float) -> None:
+        self.logger.debug(
+            "%s %s %s -> %d in %.1f ms",
+            request.remote,
+            request.method,
+            request.path,
+            response.status,
+            time * 1000,
+        )
+
+
+def _text(status: int, text: str) -> web.Response:
+    return web.Response(status=status, text=text.replace("\n", " ").strip() + "\n")
+
+
+def _json(status: int, body: bytes) -> web.Response:
+    return web.Response(status=status, body=body, content_type="application/json")
+
+
+def _decode_json(body: bytes) -> Any:
+    try:
+        return msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise InvalidParameter("body", f"not valid JSON: {exc}") from None
+
+
+def _form(body: bytes) -> MultiDict[str]:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidParameter("body", "a form body must be UTF-8") from None
+    return MultiDict(parse_qsl(text, keep_blank_values=True))
+
+
+def _without_token(params: Mapping[str, str]) -> MultiDict[str]:
+    # The token authenticates; it must never end up stored in attrs.
+    return MultiDict((k, v) for k, v in params.items() if k != "token")
+
+
+def _bind_error(exc: OSError, host: str, port: int) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return f"HTTP port {port} on {host} is already in use"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"cannot bind the HTTP listener to {host}: no such local address"
+    if exc.errno == errno.EACCES:
+        return f"not allowed to bind the HTTP listener to {host}:{port}"
+    return f"cannot listen for HTTP on {host}:{port}: {exc.strerror or exc}"
