@@ -12,11 +12,12 @@ import contextlib
 import logging
 import os
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -45,6 +46,7 @@ app = typer.Typer(
 )
 
 err = Console(stderr=True)
+_N = TypeVar("_N", int, float)
 
 StoreOption = Annotated[
     str,
@@ -110,7 +112,8 @@ def _configure_logging(quiet: bool, verbose: bool) -> None:
     )
     # websockets logs every failed handshake (a port scan, a bad path) at error level;
     # we log connections ourselves.
-    logging.getLogger("websockets").setLevel(logging.DEBUG if verbose else logging.CRITICAL)
+    # Never DEBUG: websockets then logs request lines, and those may carry ?token=.
+    logging.getLogger("websockets").setLevel(logging.INFO if verbose else logging.CRITICAL)
 
 
 def _runner() -> asyncio.Runner:
@@ -136,9 +139,58 @@ def serve(
         int,
         typer.Option(help="Positions queued for a subscriber before it is dropped as too slow."),
     ] = 10_000,
+    max_batch: Annotated[
+        int, typer.Option(help=f"Most positions in one frame (1..{MAX_BATCH}).")
+    ] = MAX_BATCH,
+    max_rate: Annotated[
+        float,
+        typer.Option(help="Frames per second per connection; faster senders are read slower."),
+    ] = 1000.0,
+    max_connections: Annotated[
+        int, typer.Option(help="Connections held at once; more get HTTP 503.")
+    ] = 10_000,
+    handshake_timeout: Annotated[
+        float, typer.Option(help="Seconds a client has to complete its handshake.")
+    ] = 10.0,
+    auth: Annotated[
+        Path | None,
+        typer.Option(
+            help="Token file (TOML): who may publish (as which devices) and subscribe. "
+            "See docs/operations.md.",
+            show_default=False,
+        ),
+    ] = None,
+    certfile: Annotated[
+        Path | None,
+        typer.Option(help="TLS certificate chain (PEM): serve wss://.", show_default=False),
+    ] = None,
+    keyfile: Annotated[
+        Path | None,
+        typer.Option(help="TLS private key (PEM), with --certfile.", show_default=False),
+    ] = None,
+    allow_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Browser origin allowed to connect (repeat). Default: any. Clients that send "
+            "no Origin (devices, servers) are always allowed.",
+            show_default=False,
+        ),
+    ] = None,
     stats_interval: Annotated[
         float, typer.Option(help="Seconds between rate summaries in the log (0: none).")
     ] = 10.0,
+    http_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Also serve HTTP on this port: device clients (OsmAnd, OwnTracks), REST, "
+            "/healthz, /metrics. Off unless given.",
+            show_default=False,
+        ),
+    ] = None,
+    http_host: Annotated[
+        str | None,
+        typer.Option(help="Address of the HTTP listener (default: --host).", show_default=False),
+    ] = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Log warnings and errors only.")
     ] = False,
@@ -150,31 +202,72 @@ def serve(
     time) and acked, then pushed to every matching subscriber. Ctrl-C or SIGTERM stops
     it cleanly: what is in flight is stored and acked, clients are closed with 1001.
 
-    Example: `geotrack serve --port 8765 --store sqlite:///tracks.db`
+    With --http-port, phones and trackers post over HTTP in the same process (Traccar
+    Client, OsmAnd and GPSLogger to /, OwnTracks to /owntracks), and the REST API, /healthz
+    and /metrics are served there (docs/http.md).
+
+    Examples:
+
+      `geotrack serve --port 8765 --store sqlite:///tracks.db`
+
+      `geotrack serve --host 0.0.0.0 --http-port 5055`
+
+      `geotrack serve --host 0.0.0.0 --auth tokens.toml --certfile cert.pem --keyfile key.pem`
     """
+    from geotrack.auth import Tokens
     from geotrack.relay import Relay, RelayConfig
 
     _configure_logging(quiet, verbose)
     log = logging.getLogger("geotrack.relay")
-    config = RelayConfig(
-        host=host,
-        port=port,
-        max_frame=max_frame,
-        subscriber_queue=subscriber_queue,
-        stats_interval=stats_interval,
-    )
+    with errors():
+        config = RelayConfig(
+            host=host,
+            port=port,
+            max_frame=max_frame,
+            subscriber_queue=subscriber_queue,
+            stats_interval=stats_interval,
+            max_batch=_within("--max-batch", max_batch, 1, MAX_BATCH),
+            max_rate=_within("--max-rate", max_rate, 0.001, float("inf")),
+            max_connections=_within("--max-connections", max_connections, 1, 10**9),
+            handshake_timeout=_within("--handshake-timeout", handshake_timeout, 0.001, 3600.0),
+            tokens=Tokens.load(auth) if auth is not None else None,
+            ssl=_server_tls(certfile, keyfile),
+            allow_origins=tuple(allow_origin) if allow_origin else None,
+        )
+    exposed = [h for h in (host, http_host if http_port is not None else None) if h]
+    for address in dict.fromkeys(h for h in exposed if not _loopback(h)):
+        if config.tokens is None:
+            log.warning(
+                "listening on %s without --auth: anyone who can reach it may publish and "
+                "subscribe (see docs/operations.md)",
+                address,
+            )
 
     async def run(db: Store) -> None:
         relay = Relay(db, config)
         await relay.start()
+        listener = None
+        if http_port is not None:
+            from geotrack.relay.http import HttpListener
+
+            listener = HttpListener(relay, http_host or host, http_port, config.tokens)
+            try:
+                await listener.start()
+            except BaseException:
+                await relay.stop()
+                raise
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         log.info("geotrack relay listening on %s (store %s)", relay.url, db.display_url)
         log.info("publish to %s/publish, subscribe at %s/subscribe", relay.url, relay.url)
+        if listener is not None:
+            log.info("HTTP on %s: devices at / and /owntracks, REST at /api", listener.url)
         await stop.wait()
         log.info("stopping: storing and acking what is in flight")
+        if listener is not None:
+            await listener.stop()  # before the relay: what it accepted still gets stored
         await relay.stop()
         c = relay.counters
         log.info(
@@ -183,6 +276,47 @@ def serve(
 
     with errors(), _open(store) as db, _runner() as runner:
         runner.run(run(db))
+
+
+def _within(name: str, value: _N, low: _N, high: _N) -> _N:
+    if not low <= value <= high:
+        raise InvalidParameter(name, f"must be within {low}..{high}, got {value}")
+    return value
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _server_tls(certfile: Path | None, keyfile: Path | None) -> ssl.SSLContext | None:
+    if certfile is None:
+        if keyfile is not None:
+            raise InvalidParameter("--keyfile", "give --certfile too")
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise InvalidParameter("--certfile", f"cannot load {certfile}: {reason}") from None
+    return context
+
+
+def _client_tls(cafile: Path | None) -> ssl.SSLContext | None:
+    if cafile is None:
+        return None
+    try:
+        return ssl.create_default_context(cafile=str(cafile))
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise InvalidParameter("--cafile", f"cannot load {cafile}: {reason}") from None
 
 
 # -- publish -------------------------------------------------------------------------------
@@ -247,6 +381,22 @@ def publish(
         int, typer.Option(help=f"Most positions per frame (1..{MAX_BATCH}).")
     ] = MAX_BATCH,
     window: Annotated[int, typer.Option(help="Frames in flight before waiting for acks.")] = 32,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="GEOTRACK_TOKEN",
+            help="Token for a relay started with --auth.",
+            show_default=False,
+        ),
+    ] = None,
+    cafile: Annotated[
+        Path | None,
+        typer.Option(help="CA certificate (PEM) to trust for a wss:// relay.", show_default=False),
+    ] = None,
+    retry_for: Annotated[
+        str,
+        typer.Option(help="After a lost connection, keep reconnecting this long (0: don't)."),
+    ] = "5m",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Publish positions to a relay: replay GPX files or simulate movers.
@@ -261,7 +411,7 @@ def publish(
 
       `geotrack publish --simulate 100 --rate 2 --duration 5m --center 52.52,13.40`
     """
-    from geotrack.client import Publisher
+    from geotrack.client import Backoff, Publisher
     from geotrack.player import play
 
     paths = [*(gpx or []), *(files or [])]
@@ -282,7 +432,15 @@ def publish(
             source, total, what = _simulation(
                 simulate, rate, bbox, center, radius, profile, duration, count, seed, device
             )
-        publisher = Publisher(url, window=window)
+        retry_s = parse_duration(retry_for, "--retry-for")
+        publisher = Publisher(
+            url,
+            window=window,
+            token=token,
+            ssl_context=_client_tls(cafile),
+            reconnect=retry_s > 0,
+            backoff=Backoff(give_up_after=retry_s),
+        )
         started = time.monotonic()
 
         async def run(progress: Callable[[int], None]) -> None:
@@ -481,10 +639,16 @@ def tail(
         start: str | int | None = None
         if since is not None:
             start = since if db.is_cursor(since) else parse_time(since, _now_ms(), "--since")
-        if not json:
-            err.print(f"following {db.display_url} (Ctrl-C to stop)", highlight=False)
+
+        def opened(_cursor: str) -> None:
+            # Only once the feed is open: a bad cursor must print nothing but its error.
+            if not json:
+                err.print(f"following {db.display_url} (Ctrl-C to stop)", highlight=False)
+
+        # SIGTERM (systemd, kill) stops it like Ctrl-C: with the cursor printed.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
-            cursor = follow(db, emit, since=start, devices=device or ())
+            cursor = follow(db, emit, since=start, devices=device or (), on_open=opened)
         except BrokenPipeError:
             # The reader went away (| head): not an error; keep Python from complaining.
             _silence_stdout()
@@ -550,7 +714,15 @@ def export(
     from geotrack.export import format_for_path
 
     with errors():
-        fmt = format or (format_for_path(str(output)) if output else None) or "ndjson"
+        fmt = format or (format_for_path(str(output)) if output else None)
+        if fmt is None:
+            if output is not None:
+                raise InvalidParameter(
+                    "--format",
+                    f"cannot tell the format from {output.name!r}: "
+                    "give --format gpx, geojson, csv or ndjson",
+                )
+            fmt = "ndjson"
         now = _now_ms()
         since_ms = parse_time(since, now, "--since") if since else None
         until_ms = parse_time(until, now, "--until") if until else None

@@ -60,11 +60,12 @@ class StoreError(GeotrackError):
 class UnsupportedStore(StoreError):
     """The store URL's scheme names no backend."""
 
-    def __init__(self, url: str, known: tuple[str, ...]) -> None:
+    def __init__(self, url: str, known: tuple[str, ...], hint: str | None = None) -> None:
         self.url = url
         self.known = known
         super().__init__(
             f"unsupported store URL {url!r}: use one of {', '.join(s + '://' for s in known)}"
+            + (f" ({hint})" if hint else "")
         )
 
 

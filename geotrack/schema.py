@@ -48,11 +48,17 @@ __all__ = [
 
 MAX_BATCH: Final = 1000
 MAX_ATTRS: Final = 32
+#: Where the contract is silent, geotrack bounds attrs: a key of at most 64 characters and
+#: a string value of at most 1024, so one position cannot grow a subscriber's frame
+#: beyond what common clients accept.
+MAX_ATTR_KEY: Final = 64
+MAX_ATTR_STRING: Final = 1024
 # \Z, not $: $ also matches before a trailing newline.
 DEVICE_PATTERN: Final = r"^[A-Za-z0-9._:-]{1,64}\Z"
 _DEVICE_RE: Final = re.compile(DEVICE_PATTERN)
 _INT64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
-AttrValue = str | _INT64 | float | bool | None
+AttrValue = Annotated[str, msgspec.Meta(max_length=MAX_ATTR_STRING)] | _INT64 | float | bool | None
+_AttrKey = Annotated[str, msgspec.Meta(max_length=MAX_ATTR_KEY)]
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MS: Final = timedelta(milliseconds=1)
@@ -145,7 +151,7 @@ class Position(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     heading: Annotated[float, msgspec.Meta(ge=0, lt=360)] | None = None
     alt: float | None = None
     acc: Annotated[float, msgspec.Meta(ge=0)] | None = None
-    attrs: Annotated[dict[str, AttrValue], msgspec.Meta(max_length=MAX_ATTRS)] | None = None
+    attrs: Annotated[dict[_AttrKey, AttrValue], msgspec.Meta(max_length=MAX_ATTRS)] | None = None
 
     def __post_init__(self) -> None:
         # msgspec's range checks let NaN and infinities through where no bound applies (and
@@ -217,21 +223,23 @@ class ParsedFrame:
 
 _encoder: Final = msgspec.json.Encoder()
 _fast_decoder: Final = msgspec.json.Decoder(Position | list[Position])
-_LOCATION_RE: Final = re.compile(r"^(.*?)(?: - at `\$(.*)`)?$", re.DOTALL)
+_LOCATION_RE: Final = re.compile(r"^(.*?)(?: - at (`key` in )?`\$(.*)`)?$", re.DOTALL)
 
 
 def _describe(exc: msgspec.ValidationError) -> str:
     """Turn msgspec's message into one that starts with the field's name."""
     m = _LOCATION_RE.match(str(exc))
     assert m is not None
-    reason, where = m.group(1), m.group(2)
+    reason, in_key, where = m.group(1), m.group(2), m.group(3)
     if where:
         # "$.attrs[...]" -> "attrs"; "$[3].lat" never happens: we decode one position at a time.
         name = where.lstrip(".").split("[", 1)[0] or "position"
-        return f"{name}: {reason[:1].lower()}{reason[1:]}"
+        return f"{name}: {'a key: ' if in_key else ''}{reason[:1].lower()}{reason[1:]}"
     unknown = re.match(r"Object contains unknown field `(.*)`", reason, re.DOTALL)
     if unknown:
-        return f"{unknown.group(1)}: unknown field"
+        name = unknown.group(1)
+        # A hostile name can be a megabyte long: an ack must not echo it whole.
+        return f"{name if len(name) <= 64 else name[:64] + '…'}: unknown field"
     missing = re.match(r"Object missing required field `(.*)`", reason, re.DOTALL)
     if missing:
         return f"{missing.group(1)}: required field is missing"

@@ -6,6 +6,12 @@ import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+# Imported now, not lazily by hypothesis's pytest plugin at the end of the session: on
+# CPython 3.11.7, ast.parse (which pytest's assertion rewriting runs on that import) can
+# fail with "SystemError: AST constructor recursion depth mismatch" when garbage collection
+# runs finalizers in the middle of it, and by the end of a session there is garbage from
+# closed sockets and event loops. Fixed in later CPython releases.
+import hypothesis.internal.observability  # noqa: F401
 import pytest
 
 from geotrack.store import Store, open_store

@@ -233,7 +233,6 @@ ODD_STRINGS = [
     "lines\none\r\ntwo\rthree\ttab",
     "ünïcödé ✓ 𝄞",
     "control \x00 \x01 \x1f \ufffe",
-    "lone surrogate \ud800",
     ' xmlns:evil="http://example.com/" xmlns="x"',
     "",
 ]
@@ -277,7 +276,8 @@ def test_memory_stays_flat() -> None:
 
 # --- random positions ----------------------------------------------------------------------
 
-any_text = st.text(st.characters(exclude_categories=()), max_size=12)
+# Any text a Position accepts: every character but lone surrogates (Cs), which no store holds.
+any_text = st.text(st.characters(exclude_categories=("Cs",)), max_size=12)
 attr_values = (
     st.none()
     | st.booleans()

@@ -462,6 +462,7 @@ def test_slow_subscriber_is_dropped_and_never_stalls_anyone(tmp_path: Path) -> N
 
 def test_subscribers_receive_what_other_relays_store(store_factory: StoreFactory) -> None:
     """Two relays on one store (every backend): publish to one, subscribe to the other."""
+
     async def main() -> None:
         async with (
             running_relay("", store=store_factory(), follow_interval=0.05) as a,

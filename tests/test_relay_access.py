@@ -275,17 +275,17 @@ def test_smaller_batch_limit(tmp_path: Path) -> None:
 
 def test_since_replays_then_goes_live_without_gap_or_duplicate(tmp_path: Path) -> None:
     """Subscribe with since= while a publisher keeps publishing: every position once."""
-    total = 3000
+    total = 5000
 
     async def main() -> None:
-        async with running_relay(tmp_path / "db", subscriber_queue=1000) as relay:
+        async with running_relay(tmp_path / "db", subscriber_queue=6000) as relay:
             async with await publisher(relay) as ws:
                 before = time.time() - 1
-                for start in range(0, 1500, 100):
+                for start in range(0, 3000, 100):
                     await roundtrip(ws, [fix("seam", i) for i in range(start, start + 100)])
 
                 async def keep_publishing() -> None:
-                    for start in range(1500, total, 25):
+                    for start in range(3000, total, 25):
                         await roundtrip(ws, [fix("seam", i) for i in range(start, start + 25)])
 
                 task = asyncio.create_task(keep_publishing())

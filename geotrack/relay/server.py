@@ -14,6 +14,7 @@ import logging
 import ssl
 import time
 import uuid
+import weakref
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -187,7 +188,12 @@ class Relay:
         self._stopping = False
         self._stopped = asyncio.Event()
         self._follow_executor = ThreadPoolExecutor(1, thread_name_prefix="geotrack-follow")
-        self._admissions: dict[ServerConnection, _Admission] = {}
+        # Weak: a handshake admitted here can still fail afterwards (no Upgrade header, a
+        # refused Origin, the client gone before the handler runs), and then no handler
+        # ever pops its entry.
+        self._admissions: weakref.WeakKeyDictionary[ServerConnection, _Admission] = (
+            weakref.WeakKeyDictionary()
+        )
 
     @property
     def port(self) -> int:
@@ -482,7 +488,9 @@ class Relay:
                     if publisher.reader is not None:
                         publisher.reader.cancel()
                     with contextlib.suppress(ConnectionClosed):
-                        await ws.close(CLOSE_STORE_FAILED, f"store write failed: {exc}"[:120])
+                        await ws.close(
+                            CLOSE_STORE_FAILED, _close_reason(f"store write failed: {exc}")
+                        )
                 continue
             if failed:
                 continue
@@ -518,7 +526,7 @@ class Relay:
                 log.error("replay for subscriber %s failed: %s", peer, exc)
                 self.hub.remove(subscriber)
                 pump.cancel()
-                await ws.close(CLOSE_STORE_FAILED, f"replay failed: {exc}"[:120])
+                await ws.close(CLOSE_STORE_FAILED, _close_reason(f"replay failed: {exc}"))
                 return
         # Nothing a subscriber sends means anything; reading still notices the close.
         reader = asyncio.create_task(_drain(ws))
@@ -668,6 +676,15 @@ def _describe(flt: SubscribeFilter) -> str:
     if flt.bbox is not None:
         parts.append(f"bbox {flt.bbox}")
     return f" [{'; '.join(parts)}]" if parts else ""
+
+
+def _close_reason(text: str) -> str:
+    """``text`` cut to fit a close frame: 123 bytes of UTF-8, never in mid-character.
+
+    Cutting characters is not enough: a store path with non-ASCII letters makes a longer
+    reason, and websockets refuses to send it (ProtocolError), so the close never went out.
+    """
+    return text.encode()[:123].decode(errors="ignore")
 
 
 def _close_text(ws: ServerConnection) -> str:

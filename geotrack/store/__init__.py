@@ -19,7 +19,7 @@ def open_store(url: str) -> Store:
     """Open the store a URL names: ``sqlite:///path.db`` or ``mongodb://...``."""
     scheme, sep, _ = url.partition("://")
     if not sep:
-        raise UnsupportedStore(url, SCHEMES)
+        raise UnsupportedStore(url, SCHEMES, hint=f"for a file, use sqlite:///{url}")
     if scheme == "sqlite":
         from geotrack.store.sqlite import SQLiteStore
 
