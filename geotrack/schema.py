@@ -39,6 +39,7 @@ __all__ = [
     "encode_batch",
     "encode_error",
     "encode_position",
+    "json_type",
     "ms_to_ts",
     "parse_duration",
     "parse_time",
@@ -289,7 +290,7 @@ def _decode_slow(data: bytes | str, max_batch: int) -> ParsedFrame:
         items = value
     else:
         raise FrameError(
-            f"a frame must be a JSON object or an array of objects, not {_json_type(value)}"
+            f"a frame must be a JSON object or an array of objects, not {json_type(value)}"
         )
     positions: list[Position] = []
     indexes: list[int] = []
@@ -305,7 +306,8 @@ def _decode_slow(data: bytes | str, max_batch: int) -> ParsedFrame:
     return ParsedFrame(positions, indexes, rejected, len(items))
 
 
-def _json_type(value: object) -> str:
+def json_type(value: object) -> str:
+    """How to name a decoded JSON value's type in an error message ("a number", ...)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -314,6 +316,10 @@ def _json_type(value: object) -> str:
         return "a number"
     if isinstance(value, str):
         return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
     return type(value).__name__
 
 

@@ -26,7 +26,15 @@ from typing import Any, Final
 import msgspec
 
 from geotrack.errors import InvalidParameter
-from geotrack.schema import DEVICE_PATTERN, MAX_ATTRS, Position, ms_to_ts, parse_ts, validate
+from geotrack.schema import (
+    DEVICE_PATTERN,
+    MAX_ATTRS,
+    Position,
+    json_type,
+    ms_to_ts,
+    parse_ts,
+    validate,
+)
 
 __all__ = [
     "KMH",
@@ -135,7 +143,7 @@ def device_time(value: object, name: str = "timestamp") -> str:
                     f"got {value[:40]!r}",
                 ) from None
     else:
-        raise InvalidParameter(name, f"expected a time, got {_json_type(value)}")
+        raise InvalidParameter(name, f"expected a time, got {json_type(value)}")
     if isinstance(number, float) and not math.isfinite(number):
         raise InvalidParameter(name, "must be a finite number")
     try:
@@ -164,7 +172,7 @@ def _number(text: str, name: str) -> float:
 
 def _json_number(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidParameter(name, f"expected a number, got {_json_type(value)}")
+        raise InvalidParameter(name, f"expected a number, got {json_type(value)}")
     try:
         number = float(value)
     except OverflowError:  # an integer beyond any double
@@ -212,22 +220,6 @@ def _check_attrs(attrs: dict[str, Any]) -> None:
             f"{len(attrs)} extra fields ({names}, ...); at most {MAX_ATTRS} can be kept, "
             "send fewer",
         )
-
-
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
 
 
 # -- OsmAnd ----------------------------------------------------------------------------------
@@ -316,23 +308,23 @@ def _parse_osmand_json(body: Any, now_ms: int) -> Position:
     #    {"level": 0..1, "is_charging": b}, "activity": {"type": ...}, "extras": {...}, ...}}
     # It reports -1 for what it does not know (speed, heading, accuracy, battery level).
     if not isinstance(body, dict):
-        raise InvalidParameter("body", f"expected a JSON object, got {_json_type(body)}")
+        raise InvalidParameter("body", f"expected a JSON object, got {json_type(body)}")
     raw_id = body.get("device_id")
     if raw_id is None:
         raise InvalidParameter("device_id", "required")
     if isinstance(raw_id, int) and not isinstance(raw_id, bool):
         raw_id = str(raw_id)
     if not isinstance(raw_id, str):
-        raise InvalidParameter("device_id", f"expected a string, got {_json_type(raw_id)}")
+        raise InvalidParameter("device_id", f"expected a string, got {json_type(raw_id)}")
     position: dict[str, Any] = {"device": device_id(raw_id, "device_id")}
     location = body.get("location")
     if isinstance(location, list):
         raise InvalidParameter("location", "one location per request (turn batch sync off)")
     if not isinstance(location, dict):
-        raise InvalidParameter("location", f"expected an object, got {_json_type(location)}")
+        raise InvalidParameter("location", f"expected an object, got {json_type(location)}")
     coords = location.get("coords")
     if not isinstance(coords, dict):
-        raise InvalidParameter("location.coords", f"expected an object, got {_json_type(coords)}")
+        raise InvalidParameter("location.coords", f"expected an object, got {json_type(coords)}")
 
     for ours, theirs in (("lat", "latitude"), ("lon", "longitude")):
         if theirs not in coords:
@@ -400,7 +392,7 @@ def parse_owntracks(
     ``encrypted`` message is an error too, since its positions cannot be read.
     """
     if not isinstance(message, dict):
-        raise InvalidParameter("message", f"expected a JSON object, got {_json_type(message)}")
+        raise InvalidParameter("message", f"expected a JSON object, got {json_type(message)}")
     kind = message.get("_type")
     if kind is None:
         raise InvalidParameter("_type", "required")
