@@ -402,7 +402,9 @@ def test_hostile_clients_leave_the_relay_up_bounded_and_honest_positions_stored(
     # Memory: a correctness bound (no leak per connection or frame), not a performance goal.
     assert after - before < 150, (before, after)
     assert again >= 3000, again  # 6000 unless the machine is very slow
-    assert after_again - after < 4, (after, after_again)
+    # Per cycle, not in total: RSS also moves with allocator fragmentation and load. The
+    # leak this guards against cost 7-10 KB per failed handshake; noise stays under 1 KB.
+    assert (after_again - after) * 1024 / again < 2.5, (after, after_again, again)
     assert "Traceback" not in relay_log
     assert "never retrieved" not in relay_log
 
