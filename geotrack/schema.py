@@ -13,12 +13,13 @@ in time order and two positions are duplicates exactly when their ``device`` and
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
@@ -73,19 +74,55 @@ _RFC3339_RE: Final = re.compile(
 )
 
 
+_DAY_MS: Final = 86_400_000
+# The canonical form exactly: these strings take the fast paths below.
+_CANONICAL_RE: Final = re.compile(
+    r"^\d{4}-\d\d-\d\dT(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d\.\d{3}Z\Z", re.ASCII
+)
+
+
+# Every position crosses these conversions at least twice (validation, storage, reading
+# back), and fixes of one day share a date: caching the date part makes both directions
+# a few slices and integer operations instead of datetime arithmetic.
+@functools.lru_cache(maxsize=4096)
+def _day_text(day: int) -> str:
+    d = date(1970, 1, 1) + timedelta(days=day)
+    # Not strftime: %Y does not zero-pad years before 1000 on every platform.
+    return f"{d.year:04d}-{d.month:02d}-{d.day:02d}T"
+
+
+@functools.lru_cache(maxsize=4096)
+def _day_ms(text: str) -> int:
+    """Unix ms of midnight UTC of a ``YYYY-MM-DD`` date; ValueError if there is no such day."""
+    d = date(int(text[0:4]), int(text[5:7]), int(text[8:10]))
+    return (d - date(1970, 1, 1)).days * _DAY_MS
+
+
 def ms_to_ts(ms: int) -> str:
     """Format Unix milliseconds as a canonical RFC 3339 UTC string."""
-    dt = _EPOCH + timedelta(milliseconds=ms)
-    # Not strftime: %Y does not zero-pad years before 1000 on every platform.
-    return (
-        f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:"
-        f"{dt.second:02d}.{dt.microsecond // 1000:03d}Z"
-    )
+    day, rest = divmod(ms, _DAY_MS)
+    seconds, milli = divmod(rest, 1000)
+    minutes, second = divmod(seconds, 60)
+    hour, minute = divmod(minutes, 60)
+    return f"{_day_text(day)}{hour:02d}:{minute:02d}:{second:02d}.{milli:03d}Z"
 
 
 def ts_to_ms(ts: str) -> int:
     """Unix milliseconds of a canonical (or any RFC 3339) timestamp string."""
+    if _CANONICAL_RE.match(ts):
+        return _canonical_ms(ts)
     return _rfc3339_ms(ts)
+
+
+def _canonical_ms(ts: str) -> int:
+    """Unix ms of a string already matching the canonical pattern; ValueError for a bad date."""
+    return (
+        _day_ms(ts[:10])
+        + int(ts[11:13]) * 3_600_000
+        + int(ts[14:16]) * 60_000
+        + int(ts[17:19]) * 1000
+        + int(ts[20:23])
+    )
 
 
 def _rfc3339_ms(text: str) -> int:
@@ -114,6 +151,12 @@ def parse_ts(value: str | float) -> str:
     Raises ValueError with a reason when the value is neither.
     """
     if isinstance(value, str):
+        if _CANONICAL_RE.match(value):
+            try:
+                _canonical_ms(value)  # the calendar check: no February 30
+            except ValueError as exc:
+                raise ValueError(f"not a valid calendar time: {value!r} ({exc})") from None
+            return value
         return ms_to_ts(_rfc3339_ms(value))
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError("expected an RFC 3339 string or a number of Unix seconds")

@@ -46,9 +46,10 @@ CREATE UNIQUE INDEX IF NOT EXISTS positions_device_ts ON positions (device, ts);
 CREATE TABLE IF NOT EXISTS geotrack_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _COLUMNS: Final = "device, ts, lat, lon, speed, heading, alt, acc, attrs, stored, origin"
-_ROW_PARAMS: Final = 11
-# SQLite allows 32766 bound parameters per statement; stay well below.
-_ROWS_PER_STATEMENT: Final = 2000
+_INSERT: Final = (
+    f"INSERT INTO positions ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
+    "ON CONFLICT (device, ts) DO NOTHING"
+)
 _SELECT: Final = "SELECT seq, device, ts, lat, lon, speed, heading, alt, acc, attrs, origin"
 CURSOR_PREFIX: Final = "sqlite:"
 
@@ -170,21 +171,26 @@ class SQLiteStore(Store):
             )
             for p in positions
         ]
-        inserted: set[tuple[str, int]] = set()
         with self._lock:
             self._check_open()
             try:
                 self._writer.execute("BEGIN IMMEDIATE")
                 try:
-                    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
-                        chunk = rows[start : start + _ROWS_PER_STATEMENT]
-                        sql = (
-                            f"INSERT INTO positions ({_COLUMNS}) VALUES "
-                            + ",".join(["(" + ",".join("?" * _ROW_PARAMS) + ")"] * len(chunk))
-                            + " ON CONFLICT (device, ts) DO NOTHING RETURNING device, ts"
+                    before = self._writer.total_changes
+                    # The highest seq so far; rows this transaction inserts have larger ones.
+                    last = _last_seq(self._writer)
+                    self._writer.executemany(_INSERT, rows)
+                    inserted = self._writer.total_changes - before
+                    # The common case, nothing was a duplicate, needs no second look.
+                    keys = (
+                        None
+                        if inserted == len(rows)
+                        else set(
+                            self._writer.execute(
+                                "SELECT device, ts FROM positions WHERE seq > ?", (last,)
+                            ).fetchall()
                         )
-                        params = [value for row in chunk for value in row]
-                        inserted.update(self._writer.execute(sql, params).fetchall())
+                    )
                     self._writer.execute("COMMIT")
                 except BaseException:
                     if self._writer.in_transaction:
@@ -192,11 +198,13 @@ class SQLiteStore(Store):
                     raise
             except sqlite3.Error as exc:
                 raise StoreError(f"write to {self.display_url} failed: {exc}") from None
+        if keys is None:
+            return [True] * len(rows)
         new: list[bool] = []
         for row in rows:
             key = (row[0], row[1])
-            if key in inserted:
-                inserted.discard(key)  # a repeat later in the batch is a duplicate
+            if key in keys:
+                keys.discard(key)  # a repeat later in the batch is a duplicate
                 new.append(True)
             else:
                 new.append(False)
