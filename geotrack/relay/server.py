@@ -125,19 +125,33 @@ class Counters:
         return (self.stored, self.duplicates, self.rejected, self.delivered, self.from_peers)
 
 
+@dataclass(slots=True)
+class _Pending:
+    """Positions queued for the next commit, and what their ack will need."""
+
+    committed: asyncio.Future[list[bool]]
+    rejected: list[Rejection]
+    counts: TransportCounters
+    started: float
+
+
+#: An answer to a publish frame: ready bytes (errors, all-rejected acks) or a pending commit.
+_Answer = bytes | _Pending
+
+
 class _Answers:
     """A publisher's answers in frame order, with room for ``limit`` pending ones."""
 
     def __init__(self, limit: int) -> None:
-        self._items: deque[asyncio.Future[bytes] | None] = deque()
+        self._items: deque[_Answer | None] = deque()
         self._limit = limit
         self._changed = asyncio.Event()
 
-    def put(self, answer: asyncio.Future[bytes] | None) -> None:
+    def put(self, answer: _Answer | None) -> None:
         self._items.append(answer)
         self._changed.set()
 
-    async def get(self) -> asyncio.Future[bytes] | None:
+    async def get(self) -> _Answer | None:
         while not self._items:
             self._changed.clear()
             await self._changed.wait()
@@ -401,11 +415,10 @@ class Relay:
                     allowance = 1.0
                     last = loop.time()
                 allowance -= 1
-                answer: asyncio.Future[bytes]
+                answer: _Answer
                 if isinstance(message, bytes):
-                    answer = loop.create_future()
-                    answer.set_result(
-                        encode_error("binary frames are not accepted: send JSON in text frames")
+                    answer = encode_error(
+                        "binary frames are not accepted: send JSON in text frames"
                     )
                     self.counters.frame_errors += 1
                 else:
@@ -415,21 +428,43 @@ class Relay:
                 # socket. A cancel here (shutdown) loses nothing: the answer is queued.
                 await answers.room()
 
-    def _answer(self, message: str, publisher: _Publisher) -> asyncio.Future[bytes]:
-        loop = asyncio.get_running_loop()
+    def _answer(self, message: str, publisher: _Publisher) -> _Answer:
         try:
             frame = decode_frame(message, self.config.max_batch)
         except FrameError as exc:
             self.counters.frame_errors += 1
-            done = loop.create_future()
-            done.set_result(encode_error(str(exc)))
-            return done
+            return encode_error(str(exc))
         positions, rejected = frame.positions, frame.rejected
         if publisher.grant is not None and publisher.grant.devices:
             positions, rejected = _enforce(publisher.grant, frame)
         publisher.rejected += len(rejected)
-        committed = self.submit(positions, rejected, "websocket")
-        return asyncio.ensure_future(self._ack(committed, publisher))
+        pending = self._enqueue(positions, rejected, "websocket")
+        # A future per frame and no task: at tens of thousands of frames a second, tasks
+        # would cost more than everything else the relay does with a frame.
+        return pending if pending is not None else encode_ack(Ack(0, 0, rejected))
+
+    def _enqueue(
+        self, positions: list[Position], rejected: list[Rejection], transport: str
+    ) -> _Pending | None:
+        """Count rejections and queue positions for the next commit (None when none)."""
+        counts = self.counters.transport(transport)
+        counts.rejected += len(rejected)
+        self.counters.rejected += len(rejected)
+        if not positions:
+            return None
+        loop = asyncio.get_running_loop()
+        return _Pending(self._committer.submit(positions), rejected, counts, loop.time())
+
+    def _settle(self, pending: _Pending, flags: list[bool]) -> Ack:
+        """Count a committed frame and build its ack."""
+        self.counters.ack_latency.observe(asyncio.get_running_loop().time() - pending.started)
+        stored = sum(flags)
+        duplicates = len(flags) - stored
+        self.counters.stored += stored
+        self.counters.duplicates += duplicates
+        pending.counts.stored += stored
+        pending.counts.duplicates += duplicates
+        return Ack(stored, duplicates, pending.rejected)
 
     def submit(
         self, positions: list[Position], rejected: list[Rejection], transport: str
@@ -441,35 +476,16 @@ class Relay:
         positions. The future raises StoreError when the write failed; nothing is then
         acked, and the sender must retry.
         """
-        counts = self.counters.transport(transport)
-        counts.rejected += len(rejected)
-        self.counters.rejected += len(rejected)
-        loop = asyncio.get_running_loop()
-        if not positions:
-            done: asyncio.Future[Ack] = loop.create_future()
+        pending = self._enqueue(positions, rejected, transport)
+        if pending is None:
+            done: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
             done.set_result(Ack(0, 0, rejected))
             return done
-        committed = self._committer.submit(positions)
-        started = loop.time()
 
-        async def ack() -> Ack:
-            flags = await committed
-            self.counters.ack_latency.observe(loop.time() - started)
-            stored = sum(flags)
-            duplicates = len(flags) - stored
-            self.counters.stored += stored
-            self.counters.duplicates += duplicates
-            counts.stored += stored
-            counts.duplicates += duplicates
-            return Ack(stored, duplicates, rejected)
+        async def ack(pending: _Pending) -> Ack:
+            return self._settle(pending, await pending.committed)
 
-        return asyncio.ensure_future(ack())
-
-    async def _ack(self, committed: asyncio.Future[Ack], publisher: _Publisher) -> bytes:
-        ack = await committed
-        publisher.stored += ack.stored
-        publisher.duplicates += ack.duplicates
-        return encode_ack(ack)
+        return asyncio.ensure_future(ack(pending))
 
     async def _send_answers(
         self, ws: ServerConnection, answers: _Answers, publisher: _Publisher
@@ -477,21 +493,28 @@ class Relay:
         """Send one answer per frame, in frame order, each once its frame is committed."""
         failed = False
         while (answer := await answers.get()) is not None:
-            try:
-                data = await answer
-            except StoreError as exc:
-                # Never ack what is not stored. Closing tells the publisher to reconnect and
-                # resend everything unacknowledged; dedupe makes the resend safe.
-                if not failed:
-                    failed = True
-                    log.error("closing publisher %s: store write failed", publisher.name)
-                    if publisher.reader is not None:
-                        publisher.reader.cancel()
-                    with contextlib.suppress(ConnectionClosed):
-                        await ws.close(
-                            CLOSE_STORE_FAILED, _close_reason(f"store write failed: {exc}")
-                        )
-                continue
+            if isinstance(answer, bytes):
+                data = answer
+            else:
+                try:
+                    flags = await answer.committed
+                except StoreError as exc:
+                    # Never ack what is not stored. Closing tells the publisher to reconnect
+                    # and resend everything unacknowledged; dedupe makes the resend safe.
+                    if not failed:
+                        failed = True
+                        log.error("closing publisher %s: store write failed", publisher.name)
+                        if publisher.reader is not None:
+                            publisher.reader.cancel()
+                        with contextlib.suppress(ConnectionClosed):
+                            await ws.close(
+                                CLOSE_STORE_FAILED, _close_reason(f"store write failed: {exc}")
+                            )
+                    continue
+                ack = self._settle(answer, flags)
+                publisher.stored += ack.stored
+                publisher.duplicates += ack.duplicates
+                data = encode_ack(ack)
             if failed:
                 continue
             with contextlib.suppress(ConnectionClosed):
