@@ -387,30 +387,39 @@ class SQLiteChangeFeed(ChangeFeed):
     def _read(self) -> list[Change]:
         if self._closed:
             raise StoreError("the change feed is closed")
+        # Rows this feed leaves out (another device, the follower's own writes) are skipped
+        # in SQL, and the cursor still moves past them: the highest seq is read in the same
+        # snapshot (one read transaction), so no row committed in between is jumped over.
+        where = "seq > ?"
+        params: list[int | str] = [self._after]
+        if self._exclude_origin is not None:
+            where += " AND origin IS NOT ?"
+            params.append(self._exclude_origin)
+        if self._devices:
+            where += f" AND device IN ({','.join('?' * len(self._devices))})"
+            params.extend(self._devices)
         try:
             version = self._conn.execute("PRAGMA data_version").fetchone()[0]
             if version == self._data_version:
                 return []
-            rows = self._conn.execute(
-                f"{_SELECT} FROM positions WHERE seq > ? ORDER BY seq LIMIT ?",
-                (self._after, self.batch),
-            ).fetchall()
+            self._conn.execute("BEGIN")
+            try:
+                rows = self._conn.execute(
+                    f"{_SELECT} FROM positions WHERE {where} ORDER BY seq LIMIT ?",
+                    (*params, self.batch),
+                ).fetchall()
+                top = None if len(rows) == self.batch else _last_seq(self._conn)
+            finally:
+                self._conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise StoreError(f"following {self._display_url} failed: {exc}") from None
-        if len(rows) < self.batch:
+        if top is not None:
             # Seen everything up to this version; a full batch means more may be waiting.
             self._data_version = version
-        # Filter here rather than in SQL so the cursor moves past rows that are left out:
-        # a WHERE clause would make every poll rescan them.
-        changes: list[Change] = []
-        for row in rows:
-            if (not self._devices or row[1] in self._devices) and (
-                self._exclude_origin is None or row[10] != self._exclude_origin
-            ):
-                changes.append(Change(f"{CURSOR_PREFIX}{row[0]}", _row_to_position(row), row[10]))
-        if rows:
+            self._after = max(self._after, top)
+        elif rows:
             self._after = rows[-1][0]
-        return changes
+        return [Change(f"{CURSOR_PREFIX}{row[0]}", _row_to_position(row), row[10]) for row in rows]
 
     def close(self) -> None:
         if not self._closed:
