@@ -224,9 +224,10 @@ def serve(
             host=host,
             port=port,
             max_frame=max_frame,
-            subscriber_queue=subscriber_queue,
             stats_interval=stats_interval,
             max_batch=_within("--max-batch", max_batch, 1, MAX_BATCH),
+            # A subscriber must hold at least two frames' worth, or one frame drops it.
+            subscriber_queue=_within("--subscriber-queue", subscriber_queue, 2 * max_batch, 10**9),
             max_rate=_within("--max-rate", max_rate, 0.001, float("inf")),
             max_connections=_within("--max-connections", max_connections, 1, 10**9),
             handshake_timeout=_within("--handshake-timeout", handshake_timeout, 0.001, 3600.0),

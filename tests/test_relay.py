@@ -523,3 +523,23 @@ def test_stop_acks_in_flight_and_closes_everyone_with_1001(tmp_path: Path) -> No
         store.close()
 
     arun(main())
+
+
+def test_a_large_commit_does_not_drop_a_subscriber_that_keeps_up(tmp_path: Path) -> None:
+    """Commits are capped below the subscriber queue, so bursts never drop readers."""
+    total = 5000
+
+    async def main() -> None:
+        async with running_relay(tmp_path / "db", subscriber_queue=2500) as relay:
+            sub = await subscriber(relay)
+            reading = asyncio.create_task(collect(sub, total, 30))
+            async with await publisher(relay) as ws:
+                for start in range(0, total, 1000):  # pipelined: one big group commit
+                    await ws.send(json.dumps([fix("burst", i) for i in range(start, start + 1000)]))
+                acks = [json.loads(await within(ws.recv())) for _ in range(total // 1000)]
+            assert sum(a["stored"] for a in acks) == total
+            assert len(await within(reading, 30)) == total
+            assert relay.hub.dropped == 0
+            await sub.close()
+
+    arun(main())

@@ -82,6 +82,8 @@ class RelayConfig:
     max_connections: int = 10_000
     #: Seconds a client has to complete its opening handshake.
     handshake_timeout: float = 10.0
+    #: Connections the kernel queues before the relay accepts them.
+    backlog: int = 1024
     #: Who may publish and subscribe (``--auth``); None lets anyone do both.
     tokens: Tokens | None = None
     #: TLS settings to serve wss:// (``--certfile``/``--keyfile``).
@@ -195,7 +197,14 @@ class Relay:
         self.id = f"relay-{uuid.uuid4().hex[:12]}"
         self.counters = Counters()
         self.hub = Hub()
-        self._committer = GroupCommitter(store, self.id, self._fan_out)
+        # One commit's new positions all go to every subscriber at once: a commit larger
+        # than a subscriber's queue would drop even a subscriber that keeps up.
+        self._committer = GroupCommitter(
+            store,
+            self.id,
+            self._fan_out,
+            max_rows=max(1, min(20_000, self.config.subscriber_queue // 2)),
+        )
         self._publishers: set[_Publisher] = set()
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -247,6 +256,9 @@ class Relay:
                 # Positions are small and frequent: deflate would cost more CPU than it saves.
                 compression=None,
                 server_header="geotrack",
+                # asyncio's default of 100 loses handshakes when many clients reconnect at
+                # once (after a relay restart); Node's default is 511.
+                backlog=self.config.backlog,
             )
         except OSError as exc:
             await self._committer.close()
