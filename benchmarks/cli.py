@@ -1,0 +1,246 @@
+"""``python -m benchmarks``: run the scenarios, print the tables, write the JSON.
+
+Examples::
+
+    .venv/bin/python -m benchmarks                 # everything (about 10 minutes)
+    .venv/bin/python -m benchmarks --quick         # a smoke run of everything (about 2 minutes)
+    .venv/bin/python -m benchmarks --only 3 --only fanout --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks import procstat, report
+from benchmarks.export_bench import run_export
+from benchmarks.profiling import py_spy
+from benchmarks.relays import ROOT, SetupError, ensure_node_modules, node_versions
+from benchmarks.scenarios import Outcome, Settings, build, log_to_stderr, run_scenario
+
+NAMES = {
+    "single": 1,
+    "batched": 2,
+    "latency": 3,
+    "fanout": 4,
+    "idle": 5,
+    "http": 6,
+    "reference": 7,
+    "export": 8,
+}
+
+
+def _parse_only(values: list[str]) -> set[int]:
+    chosen: set[int] = set()
+    for value in values:
+        for raw in value.split(","):
+            part = raw.strip().lower()
+            if not part:
+                continue
+            if part.isdigit() and 1 <= int(part) <= 8:
+                chosen.add(int(part))
+            elif part in NAMES:
+                chosen.add(NAMES[part])
+            else:
+                raise SystemExit(f"--only: no scenario {part!r} (1-8 or {', '.join(NAMES)})")
+    return chosen
+
+
+def _http_available() -> bool:
+    done = subprocess.run(
+        [sys.executable, "-m", "geotrack", "serve", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return "--http-port" in done.stdout
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in ("geotrack", "websockets", "msgspec", "uvloop", "aiohttp", "rich"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    import sqlite3
+
+    versions["sqlite (python)"] = sqlite3.sqlite_version
+    versions.update(node_versions())
+    return versions
+
+
+def _machine() -> dict[str, Any]:
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", "geotrack"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": procstat.cpu_model(),
+        "kernel": platform.release(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "commit": commit + (" (geotrack/ modified)" if dirty else ""),
+    }
+
+
+def side_by_side(outcomes: list[Outcome]) -> Table | None:
+    """Scenario 7: geotrack next to the seed's stack, on the workloads of scenarios 1-5."""
+    rows = []
+    for o in outcomes:
+        if o.number not in (1, 2, 3, 4, 5) or "geotrack" not in o.medians:
+            continue
+        metric, label, digits = {
+            1: ("stored_per_s", "stored/s", 0),
+            2: ("stored_per_s", "stored/s", 0),
+            3: ("p99", "p99 ms", 2),
+            4: ("p99", "p99 ms", 1),
+            5: ("kib_per_connection", "KiB/conn", 1),
+        }[o.number]
+        cells = []
+        for relay in ("geotrack", "node-ws", "socketio"):
+            value = o.medians.get(relay, [{}])[-1].get(metric)
+            cells.append("-" if value is None else f"{value:,.{digits}f}")
+        rows.append((str(o.number), o.name, label, *cells))
+    if not rows:
+        return None
+    table = Table(
+        title="7. Side by side: geotrack and the seed's stack (medians)", title_justify="left"
+    )
+    for name in ("#", "scenario", "figure", "geotrack", "Node ws", "Node socket.io"):
+        table.add_column(name, justify="left" if name in ("scenario", "figure") else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Benchmark a real geotrack relay (and the Node.js references) on loopback.",
+        epilog="Scenarios: " + ", ".join(f"{n} {name}" for name, n in NAMES.items()),
+    )
+    parser.add_argument("--quick", action="store_true", help="a short smoke run of everything")
+    parser.add_argument(
+        "--only", action="append", default=[], metavar="SCENARIO",
+        help="run only this scenario (number or name; repeat or comma-separate)",
+    )  # fmt: skip
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3, --quick 1)")
+    parser.add_argument("--duration", type=float, help="seconds measured per phase (default 3)")
+    parser.add_argument(
+        "--no-references", action="store_true", help="leave out the Node.js reference relays"
+    )
+    parser.add_argument("--no-profile", action="store_true", help="no py-spy profile runs")
+    parser.add_argument("--output", type=Path, help="JSON file (default benchmarks/results/...)")
+    args = parser.parse_args(argv)
+
+    chosen = _parse_only(args.only) or set(range(1, 9))
+    if chosen == {7}:
+        chosen = {1, 3, 7}  # the reference comparison shows on scenarios 1 and 3
+    stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
+    results_dir = ROOT / "benchmarks" / "results"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    settings = Settings(
+        rounds=args.rounds or (1 if args.quick else 3),
+        warmup=0.5 if args.quick else 1.0,
+        duration=args.duration or (1.5 if args.quick else 3.0),
+        quick=args.quick,
+        references=not args.no_references,
+        profile=not args.no_profile and not args.quick and py_spy() is not None,
+        results_dir=results_dir,
+        stamp=stamp,
+    )
+    log = log_to_stderr
+    notes: list[str] = []
+    if settings.references and chosen & {1, 2, 3, 4, 5, 7}:
+        try:
+            ensure_node_modules(log)
+        except SetupError as exc:
+            notes.append(f"Node.js references left out: {exc}")
+            log(f"Node.js references left out: {exc}")
+            settings = dataclasses.replace(settings, references=False)
+    if not args.no_profile and py_spy() is None:
+        notes.append("no profiles: py-spy is not installed (.venv/bin/pip install py-spy)")
+
+    began = time.monotonic()
+    machine = _machine()
+    versions = _versions()
+    log(
+        f"geotrack benchmarks: {machine['nproc']} CPUs ({machine['cpu']}), rounds {settings.rounds}"
+    )
+    http = _http_available()
+    outcomes: list[Outcome] = []
+    for scenario in build(settings, http):
+        if scenario.number not in chosen:
+            continue
+        log(f"[{scenario.number}] {scenario.title}")
+        outcomes.append(run_scenario(scenario, settings, log))
+    export = None
+    if 8 in chosen:
+        log("[8] Export to GeoJSON, CSV and GPX")
+        sizes = (20_000, 80_000) if settings.quick else (250_000, 1_000_000)
+        export = run_export(
+            sizes,
+            settings.rounds,
+            results_dir if settings.profile else None,
+            stamp,
+            log,
+        )
+    elapsed = time.monotonic() - began
+
+    target_items = report.targets(outcomes, export)
+    console = Console(width=max(shutil.get_terminal_size((170, 40)).columns, 170))
+    console.print(
+        f"[bold]geotrack benchmarks[/] {stamp}: {machine['nproc']} CPUs ({machine['cpu']}), "
+        f"commit {machine['commit']}; rounds {settings.rounds}, {settings.duration:g} s measured "
+        f"per phase after {settings.warmup:g} s warm-up; took {elapsed:.0f} s"
+    )
+    console.print(", ".join(f"{k} {v}" for k, v in versions.items()), highlight=False)
+    report.print_all(console, outcomes, export, target_items, settings.quick)
+    if 7 in chosen and (table := side_by_side(outcomes)) is not None:
+        console.print(table)
+    for note in notes:
+        console.print(f"note: {note}", highlight=False)
+
+    output = args.output or results_dir / f"{stamp}.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    document = {
+        "stamp": stamp,
+        "seconds": elapsed,
+        "command": " ".join([Path(sys.executable).name, "-m", "benchmarks", *sys.argv[1:]]),
+        "machine": machine,
+        "versions": versions,
+        "settings": {k: str(v) for k, v in dataclasses.asdict(settings).items()},
+        "notes": notes,
+        "scenarios": [o.to_json() for o in outcomes],
+        "export": export,
+        "targets": target_items,
+    }
+    output.write_text(json.dumps(document, indent=1, default=str))
+    console.print(f"results: {output}", highlight=False)
+    return 0
