@@ -368,9 +368,18 @@ def test_hostile_clients_leave_the_relay_up_bounded_and_honest_positions_stored(
             # The attack set the high-water mark; more of the same churn must not raise it.
             # State left behind by some kind of ended connection would: a few KB each, times
             # the 750 connections of each kind here, is megabytes.
-            again = arun(churn(url, port, cycles=6000, seconds=30), timeout=45)
-            time.sleep(1)
-            after_again = rss_mb(relay.pid)
+            # Two more rounds: a leak grows every round by the same amount, while the
+            # allocator's high-water mark may still move once under load, then settles.
+            growth: list[float] = []
+            again = 0
+            last = after
+            for _ in range(2):
+                cycles = arun(churn(url, port, cycles=6000, seconds=30), timeout=45)
+                time.sleep(1)
+                now = rss_mb(relay.pid)
+                growth.append((now - last) * 1024 / max(cycles, 1))  # KB per cycle
+                again, last = min(again or cycles, cycles), now
+            after_again = last
 
             # Still up, still serving: a fresh publish is stored and acked.
             assert relay.poll() is None
@@ -403,8 +412,9 @@ def test_hostile_clients_leave_the_relay_up_bounded_and_honest_positions_stored(
     assert after - before < 150, (before, after)
     assert again >= 3000, again  # 6000 unless the machine is very slow
     # Per cycle, not in total: RSS also moves with allocator fragmentation and load. The
-    # leak this guards against cost 7-10 KB per failed handshake; noise stays under 1 KB.
-    assert (after_again - after) * 1024 / again < 2.5, (after, after_again, again)
+    # leak this guards against cost 7-10 KB per failed handshake in every round; noise
+    # stays under about 3 KB in the round where it shows and near 0 in the other.
+    assert min(growth) < 2.5, (after, after_again, growth)
     assert "Traceback" not in relay_log
     assert "never retrieved" not in relay_log
 

@@ -314,3 +314,22 @@ def test_since_cursor_and_bad_since(tmp_path: Path) -> None:
             assert status == 400 and body.startswith("since:")
 
     arun(main())
+
+
+def test_handshakes_refused_after_admission_leave_no_state(tmp_path: Path) -> None:
+    """A plain GET (no Upgrade) passes our checks, then fails websockets' own: no leak."""
+    import gc
+
+    async def main() -> None:
+        async with running_relay(tmp_path / "db") as relay:
+            for _ in range(20):
+                reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+                writer.write(b"GET /publish HTTP/1.1\r\nHost: x\r\n\r\n")
+                await writer.drain()
+                assert b"426" in (await within(reader.read(), 5)).split(b"\r\n", 1)[0]
+                writer.close()
+            await asyncio.sleep(0.2)
+            gc.collect()
+            assert len(relay._admissions) == 0
+
+    arun(main())
