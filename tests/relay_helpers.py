@@ -7,10 +7,11 @@ import contextlib
 import os
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -108,3 +109,47 @@ def wait_listening(
                 return
         time.sleep(0.05)
     raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
+
+
+class Lines:
+    """The lines a child writes to a pipe, read by a thread so that the child never blocks."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.lines: list[str] = []
+        self.closed = False
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        try:
+            for line in stream:
+                with self._changed:
+                    self.lines.append(line.rstrip("\n"))
+                    self._changed.notify_all()
+        except (OSError, ValueError):  # the pipe was closed under us: the child is gone
+            pass
+        finally:
+            with self._changed:
+                self.closed = True
+                self._changed.notify_all()
+
+    def wait(self, until: Callable[[list[str]], bool], timeout: float = 20) -> list[str]:
+        """The lines so far, once ``until(lines)`` holds; fails the test after ``timeout``."""
+        with self._changed:
+            self._changed.wait_for(lambda: until(self.lines) or self.closed, timeout)
+            lines = list(self.lines)
+        assert until(lines), f"gave up waiting after {timeout} s; got {len(lines)} lines:\n" + (
+            "\n".join(lines[-20:])
+        )
+        return lines
+
+    def join(self, timeout: float = 10) -> list[str]:
+        self._thread.join(timeout)
+        with self._changed:
+            return list(self.lines)
+
+    @property
+    def text(self) -> str:
+        with self._changed:
+            return "\n".join(self.lines)

@@ -13,13 +13,12 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import gpxpy
 import msgspec
@@ -33,7 +32,7 @@ from geotrack.schema import Position
 from geotrack.sources.gpx import Track, read_gpx
 from geotrack.store import open_store
 from tests.conftest import SAMPLES, free_port
-from tests.relay_helpers import arun, relay_process
+from tests.relay_helpers import Lines, arun, relay_process
 
 WALK = SAMPLES / "walk.gpx"  # 120 points 5 s apart, with <ele> and Garmin extensions
 DRIVE = SAMPLES / "drive.gpx"  # 200 points 2 s apart at .250 s, speed, heading, acc, attrs
@@ -74,40 +73,6 @@ def geotrack(*args: str | Path, cwd: Path, timeout: float = 30) -> subprocess.Co
         timeout=timeout,
         check=False,
     )
-
-
-class Lines:
-    """The lines a child writes to a pipe, read by a thread so that the child never blocks."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self.lines: list[str] = []
-        self.closed = False
-        self._changed = threading.Condition()
-        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
-        self._thread.start()
-
-    def _read(self, stream: IO[str]) -> None:
-        try:
-            for line in stream:
-                with self._changed:
-                    self.lines.append(line.rstrip("\n"))
-                    self._changed.notify_all()
-        except (OSError, ValueError):  # the pipe was closed under us: the child is gone
-            pass
-        finally:
-            with self._changed:
-                self.closed = True
-                self._changed.notify_all()
-
-    def wait(self, until: Callable[[list[str]], bool], timeout: float = 15) -> list[str]:
-        """The lines so far, once ``until(lines)`` holds; fails the test after ``timeout``."""
-        with self._changed:
-            self._changed.wait_for(lambda: until(self.lines) or self.closed, timeout)
-            lines = list(self.lines)
-        assert until(lines), f"gave up waiting after {timeout} s; got {len(lines)} lines:\n" + (
-            "\n".join(lines[-20:])
-        )
-        return lines
 
     def join(self, timeout: float = 10) -> list[str]:
         self._thread.join(timeout)

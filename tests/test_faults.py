@@ -17,11 +17,9 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
 
 import pytest
 from websockets.sync.client import connect
@@ -30,54 +28,12 @@ from geotrack.schema import Position, ms_to_ts, ts_to_ms
 from geotrack.sources.simulate import Simulation
 from geotrack.store import open_store
 from tests.conftest import free_port
-from tests.relay_helpers import relay_process
+from tests.relay_helpers import Lines, relay_process
 
 # The simulated stream every CLI test publishes: 10 cars reporting 10 times a second,
 # replayed 20 times faster than real time, so 2000 positions a second for 3 s.
 MOVERS, RATE, SPEED, COUNT, SEED = 10, 10.0, 20.0, 6000, 4242
 SUMMARY = re.compile(r"(\d+) sent, (\d+) stored, (\d+) duplicates, (\d+) rejected")
-
-
-class Lines:
-    """The lines a child writes to a pipe, read by a thread so that the child never blocks."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self.lines: list[str] = []
-        self.closed = False
-        self._changed = threading.Condition()
-        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
-        self._thread.start()
-
-    def _read(self, stream: IO[str]) -> None:
-        try:
-            for line in stream:
-                with self._changed:
-                    self.lines.append(line.rstrip("\n"))
-                    self._changed.notify_all()
-        except (OSError, ValueError):  # the pipe was closed under us: the child is gone
-            pass
-        finally:
-            with self._changed:
-                self.closed = True
-                self._changed.notify_all()
-
-    def wait(self, until: Callable[[list[str]], bool], timeout: float = 20) -> list[str]:
-        """The lines so far, once ``until(lines)`` holds; fails the test after ``timeout``."""
-        with self._changed:
-            self._changed.wait_for(lambda: until(self.lines) or self.closed, timeout)
-            lines = list(self.lines)
-        assert until(lines), f"gave up after {timeout} s; last lines:\n" + "\n".join(lines[-20:])
-        return lines
-
-    def join(self, timeout: float = 10) -> list[str]:
-        self._thread.join(timeout)
-        with self._changed:
-            return list(self.lines)
-
-    @property
-    def text(self) -> str:
-        with self._changed:
-            return "\n".join(self.lines)
 
 
 class Relays:
