@@ -1,10 +1,12 @@
 """Fan-out: stored positions to every matching subscriber, without letting one slow down.
 
-Each position is encoded once, however many subscribers get it. Each subscriber has a
-bounded queue of encoded positions and its own sender task, which coalesces whatever has
-queued while the previous send was in progress into one JSON array frame. When a
-subscriber's queue is full it is dropped (closed with 1013 and a reason) instead of
-slowing anyone else: that is the slow-subscriber policy documented in docs/protocol.md.
+Each position is encoded once, however many subscribers get it, and each commit's positions
+become one JSON array frame, built once for all the subscribers that take everything and
+written straight to each one's connection. A subscriber whose connection does not keep up
+(its transport's write buffer is full) gets a bounded queue instead, which its sender
+drains into array frames as the connection takes them. When that queue is full the
+subscriber is dropped (closed with 1013 and a reason) instead of slowing anyone else: that
+is the slow-subscriber policy documented in docs/protocol.md.
 
 A subscriber that asked for ``since`` starts *holding*: live positions are kept aside
 while the store replays what was stored since then, and released once the replay has
@@ -19,8 +21,8 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from typing import Any, Final
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, Final, Protocol
 
 from geotrack.schema import Position, SubscribeFilter, encode_batch, encode_position
 
@@ -36,7 +38,8 @@ MAX_FRAME_POSITIONS: Final = 1000
 SEAM_WINDOW: Final = 5.0
 
 Key = tuple[str, str]
-Send = Callable[[bytes], Awaitable[None]]
+#: Makes one frame of the transport from a payload (a WebSocket text frame).
+Framer = Callable[[bytes], bytes]
 Close = Callable[[int, str], Coroutine[Any, Any, None]]
 
 
@@ -68,21 +71,44 @@ class _RecentKeys:
         return not self._order
 
 
+class Outlet(Protocol):
+    """Where a subscriber's frames go: a WebSocket connection, seen from the fan-out."""
+
+    def writable(self) -> bool:
+        """Open, and able to take a write without queuing past its limit."""
+        ...
+
+    def write_frames(self, frames: bytes) -> bool:
+        """Write ready-made frames; False when the connection is no longer open."""
+        ...
+
+    async def wait_writable(self) -> None:
+        """Wait until :meth:`writable` (or the connection's end)."""
+        ...
+
+
 class Subscriber:
-    """One subscriber's queue and sender."""
+    """One subscriber's queue and sender.
+
+    Positions are written straight to the connection while it keeps up (its queue is
+    empty and its transport takes writes); only a subscriber that is behind has positions
+    queued, and :meth:`run` sends those as the transport drains.
+    """
 
     def __init__(
         self,
         name: str,
         flt: SubscribeFilter,
-        send: Send,
+        outlet: Outlet,
+        framer: Framer,
         close: Close,
         limit: int,
         hold: bool = False,
     ):
         self.name = name
         self.filter = flt
-        self._send = send
+        self._outlet = outlet
+        self._framer = framer
         self._close = close
         self._limit = limit
         self._queue: list[bytes] = []
@@ -91,6 +117,7 @@ class Subscriber:
         self.dropped = False
         self.delivered = 0
         self._closing = False
+        self._gone = False
         self._closer: asyncio.Task[None] | None = None
         # Set while replaying: live positions wait here, by key, in arrival order.
         self._held: dict[Key, bytes] | None = {} if hold else None
@@ -108,7 +135,8 @@ class Subscriber:
         replayed = self._replayed
         fresh = [(k, e) for k, e in items if replayed is None or k not in replayed]
         if self._held is None:
-            self.push([e for _, e in fresh])
+            if fresh:
+                self.push([e for _, e in fresh])
             return
         if self.dropped:
             return
@@ -124,7 +152,8 @@ class Subscriber:
             self._replayed.add(key)
             if self._held is not None:
                 self._held.pop(key, None)
-        self.push([e for _, e in items])
+        if items:
+            self.push([e for _, e in items])
 
     def release(self) -> None:
         """The replay has caught up: send the live positions held meanwhile, then go live."""
@@ -134,19 +163,32 @@ class Subscriber:
 
     async def room(self) -> None:
         """Wait until the queue is at most half full (a replay's pace)."""
-        while len(self._queue) > self._limit // 2 and not self.dropped:
+        while len(self._queue) > self._limit // 2 and not self.dropped and not self._gone:
             self._sent.clear()
             await self._sent.wait()
 
-    def push(self, encoded: list[bytes]) -> None:
-        """Queue encoded positions; drop the subscriber if that overflows its queue."""
-        if self.dropped or self._closing:
+    def push(self, encoded: list[bytes], frames: bytes | None = None) -> None:
+        """Send encoded positions, or queue them while the subscriber is behind.
+
+        ``frames`` is the same positions already framed (shared by every subscriber that
+        gets all of them). A push that overflows the queue drops the subscriber.
+        """
+        if self.dropped or self._closing or self._gone:
+            return
+        if not self._queue and self._outlet.writable():
+            if frames is None:
+                frames = self._frames(encoded)
+            if self._outlet.write_frames(frames):
+                self.delivered += len(encoded)
             return
         if len(self._queue) + len(encoded) > self._limit:
             self._drop()
             return
         self._queue.extend(encoded)
         self._ready.set()
+
+    def _frames(self, encoded: list[bytes]) -> bytes:
+        return frames_of(encoded, self._framer)
 
     def _drop(self) -> None:
         self.dropped = True
@@ -161,15 +203,18 @@ class Subscriber:
         )
 
     async def run(self) -> None:
-        """Send queued positions until the subscriber is dropped or :meth:`finish` is called."""
-        while not self.dropped:
+        """Send what queues up until the subscriber is dropped, gone, or :meth:`finish` ed."""
+        while not self.dropped and not self._gone:
             await self._ready.wait()
             self._ready.clear()
-            while self._queue and not self.dropped:
+            while self._queue and not self.dropped and not self._gone:
+                await self._outlet.wait_writable()
+                if self.dropped or self._gone:
+                    break
                 chunk = self._queue[:MAX_FRAME_POSITIONS]
                 del self._queue[:MAX_FRAME_POSITIONS]
-                await self._send(encode_batch(chunk))
-                self.delivered += len(chunk)
+                if self._outlet.write_frames(self._framer(encode_batch(chunk))):
+                    self.delivered += len(chunk)
                 self._sent.set()
             if self._closing:
                 return
@@ -181,16 +226,34 @@ class Subscriber:
         self._closing = True
         self._ready.set()
 
+    def disconnected(self) -> None:
+        """The connection is gone: forget what is queued and let :meth:`run` return."""
+        self._gone = True
+        self._queue.clear()
+        self._ready.set()
+        self._sent.set()
+
     @property
     def queued(self) -> int:
         """Positions waiting to be sent."""
         return len(self._queue)
 
 
+def frames_of(encoded: list[bytes], framer: Framer) -> bytes:
+    """Encoded positions as array frames of at most MAX_FRAME_POSITIONS, back to back."""
+    if len(encoded) <= MAX_FRAME_POSITIONS:
+        return framer(encode_batch(encoded))
+    return b"".join(
+        framer(encode_batch(encoded[i : i + MAX_FRAME_POSITIONS]))
+        for i in range(0, len(encoded), MAX_FRAME_POSITIONS)
+    )
+
+
 class Hub:
     """The set of subscribers, and the one place stored positions are fanned out."""
 
-    def __init__(self) -> None:
+    def __init__(self, framer: Framer) -> None:
+        self._framer = framer
         self.subscribers: set[Subscriber] = set()
         self.dropped = 0
 
@@ -212,12 +275,16 @@ class Hub:
         if not items:
             return
         everything = [encoded for _, encoded in items]
+        # Built once for every subscriber that gets everything, when one is first ready.
+        shared: bytes | None = None
         for subscriber in self.subscribers:
             flt = subscriber.filter
             if subscriber.keyed:
                 subscriber.push_keyed([(p.key, e) for p, e in items if flt.matches(p)])
             elif flt.everything:
-                subscriber.push(everything)
+                if shared is None:
+                    shared = frames_of(everything, self._framer)
+                subscriber.push(everything, shared)
             else:
                 matching = [encoded for p, encoded in items if flt.matches(p)]
                 if matching:

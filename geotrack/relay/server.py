@@ -16,6 +16,7 @@ import time
 import uuid
 import weakref
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -33,6 +34,7 @@ from geotrack.errors import FrameError, InvalidParameter, RelayError, StoreError
 from geotrack.relay.fanout import Hub, Subscriber
 from geotrack.relay.ingest import GroupCommitter
 from geotrack.relay.metrics import Histogram
+from geotrack.relay.wsconn import RelayConnection, text_frame
 from geotrack.schema import (
     MAX_BATCH,
     Ack,
@@ -142,29 +144,26 @@ _Answer = bytes | _Pending
 
 
 class _Answers:
-    """A publisher's answers in frame order, with room for ``limit`` pending ones."""
+    """A publisher's answers in frame order; None marks the end."""
 
-    def __init__(self, limit: int) -> None:
-        self._items: deque[_Answer | None] = deque()
-        self._limit = limit
-        self._changed = asyncio.Event()
+    def __init__(self) -> None:
+        self.items: deque[_Answer | None] = deque()
+        self._waiter: asyncio.Future[None] | None = None
 
     def put(self, answer: _Answer | None) -> None:
-        self._items.append(answer)
-        self._changed.set()
+        self.items.append(answer)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
-    async def get(self) -> _Answer | None:
-        while not self._items:
-            self._changed.clear()
-            await self._changed.wait()
-        item = self._items.popleft()
-        self._changed.set()
-        return item
-
-    async def room(self) -> None:
-        while len(self._items) >= self._limit:
-            self._changed.clear()
-            await self._changed.wait()
+    async def wait(self) -> None:
+        """Wait until there is at least one answer."""
+        while not self.items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
 
 
 @dataclass(slots=True)
@@ -179,12 +178,33 @@ class _Admission:
 @dataclass(slots=True, eq=False)
 class _Publisher:
     name: str
+    ws: RelayConnection
     grant: Grant | None = None
-    reader: asyncio.Task[None] | None = None
+    answers: _Answers = field(default_factory=_Answers)
     stored: int = 0
     duplicates: int = 0
     rejected: int = 0
     started: float = field(default_factory=time.monotonic)
+    #: Reading pauses while the publisher has too many frames unanswered (``full``) or
+    #: sends faster than its rate (``throttled``). At the end (``reading`` False) frames
+    #: are ignored, but the socket is read: the closing handshake needs the client's
+    #: close frame.
+    reading: bool = True
+    full: bool = False
+    throttled: bool = False
+
+    def update_reading(self) -> None:
+        if self.reading and (self.full or self.throttled):
+            self.ws.pause_reading()
+        else:
+            self.ws.resume_reading()
+
+    def stop_reading(self) -> None:
+        """Take no more frames; those taken are still answered."""
+        if self.reading:
+            self.reading = False
+            self.update_reading()
+            self.answers.put(None)
 
 
 class Relay:
@@ -196,7 +216,7 @@ class Relay:
         #: Written with every stored position, so peers' feeds can tell our writes apart.
         self.id = f"relay-{uuid.uuid4().hex[:12]}"
         self.counters = Counters()
-        self.hub = Hub()
+        self.hub = Hub(text_frame)
         # One commit's new positions all go to every subscriber at once: a commit larger
         # than a subscriber's queue would drop even a subscriber that keeps up.
         self._committer = GroupCommitter(
@@ -259,6 +279,7 @@ class Relay:
                 # asyncio's default of 100 loses handshakes when many clients reconnect at
                 # once (after a relay restart); Node's default is 511.
                 backlog=self.config.backlog,
+                create_connection=RelayConnection,
             )
         except OSError as exc:
             await self._committer.close()
@@ -285,8 +306,7 @@ class Relay:
             self._server.close(close_connections=False)
         # No more frames are read; frames already read are committed and acked.
         for publisher in list(self._publishers):
-            if publisher.reader is not None:
-                publisher.reader.cancel()
+            publisher.stop_reading()
         await self._committer.close()
         for subscriber in list(self.hub.subscribers):
             subscriber.finish()
@@ -372,7 +392,7 @@ class Relay:
 
     async def _handle(self, ws: ServerConnection) -> None:
         admission = self._admissions.pop(ws, None)
-        if admission is None:  # cannot happen: every accepted handshake was admitted
+        if admission is None or not isinstance(ws, RelayConnection):  # cannot happen
             await ws.close(CLOSE_STORE_FAILED, "internal error")
             return
         peer = _peer(ws)
@@ -383,18 +403,17 @@ class Relay:
 
     # -- publishers ------------------------------------------------------------------
 
-    async def _publish(self, ws: ServerConnection, peer: str, grant: Grant | None) -> None:
-        publisher = _Publisher(peer, grant)
+    async def _publish(self, ws: RelayConnection, peer: str, grant: Grant | None) -> None:
+        publisher = _Publisher(peer, ws, grant)
         self._publishers.add(publisher)
         log.info("publisher %s connected (%s)", peer, self._population())
-        answers = _Answers(self.config.max_inflight)
-        sender = asyncio.create_task(self._send_answers(ws, answers, publisher))
-        publisher.reader = asyncio.create_task(self._read_frames(ws, answers, publisher))
+        # Frames are read in the connection's data callback (no task or future per
+        # frame); this handler sends the answers, and ends once the connection is gone
+        # (or the relay stops reading) and every frame read has been answered.
+        ws.on_lost(lambda: publisher.answers.put(None))
+        ws.set_sink(self._reader(publisher))
         try:
-            with contextlib.suppress(asyncio.CancelledError):
-                await publisher.reader
-            answers.put(None)
-            await sender
+            await self._send_answers(publisher)
         finally:
             self._publishers.discard(publisher)
             if self._stopping:
@@ -409,36 +428,63 @@ class Relay:
                 time.monotonic() - publisher.started,
             )
 
-    async def _read_frames(
-        self, ws: ServerConnection, answers: _Answers, publisher: _Publisher
-    ) -> None:
+    def _reader(self, publisher: _Publisher) -> Callable[[bytes, bool], None]:
+        """The callback that takes a publisher's frames, in order, as they arrive."""
         loop = asyncio.get_running_loop()
-        # A token bucket: max_rate frames per second, bursts of twice that.
+        ws, answers = publisher.ws, publisher.answers
+        limit = self.config.max_inflight
+        # A token bucket: max_rate frames per second, bursts of twice that. A publisher
+        # over its rate is not read until it is back within it (TCP backpressure); frames
+        # that came in the same read wait in ``held`` meanwhile.
         rate = self.config.max_rate
-        burst = allowance = max(2 * rate, 1.0)
+        burst = max(2 * rate, 1.0)
+        allowance = burst
         last = loop.time()
-        with contextlib.suppress(ConnectionClosed):
-            async for message in ws:
-                now = loop.time()
-                allowance = min(burst, allowance + (now - last) * rate)
-                last = now
-                if allowance < 1:
-                    await asyncio.sleep((1 - allowance) / rate)
-                    allowance = 1.0
-                    last = loop.time()
-                allowance -= 1
-                answer: _Answer
-                if isinstance(message, bytes):
-                    answer = encode_error(
-                        "binary frames are not accepted: send JSON in text frames"
-                    )
-                    self.counters.frame_errors += 1
-                else:
-                    answer = self._answer(message, publisher)
-                answers.put(answer)
-                # Stop reading while too many answers are pending: backpressure on the
-                # socket. A cancel here (shutdown) loses nothing: the answer is queued.
-                await answers.room()
+        held: deque[tuple[bytes, bool]] = deque()
+
+        def unthrottle() -> None:
+            publisher.throttled = False
+            while held and not publisher.throttled and publisher.reading:
+                take(*held.popleft())
+            publisher.update_reading()
+
+        def on_frame(payload: bytes, text: bool) -> None:
+            if not publisher.reading:
+                return
+            if publisher.throttled:
+                held.append((payload, text))
+                return
+            take(payload, text)
+
+        def take(payload: bytes, text: bool) -> None:
+            nonlocal allowance, last
+            now = loop.time()
+            allowance = min(burst, allowance + (now - last) * rate)
+            last = now
+            if allowance < 1:
+                publisher.throttled = True
+                publisher.update_reading()
+                held.appendleft((payload, text))
+                loop.call_later((1 - allowance) / rate, unthrottle)
+                return
+            allowance -= 1
+            answer: _Answer
+            if not text:
+                answer = encode_error("binary frames are not accepted: send JSON in text frames")
+                self.counters.frame_errors += 1
+            else:
+                try:
+                    message = payload.decode()
+                except UnicodeDecodeError as exc:
+                    ws.fail(1007, f"{exc.reason} at position {exc.start}")
+                    return
+                answer = self._answer(message, publisher)
+            answers.put(answer)
+            if len(answers.items) >= limit and not publisher.full:
+                publisher.full = True
+                publisher.update_reading()
+
+        return on_frame
 
     def _answer(self, message: str, publisher: _Publisher) -> _Answer:
         try:
@@ -499,25 +545,47 @@ class Relay:
 
         return asyncio.ensure_future(ack(pending))
 
-    async def _send_answers(
-        self, ws: ServerConnection, answers: _Answers, publisher: _Publisher
-    ) -> None:
-        """Send one answer per frame, in frame order, each once its frame is committed."""
+    async def _send_answers(self, publisher: _Publisher) -> None:
+        """Send one answer per frame, in frame order, each once its frame is committed.
+
+        Every answer ready at once goes out in one write: under load a commit settles
+        many frames of a publisher together.
+        """
+        ws, answers = publisher.ws, publisher.answers
+        items = answers.items
+        limit = self.config.max_inflight
         failed = False
-        while (answer := await answers.get()) is not None:
-            if isinstance(answer, bytes):
-                data = answer
-            else:
+        while True:
+            await answers.wait()
+            ready: list[bytes] = []
+            end = False
+            while items:
+                answer = items[0]
+                if answer is None:
+                    end = True
+                    break
+                if isinstance(answer, bytes):
+                    items.popleft()
+                    if not failed:
+                        ready.append(text_frame(answer))
+                    continue
+                if not answer.committed.done():
+                    if ready:
+                        break  # send what is ready first
+                    with contextlib.suppress(StoreError):
+                        await answer.committed
+                items.popleft()
                 try:
-                    flags = await answer.committed
+                    flags = answer.committed.result()
                 except StoreError as exc:
                     # Never ack what is not stored. Closing tells the publisher to reconnect
                     # and resend everything unacknowledged; dedupe makes the resend safe.
                     if not failed:
                         failed = True
                         log.error("closing publisher %s: store write failed", publisher.name)
-                        if publisher.reader is not None:
-                            publisher.reader.cancel()
+                        publisher.stop_reading()
+                        ws.write_frames(b"".join(ready))
+                        ready = []
                         with contextlib.suppress(ConnectionClosed):
                             await ws.close(
                                 CLOSE_STORE_FAILED, _close_reason(f"store write failed: {exc}")
@@ -526,19 +594,26 @@ class Relay:
                 ack = self._settle(answer, flags)
                 publisher.stored += ack.stored
                 publisher.duplicates += ack.duplicates
-                data = encode_ack(ack)
-            if failed:
-                continue
-            with contextlib.suppress(ConnectionClosed):
-                await ws.send(data, text=True)
+                if not failed:
+                    ready.append(text_frame(encode_ack(ack)))
+            if publisher.full and len(items) < limit:
+                publisher.full = False
+                publisher.update_reading()
+            if ready:
+                ws.write_frames(b"".join(ready))
+                with contextlib.suppress(ConnectionClosed, OSError):
+                    await ws.wait_writable()
+            if end:
+                return
 
     # -- subscribers -----------------------------------------------------------------
 
     async def _subscribe(
-        self, ws: ServerConnection, peer: str, flt: SubscribeFilter, since: str | int | None
+        self, ws: RelayConnection, peer: str, flt: SubscribeFilter, since: str | int | None
     ) -> None:
-        async def send(data: bytes) -> None:
-            await ws.send(data, text=True)
+        # Nothing a subscriber sends means anything; the connection still reads (pings,
+        # the close frame), so its end is noticed.
+        ws.set_sink(_ignore)
 
         async def close(code: int, reason: str) -> None:
             # A client that never reads never takes the close frame either: give it the
@@ -549,32 +624,39 @@ class Relay:
                 ws.transport.abort()
 
         subscriber = Subscriber(
-            peer, flt, send, close, self.config.subscriber_queue, hold=since is not None
+            peer,
+            flt,
+            ws,
+            text_frame,
+            close,
+            self.config.subscriber_queue,
+            hold=since is not None,
         )
+        ws.on_lost(subscriber.disconnected)
         self.hub.add(subscriber)
         log.info("subscriber %s connected%s (%s)", peer, _describe(flt), self._population())
-        pump = asyncio.create_task(subscriber.run())
-        if since is not None:
-            try:
-                await self._replay(subscriber, since)
-            except StoreError as exc:
-                log.error("replay for subscriber %s failed: %s", peer, exc)
-                self.hub.remove(subscriber)
-                pump.cancel()
-                await ws.close(CLOSE_STORE_FAILED, _close_reason(f"replay failed: {exc}"))
-                return
-        # Nothing a subscriber sends means anything; reading still notices the close.
-        reader = asyncio.create_task(_drain(ws))
         try:
-            await asyncio.wait({pump, reader}, return_when=asyncio.FIRST_COMPLETED)
-            if pump.done() and not pump.cancelled() and pump.exception() is None and self._stopping:
+            if since is None:
+                await subscriber.run()
+            else:
+                pump = asyncio.create_task(subscriber.run())
+                try:
+                    await self._replay(subscriber, since)
+                except StoreError as exc:
+                    log.error("replay for subscriber %s failed: %s", peer, exc)
+                    self.hub.remove(subscriber)
+                    pump.cancel()
+                    await ws.close(CLOSE_STORE_FAILED, _close_reason(f"replay failed: {exc}"))
+                    return
+                finally:
+                    if not pump.done() and self.hub.subscribers.isdisjoint((subscriber,)):
+                        pump.cancel()
+                await pump
+            if self._stopping and not subscriber.dropped:
                 await ws.close(CLOSE_GOING_AWAY, "relay shutting down")
         finally:
             self.hub.remove(subscriber)
             self.counters.delivered += subscriber.delivered
-            for task in (pump, reader):
-                task.cancel()
-            await asyncio.gather(pump, reader, return_exceptions=True)
             log.info(
                 "subscriber %s disconnected (%s): %d delivered",
                 peer,
@@ -681,10 +763,8 @@ def _enforce(grant: Grant, frame: ParsedFrame) -> tuple[list[Position], list[Rej
     return allowed, rejected
 
 
-async def _drain(ws: ServerConnection) -> None:
-    with contextlib.suppress(ConnectionClosed):
-        async for _ in ws:
-            pass
+def _ignore(payload: bytes, text: bool) -> None:
+    pass
 
 
 def _text_response(connection: ServerConnection, status: HTTPStatus, body: str) -> Response:

@@ -1,0 +1,167 @@
+"""The relay's WebSocket connection: websockets' server connection, with a direct frame path.
+
+websockets (its ``asyncio`` server) does the HTTP handshake, TLS, origin checks, the
+closing handshake, keepalive pings and the protocol's own checks (frame sizes, masking,
+control frames). What it does per *message* — a future, an assembler and a queue
+round-trip for every ``recv()``, an async context, a frame object and a drain for every
+``send()`` — costs more than everything else the relay does with a one-position frame.
+So, for the data frames only:
+
+- incoming: text and binary frames go straight from the sans-I/O protocol to a *sink*
+  callback, synchronously, in the order they arrived (fragments are joined first);
+- outgoing: the relay writes ready-made frames to the transport. Server frames are not
+  masked and the relay negotiates no extension, so a text frame is a 2-10 byte header and
+  the payload: one frame can be built once and written to a thousand subscribers, and a
+  burst of acks goes out in one ``write``.
+
+Flow control stays with the caller: :meth:`RelayConnection.pause_reading` stops reading
+from the socket (TCP backpressure on the client) and :meth:`RelayConnection.writable`
+says whether the transport's write buffer is below its high-water mark.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final
+
+from websockets.asyncio.server import ServerConnection
+from websockets.frames import DATA_OPCODES, CloseCode, Frame, Opcode
+from websockets.protocol import CLOSED, CLOSING, OPEN, Event
+
+#: Called with each complete data message: (payload, is_text).
+Sink = Callable[[bytes, bool], None]
+
+_TEXT: Final = 0x81  # FIN + text opcode
+
+
+def text_frame(payload: bytes) -> bytes:
+    """A complete, unmasked, unfragmented WebSocket text frame carrying ``payload``."""
+    n = len(payload)
+    if n < 126:
+        return bytes((_TEXT, n)) + payload
+    if n < 65536:
+        return bytes((_TEXT, 126)) + n.to_bytes(2, "big") + payload
+    return bytes((_TEXT, 127)) + n.to_bytes(8, "big") + payload
+
+
+class RelayConnection(ServerConnection):
+    """A server connection whose data frames go to a sink instead of ``recv()``.
+
+    Until :meth:`set_sink` is called, messages are kept (a client may send its first
+    frames right behind the handshake); a connection that never sets a sink must not be
+    read with ``recv()``.
+    """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._sink: Sink | None = None
+        self._early: list[tuple[bytes, bool]] | None = []
+        self._fragments: list[bytes] = []
+        self._fragment_text = False
+        self._reading_paused = False
+        self._lost_callbacks: list[Callable[[], None]] = []
+
+    # -- reading ---------------------------------------------------------------------
+
+    def set_sink(self, sink: Sink) -> None:
+        """Deliver data messages to ``sink`` from now on, starting with those kept so far."""
+        self._sink = sink
+        early, self._early = self._early, None
+        for payload, text in early or ():
+            sink(payload, text)
+
+    def process_event(self, event: Event) -> None:
+        if isinstance(event, Frame) and event.opcode in DATA_OPCODES:
+            self._data_frame(event)
+        else:
+            super().process_event(event)
+
+    def _data_frame(self, frame: Frame) -> None:
+        if frame.opcode is not Opcode.CONT:
+            self._fragment_text = frame.opcode is Opcode.TEXT
+            if frame.fin:
+                self._deliver(bytes(frame.data), self._fragment_text)
+                return
+            self._fragments = [bytes(frame.data)]
+            return
+        self._fragments.append(bytes(frame.data))
+        if frame.fin:
+            payload = b"".join(self._fragments)
+            self._fragments = []
+            self._deliver(payload, self._fragment_text)
+
+    def _deliver(self, payload: bytes, text: bool) -> None:
+        if self.protocol.state in (CLOSING, CLOSED):
+            return  # what arrives after our close frame is not read
+        if self._sink is not None:
+            self._sink(payload, text)
+        elif self._early is not None:
+            self._early.append((payload, text))
+
+    def pause_reading(self) -> None:
+        """Stop reading from the socket until :meth:`resume_reading`."""
+        if not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Read from the socket again."""
+        if self._reading_paused:
+            self._reading_paused = False
+            if not self.transport.is_closing():
+                self.transport.resume_reading()
+
+    def fail(self, code: int, reason: str) -> None:
+        """Close at once because of what the client sent (1007 invalid UTF-8, ...)."""
+        if self.protocol.state is not OPEN:
+            return
+        self.protocol.fail(CloseCode(code), reason)
+        self.send_data()
+        # fail() expects the client to answer the close frame; don't wait forever.
+        timeout = self.close_timeout if self.close_timeout is not None else 10.0
+        self.loop.call_later(timeout, self.transport.abort)
+
+    # -- writing ---------------------------------------------------------------------
+
+    @property
+    def open(self) -> bool:
+        """Whether data frames may still be written."""
+        return self.protocol.state is OPEN
+
+    def writable(self) -> bool:
+        """Open, and the write buffer is below its high-water mark."""
+        return self.protocol.state is OPEN and not self.paused
+
+    def write_frames(self, frames: bytes) -> bool:
+        """Write ready-made frames (see :func:`text_frame`); False if no longer open."""
+        if self.protocol.state is not OPEN:
+            return False
+        self.transport.write(frames)
+        return True
+
+    async def wait_writable(self) -> None:
+        """Wait until the write buffer drains below its low-water mark (or the end)."""
+        if self.paused and self.protocol.state is OPEN:
+            await self.drain()
+
+    # -- the end ---------------------------------------------------------------------
+
+    def on_lost(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the TCP connection is gone (at once if it already is)."""
+        if self.connection_lost_waiter.done():
+            callback()
+        else:
+            self._lost_callbacks.append(callback)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._sink = None
+        self._early = None
+        callbacks, self._lost_callbacks = self._lost_callbacks, []
+        for callback in callbacks:
+            callback()
+
+
+def ack_frames(payloads: list[bytes]) -> bytes:
+    """Several payloads as consecutive text frames, ready for one write."""
+    return b"".join(text_frame(p) for p in payloads)
