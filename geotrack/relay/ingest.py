@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 from geotrack.errors import StoreError
 from geotrack.schema import Position
@@ -19,6 +21,33 @@ from geotrack.store import Store
 log = logging.getLogger("geotrack.relay")
 
 OnStored = Callable[[list[Position]], None]
+
+
+class Batch:
+    """The positions of one future transaction, and the future of its outcome.
+
+    ``committed`` gives, per position, whether it was new, once the transaction committed;
+    it raises StoreError when the write failed. One future per transaction, not per
+    frame: under load a transaction carries hundreds of frames.
+    """
+
+    __slots__ = ("committed", "positions")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.positions: list[Position] = []
+        self.committed: asyncio.Future[list[bool]] = loop.create_future()
+
+
+class Slot(NamedTuple):
+    """Where one submission's positions are in its batch: ``flags()`` once committed."""
+
+    batch: Batch
+    start: int
+    end: int
+
+    def flags(self) -> list[bool]:
+        """Per position, whether it was new (raises StoreError if the write failed)."""
+        return self.batch.committed.result()[self.start : self.end]
 
 
 class GroupCommitter:
@@ -39,7 +68,8 @@ class GroupCommitter:
         self._origin = origin
         self._on_stored = on_stored
         self._max_rows = max_rows
-        self._pending: list[tuple[Sequence[Position], asyncio.Future[list[bool]]]] = []
+        # Batches waiting for the writer; only the last one still takes submissions.
+        self._pending: deque[Batch] = deque()
         self._wakeup = asyncio.Event()
         self._closing = False
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="geotrack-writer")
@@ -51,20 +81,28 @@ class GroupCommitter:
         """Start the writer task."""
         self._task = asyncio.create_task(self._run(), name="geotrack-group-commit")
 
-    def submit(self, positions: Sequence[Position]) -> asyncio.Future[list[bool]]:
-        """Queue positions for the next transaction.
+    def submit(self, positions: Sequence[Position]) -> Slot:
+        """Queue positions for the next transaction that has room for them (up to
+        ``max_rows``; a larger submission gets a transaction of its own).
 
-        The future gives, per position, whether it was new, once the transaction committed;
-        it raises StoreError when the write failed. Queuing is synchronous so that a frame
-        read before shutdown began is always part of the final flush.
+        Queuing is synchronous so that a frame read before shutdown began is always part
+        of the final flush.
         """
-        future: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
         if self._closing and self._task is not None and self._task.done():
-            future.set_exception(StoreError("the relay has stopped writing"))
-            return future
-        self._pending.append((positions, future))
+            batch = Batch(loop)
+            batch.committed.set_exception(StoreError("the relay has stopped writing"))
+            return Slot(batch, 0, 0)
+        pending = self._pending
+        if not pending or (
+            pending[-1].positions and len(pending[-1].positions) + len(positions) > self._max_rows
+        ):
+            pending.append(Batch(loop))
+        batch = pending[-1]
+        start = len(batch.positions)
+        batch.positions.extend(positions)
         self._wakeup.set()
-        return future
+        return Slot(batch, start, start + len(positions))
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -75,47 +113,27 @@ class GroupCommitter:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            batch, rows = self._take()
-            positions = [p for group, _ in batch for p in group]
+            batch = self._pending.popleft()
+            positions = batch.positions
             try:
                 flags = await loop.run_in_executor(
                     self._executor, self._store.write, positions, self._origin
                 )
             except StoreError as exc:
                 self.failures += 1
-                log.error("store write failed, %d positions not acked: %s", rows, exc)
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(StoreError(str(exc)))
+                log.error("store write failed, %d positions not acked: %s", len(positions), exc)
+                batch.committed.set_exception(StoreError(str(exc)))
                 continue
             except Exception as exc:  # a driver bug must not kill the relay
                 self.failures += 1
                 log.exception("store write failed unexpectedly")
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(StoreError(f"write failed: {exc!r}"))
+                batch.committed.set_exception(StoreError(f"write failed: {exc!r}"))
                 continue
             self.transactions += 1
             # Fan out before acking: a publisher that sees its ack knows subscribers have it
             # queued.
             self._on_stored([p for p, new in zip(positions, flags, strict=True) if new])
-            offset = 0
-            for group, future in batch:
-                if not future.done():
-                    future.set_result(flags[offset : offset + len(group)])
-                offset += len(group)
-
-    def _take(self) -> tuple[list[tuple[Sequence[Position], asyncio.Future[list[bool]]]], int]:
-        """Take pending frames up to ``max_rows`` positions (at least one frame)."""
-        taken = 0
-        rows = 0
-        for group, _ in self._pending:
-            if taken and rows + len(group) > self._max_rows:
-                break
-            rows += len(group)
-            taken += 1
-        batch, self._pending = self._pending[:taken], self._pending[taken:]
-        return batch, rows
+            batch.committed.set_result(flags)
 
     async def close(self) -> None:
         """Write everything already submitted, then stop the writer."""

@@ -32,7 +32,7 @@ from websockets.typing import Origin
 from geotrack.auth import Grant, Tokens, presented_token
 from geotrack.errors import FrameError, InvalidParameter, RelayError, StoreError
 from geotrack.relay.fanout import Hub, Subscriber
-from geotrack.relay.ingest import GroupCommitter
+from geotrack.relay.ingest import GroupCommitter, Slot
 from geotrack.relay.metrics import Histogram
 from geotrack.relay.wsconn import RelayConnection, text_frame
 from geotrack.schema import (
@@ -133,7 +133,7 @@ class Counters:
 class _Pending:
     """Positions queued for the next commit, and what their ack will need."""
 
-    committed: asyncio.Future[list[bool]]
+    slot: Slot
     rejected: list[Rejection]
     counts: TransportCounters
     started: float
@@ -541,7 +541,8 @@ class Relay:
             return done
 
         async def ack(pending: _Pending) -> Ack:
-            return self._settle(pending, await pending.committed)
+            await asyncio.shield(pending.slot.batch.committed)
+            return self._settle(pending, pending.slot.flags())
 
         return asyncio.ensure_future(ack(pending))
 
@@ -569,14 +570,15 @@ class Relay:
                     if not failed:
                         ready.append(text_frame(answer))
                     continue
-                if not answer.committed.done():
+                committed = answer.slot.batch.committed
+                if not committed.done():
                     if ready:
                         break  # send what is ready first
                     with contextlib.suppress(StoreError):
-                        await answer.committed
+                        await asyncio.shield(committed)
                 items.popleft()
                 try:
-                    flags = answer.committed.result()
+                    flags = answer.slot.flags()
                 except StoreError as exc:
                     # Never ack what is not stored. Closing tells the publisher to reconnect
                     # and resend everything unacknowledged; dedupe makes the resend safe.
@@ -595,7 +597,7 @@ class Relay:
                 publisher.stored += ack.stored
                 publisher.duplicates += ack.duplicates
                 if not failed:
-                    ready.append(text_frame(encode_ack(ack)))
+                    ready.append(_ack_frame(ack))
             if publisher.full and len(items) < limit:
                 publisher.full = False
                 publisher.update_reading()
@@ -761,6 +763,22 @@ def _enforce(grant: Grant, frame: ParsedFrame) -> tuple[list[Position], list[Rej
             )
     rejected.sort(key=lambda r: r.index)
     return allowed, rejected
+
+
+_ACK_FRAMES: dict[tuple[int, int], bytes] = {}
+
+
+def _ack_frame(ack: Ack) -> bytes:
+    """The frame of an ack; those without rejections are few and built once each."""
+    if ack.rejected:
+        return text_frame(encode_ack(ack))
+    key = (ack.stored, ack.duplicates)
+    frame = _ACK_FRAMES.get(key)
+    if frame is None:
+        frame = text_frame(encode_ack(ack))
+        if len(_ACK_FRAMES) < 4096:
+            _ACK_FRAMES[key] = frame
+    return frame
 
 
 def _ignore(payload: bytes, text: bool) -> None:
