@@ -62,6 +62,7 @@ _INT64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 AttrValue = Annotated[str, msgspec.Meta(max_length=MAX_ATTR_STRING)] | _INT64 | float | bool | None
 _AttrKey = Annotated[str, msgspec.Meta(max_length=MAX_ATTR_KEY)]
 
+_floor: Final = math.floor
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MS: Final = timedelta(milliseconds=1)
 # Unix seconds of 0001-01-01 and 9999-12-31T23:59:59.999: the range a canonical string holds.
@@ -98,20 +99,57 @@ def _day_ms(text: str) -> int:
     return (d - date(1970, 1, 1)).days * _DAY_MS
 
 
+# Fixes arrive in time order, several to a minute: the text of the last few minutes is
+# cached, and that of a second and of a millisecond is one of 60 and one of 1000.
+_MINUTES_CACHED: Final = 256
+_SECOND_TEXT: Final = tuple(f"{second:02d}." for second in range(60))
+_MILLI_TEXT: Final = tuple(f"{milli:03d}Z" for milli in range(1000))
+_minute_text: dict[int, str] = {}
+# The canonical strings Position made of numbers (the common ts on the wire) -> their Unix
+# ms, so that a store does not parse them back: a store's writer thread shares the GIL with
+# the event loop. Two generations: bounded, and what was added last is always kept. Strings
+# given in canonical form are not kept (positions made from stored rows, exports).
+_TS_CACHED: Final = 8192
+_ts_ms: dict[str, int] = {}
+_ts_ms_old: dict[str, int] = {}
+
+
 def ms_to_ts(ms: int) -> str:
     """Format Unix milliseconds as a canonical RFC 3339 UTC string."""
-    day, rest = divmod(ms, _DAY_MS)
-    seconds, milli = divmod(rest, 1000)
-    minutes, second = divmod(seconds, 60)
-    hour, minute = divmod(minutes, 60)
-    return f"{_day_text(day)}{hour:02d}:{minute:02d}:{second:02d}.{milli:03d}Z"
+    minute, rest = divmod(ms, 60_000)
+    head = _minute_text.get(minute)
+    if head is None:
+        head = _minute_head(minute)
+    second, milli = divmod(rest, 1000)
+    return f"{head}{_SECOND_TEXT[second]}{_MILLI_TEXT[milli]}"
+
+
+def _minute_head(minute: int) -> str:
+    """``YYYY-MM-DDTHH:MM:`` of a minute since the epoch, cached."""
+    day, rest = divmod(minute, 1440)
+    hour, minute_of_hour = divmod(rest, 60)
+    head = f"{_day_text(day)}{hour:02d}:{minute_of_hour:02d}:"
+    if len(_minute_text) >= _MINUTES_CACHED:
+        _minute_text.clear()
+    _minute_text[minute] = head
+    return head
+
+
+def _new_ts_ms_generation() -> None:
+    global _ts_ms, _ts_ms_old
+    _ts_ms_old, _ts_ms = _ts_ms, {}
 
 
 def ts_to_ms(ts: str) -> int:
     """Unix milliseconds of a canonical (or any RFC 3339) timestamp string."""
-    if _CANONICAL_RE.match(ts):
-        return _canonical_ms(ts)
-    return _rfc3339_ms(ts)
+    ms = _ts_ms.get(ts)
+    if ms is None:
+        ms = _ts_ms_old.get(ts)
+        if ms is None:
+            if _CANONICAL_RE.match(ts):
+                return _canonical_ms(ts)
+            return _rfc3339_ms(ts)
+    return ms
 
 
 def _canonical_ms(ts: str) -> int:
@@ -172,6 +210,9 @@ def parse_ts(value: str | float) -> str:
     return ms_to_ts(ms)
 
 
+_SURROGATES_MESSAGE: Final = "attrs: strings must be valid Unicode (no lone surrogates)"
+
+
 def _utf8(text: str) -> bool:
     try:
         text.encode("utf-8")
@@ -187,7 +228,10 @@ class Position(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     that ``ts`` is always a ``str`` (the ``float`` in its type is accepted input only).
     """
 
-    device: Annotated[str, msgspec.Meta(pattern=DEVICE_PATTERN)]
+    # The pattern is checked in __post_init__, mostly by a set look-up: msgspec's check (a
+    # call into re per position) was a fifth of decoding a frame. _StrictPosition keeps it
+    # in the type, for the messages (see _convert).
+    device: str
     lat: Annotated[float, msgspec.Meta(ge=-90, le=90)]
     lon: Annotated[float, msgspec.Meta(ge=-180, le=180)]
     ts: str | float
@@ -198,23 +242,61 @@ class Position(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     attrs: Annotated[dict[_AttrKey, AttrValue], msgspec.Meta(max_length=MAX_ATTRS)] | None = None
 
     def __post_init__(self) -> None:
+        device = self.device
+        if device not in _known_devices:
+            if not (isinstance(device, str) and _DEVICE_RE.match(device)):
+                raise ValueError(_DEVICE_MESSAGE)
+            if len(_known_devices) >= _DEVICES_CACHED:
+                _known_devices.clear()
+            _known_devices.add(device)
         # msgspec's range checks let NaN and infinities through where no bound applies (and
         # the lenient decoder can produce them), so check finiteness for every number here.
-        for name in ("lat", "lon", "speed", "heading", "alt", "acc"):
-            value = getattr(self, name)
-            if value is not None and not math.isfinite(value):
-                raise ValueError(f"{name}: must be a finite number")
+        # x * 0.0 is 0.0 for a finite x and NaN otherwise: one expression checks them all,
+        # and only a failure takes the loop that names the field.
+        speed, heading, alt, acc = self.speed, self.heading, self.alt, self.acc
         try:
-            self.ts = parse_ts(self.ts)
-        except ValueError as exc:
-            raise ValueError(f"ts: {exc}") from None
+            finite = (
+                self.lat * 0.0
+                + self.lon * 0.0
+                + (0.0 if speed is None else speed * 0.0)
+                + (0.0 if heading is None else heading * 0.0)
+                + (0.0 if alt is None else alt * 0.0)
+                + (0.0 if acc is None else acc * 0.0)
+            ) == 0.0
+        except Exception:
+            finite = False
+        if not finite:
+            for name in ("lat", "lon", "speed", "heading", "alt", "acc"):
+                value = getattr(self, name)
+                if value is not None and not math.isfinite(value):
+                    raise ValueError(f"{name}: must be a finite number")
+        ts = self.ts
+        if type(ts) is float and _MIN_S <= ts <= _MAX_S:
+            # parse_ts of a finite number in range (most fixes), inlined, noting the ms.
+            ms = _floor(ts * 1000)
+            if (ms + 1) / 1000 == ts:
+                ms += 1
+            text = ms_to_ts(ms)
+            if len(_ts_ms) >= _TS_CACHED:
+                _new_ts_ms_generation()
+            _ts_ms[text] = ms
+            self.ts = text
+        else:
+            try:
+                self.ts = parse_ts(ts)
+            except ValueError as exc:
+                raise ValueError(f"ts: {exc}") from None
         if self.attrs:
             for key, value in self.attrs.items():
-                if isinstance(value, float) and not math.isfinite(value):
+                # value - value is 0.0 for a finite float, NaN for NaN and the infinities.
+                if isinstance(value, float) and not value - value == 0.0:
                     raise ValueError(f"attrs.{key}: must be a finite number")
-                # JSON text may spell lone surrogates (\ud800), which no UTF-8 store holds.
-                if not _utf8(key) or (isinstance(value, str) and not _utf8(value)):
-                    raise ValueError("attrs: strings must be valid Unicode (no lone surrogates)")
+                # JSON text may spell lone surrogates (\ud800), which no UTF-8 store holds;
+                # ASCII text holds none.
+                if not ((type(key) is str and key.isascii()) or _utf8(key)) or (
+                    isinstance(value, str) and not (value.isascii() or _utf8(value))
+                ):
+                    raise ValueError(_SURROGATES_MESSAGE)
 
     @property
     def time(self) -> str:
@@ -230,6 +312,30 @@ class Position(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     def key(self) -> tuple[str, str]:
         """The identity used for deduplication: (device, canonical ts)."""
         return (self.device, self.time)
+
+
+# Device names seen valid: most positions skip the regular expression.
+_DEVICES_CACHED: Final = 4096
+_known_devices: set[str] = set()
+# What msgspec says of a device not matching DEVICE_PATTERN.
+_DEVICE_MESSAGE: Final = f"device: expected `str` matching regex {DEVICE_PATTERN!r}"
+
+
+class _StrictPosition(Position):
+    """Position with the device pattern in its type: it accepts exactly what Position does
+    and fails the same way, except that a bad device fails where msgspec meets it (before
+    any field that follows it) instead of after every field. Messages come from here."""
+
+    device: Annotated[str, msgspec.Meta(pattern=DEVICE_PATTERN)]
+
+
+def _convert(item: Any) -> Position:
+    """msgspec.convert to a Position, with the message _StrictPosition gives if it fails."""
+    try:
+        return msgspec.convert(item, Position, strict=True)
+    except Exception:
+        msgspec.convert(item, _StrictPosition, strict=True)  # fails as Position did before
+        raise
 
 
 class Rejection(msgspec.Struct):
@@ -340,13 +446,28 @@ def _decode_slow(data: bytes | str, max_batch: int) -> ParsedFrame:
     rejected: list[Rejection] = []
     for i, item in enumerate(items):
         try:
-            positions.append(msgspec.convert(item, Position, strict=True))
+            positions.append(_convert(item))
             indexes.append(i)
         except msgspec.ValidationError as exc:
             rejected.append(Rejection(i, _describe(exc)))
         except RecursionError:
             rejected.append(Rejection(i, "position: nested too deeply"))
+        except UnicodeEncodeError:
+            # msgspec cannot even report on a string with a lone surrogate (\ud800).
+            rejected.append(Rejection(i, _surrogate_error(item)))
     return ParsedFrame(positions, indexes, rejected, len(items))
+
+
+def _surrogate_error(item: object) -> str:
+    """The rejection of a position with a lone surrogate, naming the field holding it."""
+    where = "position"
+    if isinstance(item, dict):
+        for key, value in item.items():
+            text = json.dumps([key, value], ensure_ascii=False)
+            if not _utf8(text):
+                where = key if _utf8(str(key)) else "position"
+                break
+    return f"{where}: strings must be valid Unicode (no lone surrogates)"
 
 
 def json_type(value: object) -> str:
@@ -369,7 +490,7 @@ def json_type(value: object) -> str:
 def validate(obj: Mapping[str, Any]) -> Position:
     """Build a Position from a mapping, raising InvalidPosition naming the field."""
     try:
-        return msgspec.convert(obj, Position, strict=True)
+        return _convert(obj)
     except msgspec.ValidationError as exc:
         message = _describe(exc)
         name, _, reason = message.partition(": ")

@@ -566,6 +566,15 @@ def test_lone_surrogates_are_rejected_not_stored(where: str) -> None:
     assert parsed.positions == [] and parsed.rejected[0].error.startswith("attrs")
 
 
+@pytest.mark.parametrize("field", ["lat", "device", "ts", "speed"])
+def test_lone_surrogate_in_any_field_rejects_that_position_only(field: str) -> None:
+    bad = json.dumps({**fix(), field: "HERE"}).replace('"HERE"', '"\\ud800"')
+    parsed = decode_frame(f"[{bad}, {json.dumps(fix())}]")
+    assert len(parsed.positions) == 1 and parsed.indexes == [1]
+    assert parsed.rejected[0].index == 0
+    assert parsed.rejected[0].error.startswith(f"{field}: ")
+
+
 def test_unknown_field_with_a_newline_is_named() -> None:
     assert rejection(fix(**{"a\nb": 1})) == "a\nb: unknown field"
 

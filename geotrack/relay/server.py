@@ -484,7 +484,12 @@ class Relay:
                 except UnicodeDecodeError as exc:
                     ws.fail(1007, f"{exc.reason} at position {exc.start}")
                     return
-                answer = self._answer(message, publisher)
+                try:
+                    answer = self._answer(message, publisher)
+                except Exception:  # a bug must cost one frame, not the connection
+                    log.exception("publish frame from %s failed", publisher.name)
+                    self.counters.frame_errors += 1
+                    answer = encode_error("internal error: this frame was not stored")
             answers.put(answer)
             if len(answers.items) >= limit and not publisher.full:
                 publisher.full = True
