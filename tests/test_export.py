@@ -359,3 +359,77 @@ def test_memory_is_flat_in_the_number_of_positions(fmt: str) -> None:
     assert written == _MANY
     assert sink.chars > _MANY * 20
     assert peak < _PEAK_LIMIT, f"{fmt}: peak {peak / 1e6:.1f} MB"
+
+
+# --- faster paths, same bytes --------------------------------------------------------------
+
+
+def _csv_module(ps: list[Position]) -> str:
+    """What the CSV export wrote when csv.writer formatted every row."""
+    out = io.StringIO(newline="")
+    writer = csv.writer(out)
+    writer.writerow(HEADER)
+    for p in ps:
+        attrs = "" if p.attrs is None else msgspec.json.encode(p.attrs).decode()
+        writer.writerow((p.device, p.time, p.lat, p.lon, p.alt, p.speed, p.heading, p.acc, attrs))
+    return out.getvalue()
+
+
+# Where repr and msgspec write a float differently (exponents), and its neighbours.
+_EDGE_FLOATS = [0.0, -0.0, 1e-4, 9.99e-5, 1e-5, -1.5e-7, 5e-324, 1e15, 1e16, -1e16, 1.7e308]
+
+
+@settings(max_examples=300)
+@given(
+    _positions,
+    st.lists(st.sampled_from(_EDGE_FLOATS) | _finite, min_size=6, max_size=6),
+    st.sampled_from(["plain", "with,comma", 'q"uote', "line\nend", "", " space"]),
+)
+def test_csv_bytes_match_csv_writer(ps: list[Position], numbers: list[float], odd: str) -> None:
+    ps = [copy.copy(p) for p in ps]
+    if ps:
+        edge = ps[0]
+        edge.lat, edge.lon, edge.alt, edge.speed, edge.heading, edge.acc = numbers
+        ps[-1].device = odd  # devices only built without validation hold such names
+    assert _run(write_csv, ps) == _csv_module(ps)
+
+
+def test_csv_bytes_match_csv_writer_across_batches() -> None:
+    ps = [_p("a", i, alt=float(i) * 1e-6, attrs={"i": i} if i % 3 else None) for i in range(3000)]
+    ps += [_p("b", i, speed=1e20 if i == 5 else 1.0, attrs={}) for i in range(1500)]
+    assert _run(write_csv, ps) == _csv_module(ps)
+
+
+def _validated(p: Position) -> Position:
+    """The same fields through the validating constructor, as the store once read rows."""
+    return Position(**msgspec.structs.asdict(p))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(_position, max_size=25))
+def test_stored_positions_equal_validated_ones(tmp_path_factory: Any, ps: list[Position]) -> None:
+    """The SQLite store builds the rows it reads without validating them again."""
+    from geotrack.store.sqlite import SQLiteStore
+
+    first: dict[tuple[str, str], Position] = {}
+    for p in ps:
+        first.setdefault(p.key, p)  # a duplicate is not stored
+    stored = sorted(first.values(), key=lambda p: p.key)
+    store = SQLiteStore(tmp_path_factory.mktemp("store") / "t.db", synchronous="normal")
+    try:
+        store.write(ps)
+        some = {"a", "007"}
+        for got, want in (
+            (list(store.query()), stored),  # the sorter's plan
+            (list(store.query(devices=some)), [p for p in stored if p.device in some]),  # index
+            (store.latest(), [[*g][-1] for _, g in itertools.groupby(stored, lambda p: p.device)]),
+        ):
+            assert got == want
+            for g, w in zip(got, want, strict=True):
+                assert type(g) is Position
+                assert _typed(msgspec.structs.asdict(g)) == _typed(msgspec.structs.asdict(w))
+                assert _typed(msgspec.structs.asdict(g)) == _typed(
+                    msgspec.structs.asdict(_validated(g))
+                )
+    finally:
+        store.close()

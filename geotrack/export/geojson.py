@@ -46,31 +46,50 @@ def write_geojson(positions: Iterable[Position], out: TextIO) -> int:
     first = True
     out.write('{"type":"FeatureCollection","features":[')
     with _Track() as track:
+        # The per-fix work is inlined here, on locals: it runs once per position.
+        xyz, stamps = track.xyz, track.stamps
+        nan = math.nan
+        device: str | None = None
+        has_alt = True
         for p in positions:
-            if p.device != track.device:
+            if p.device != device:
                 if track.count:
-                    track.write(out, first)
+                    track.write(out, first, has_alt)
                     first = False
-                track.start(p.device)
-            track.add(p)
+                device = p.device
+                track.start(device, p.time)
+                has_alt = True
+            alt = p.alt
+            if alt is None:
+                has_alt = False
+                alt = nan
+            xyz.extend((p.lon, p.lat, alt))
+            ts = p.ts
+            stamps.append(ts if ts.__class__ is str else p.time)
+            track.count += 1
+            if len(stamps) >= _BATCH:
+                track.flush()
             count += 1
         if track.count:
-            track.write(out, first)
+            track.write(out, first, has_alt)
     out.write("\n]}\n")
     return count
 
 
 class _Track:
-    """The fixes of the device being gathered: coordinates and times, spooled."""
+    """The fixes of the device being gathered: coordinates and times, spooled.
+
+    ``xyz`` and ``stamps`` take the fixes (lon, lat, alt or NaN; canonical time) and
+    ``count`` counts them; ``flush`` moves them to the spools.
+    """
 
     def __init__(self) -> None:
         self.device: str | None = None
         self.count = 0
         self._coords: IO[bytes] = SpooledTemporaryFile(max_size=_SPOOL_BYTES)  # noqa: SIM115
         self._times: IO[bytes] = SpooledTemporaryFile(max_size=_SPOOL_BYTES)  # noqa: SIM115
-        self._xyz = array("d")
-        self._ts: list[str] = []
-        self._has_alt = True
+        self.xyz = array("d")
+        self.stamps: list[str] = []
         self._first_ts = ""
         self._last_ts = ""
 
@@ -83,42 +102,31 @@ class _Track:
         self._coords.close()
         self._times.close()
 
-    def start(self, device: str) -> None:
+    def start(self, device: str, first_ts: str) -> None:
         self.device = device
         self.count = 0
-        self._has_alt = True
+        self._first_ts = first_ts
         for spool in (self._coords, self._times):
             spool.seek(0)
             spool.truncate()
 
-    def add(self, p: Position) -> None:
-        alt = p.alt
-        if alt is None:
-            self._has_alt = False
-            alt = math.nan
-        self._xyz.extend((p.lon, p.lat, alt))
-        ts = p.time
-        self._ts.append(ts)
-        if not self.count:
-            self._first_ts = ts
-        self._last_ts = ts
-        self.count += 1
-        if len(self._ts) >= _BATCH:
-            self._flush()
-
-    def _flush(self) -> None:
-        if not self._ts:
+    def flush(self) -> None:
+        if not self.stamps:
             return
-        self._coords.write(self._xyz.tobytes())
-        del self._xyz[:]
+        self._coords.write(self.xyz.tobytes())
+        del self.xyz[:]
         if self._times.tell():
             self._times.write(b",")
-        self._times.write(_encode(self._ts)[1:-1])
-        self._ts.clear()
+        self._times.write(_encode(self.stamps)[1:-1])
+        self._last_ts = self.stamps[-1]
+        self.stamps.clear()
 
-    def write(self, out: TextIO, first: bool) -> None:
-        """Write the device's feature, preceded by a comma unless it is the first."""
-        self._flush()
+    def write(self, out: TextIO, first: bool, has_alt: bool) -> None:
+        """Write the device's feature, preceded by a comma unless it is the first.
+
+        ``has_alt``: whether every fix had an altitude (coordinates are 3D).
+        """
+        self.flush()
         kind = "Point" if self.count == 1 else "LineString"
         out.write(f'{"" if first else ","}\n{{"type":"Feature","geometry":{{"type":"{kind}",')
         out.write('"coordinates":' if kind == "Point" else '"coordinates":[')
@@ -129,7 +137,7 @@ class _Track:
             xyz.frombytes(chunk)
             lon, lat, alt = xyz[0::3], xyz[1::3], xyz[2::3]
             coords = list(
-                zip(lon, lat, alt, strict=True) if self._has_alt else zip(lon, lat, strict=True)
+                zip(lon, lat, alt, strict=True) if has_alt else zip(lon, lat, strict=True)
             )
             if kind == "Point":
                 out.write(_encode(coords[0]).decode())

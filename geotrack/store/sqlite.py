@@ -15,7 +15,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
@@ -51,6 +51,8 @@ _INSERT: Final = (
     "ON CONFLICT (device, ts) DO NOTHING"
 )
 _SELECT: Final = "SELECT seq, device, ts, lat, lon, speed, heading, alt, acc, attrs, origin"
+# The columns of _stored_position, in its order.
+_TRACK_COLUMNS: Final = "device, ts, lat, lon, speed, heading, alt, acc, attrs"
 CURSOR_PREFIX: Final = "sqlite:"
 
 _attrs_encoder: Final = msgspec.json.Encoder()
@@ -69,19 +71,74 @@ def _path_from_url(url: str) -> tuple[Path, dict[str, list[str]]]:
     return Path(path), parse_qs(parts.query)
 
 
+# Rows are validated on their way in (``write`` takes Positions), so reading one back
+# skips ``Position.__post_init__``, which re-checked every field and re-parsed ``ts`` and
+# took most of an export's time: a copy of this template does not run it (the constructor,
+# ``structs.replace`` and decoding do), then every field is set from the row.
+# tests/test_export.py checks that the result equals the validated Position.
+_TEMPLATE: Final = Position(device="-", lat=0.0, lon=0.0, ts="1970-01-01T00:00:00.000Z")
+_copy_template: Final[Callable[[], Position]] = _TEMPLATE.__copy__  # type: ignore[attr-defined]
+_SECOND_TEXT: Final = tuple(f"{second:02d}." for second in range(60))
+_MILLI_TEXT: Final = tuple(f"{milli:03d}Z" for milli in range(1000))
+
+
+def _stored_position(
+    device: str,
+    ts: int,
+    lat: float,
+    lon: float,
+    speed: float | None,
+    heading: float | None,
+    alt: float | None,
+    acc: float | None,
+    attrs: str | None,
+) -> Position:
+    """The Position of a stored row's columns (``_TRACK_COLUMNS``), not validated again."""
+    p = _copy_template()
+    p.device = device
+    p.lat = lat
+    p.lon = lon
+    p.ts = ms_to_ts(ts)
+    p.speed = speed
+    p.heading = heading
+    p.alt = alt
+    p.acc = acc
+    p.attrs = None if attrs is None else _attrs_decoder.decode(attrs)
+    return p
+
+
+def _stored_positions(rows: Iterable[tuple[Any, ...]]) -> Iterator[Position]:
+    """``_stored_position`` of each row, for rows in time order within a device.
+
+    Consecutive fixes share their minute, so its text is made once per minute.
+    """
+    new = _copy_template
+    decode = _attrs_decoder.decode
+    seconds, millis = _SECOND_TEXT, _MILLI_TEXT
+    last_minute: int | None = None
+    head = ""
+    for device, ts, lat, lon, speed, heading, alt, acc, attrs in rows:
+        minute, rest = divmod(ts, 60_000)
+        if minute != last_minute:
+            last_minute = minute
+            head = ms_to_ts(minute * 60_000)[:17]  # "YYYY-MM-DDTHH:MM:"
+        second, milli = divmod(rest, 1000)
+        p = new()
+        p.device = device
+        p.lat = lat
+        p.lon = lon
+        p.ts = head + seconds[second] + millis[milli]
+        p.speed = speed
+        p.heading = heading
+        p.alt = alt
+        p.acc = acc
+        p.attrs = None if attrs is None else decode(attrs)
+        yield p
+
+
 def _row_to_position(row: tuple[Any, ...]) -> Position:
     _seq, device, ts, lat, lon, speed, heading, alt, acc, attrs, _origin = row
-    return Position(
-        device=device,
-        lat=lat,
-        lon=lon,
-        ts=ms_to_ts(ts),
-        speed=speed,
-        heading=heading,
-        alt=alt,
-        acc=acc,
-        attrs=_attrs_decoder.decode(attrs) if attrs is not None else None,
-    )
+    return _stored_position(device, ts, lat, lon, speed, heading, alt, acc, attrs)
 
 
 class SQLiteStore(Store):
@@ -155,17 +212,19 @@ class SQLiteStore(Store):
         if not positions:
             return []
         stored_ms = time.time_ns() // 1_000_000
+        encode = _attrs_encoder.encode
+        # ts_to_ms of a ts that validation produced is a dictionary look-up (see schema).
         rows = [
             (
                 p.device,
-                ts_to_ms(p.time),
+                ts_to_ms(ts) if type(ts := p.ts) is str else ts_to_ms(p.time),
                 p.lat,
                 p.lon,
                 p.speed,
                 p.heading,
                 p.alt,
                 p.acc,
-                _attrs_encoder.encode(p.attrs).decode() if p.attrs is not None else None,
+                None if (attrs := p.attrs) is None else encode(attrs).decode(),
                 stored_ms,
                 origin,
             )
@@ -225,12 +284,19 @@ class SQLiteStore(Store):
         until_ms: int | None = None,
     ) -> Iterator[Position]:
         where, params = _where(devices, since_ms, until_ms)
+        # Without a device filter, walking the (device, ts) index fetches every row from
+        # wherever it sits in the table, and a relay stores the devices' fixes interleaved:
+        # one B-tree descent per row. A table scan into SQLite's sorter (bounded memory,
+        # spilled to temporary files) is about twice as fast over a whole store. One or a
+        # few devices of many are a small part of the table: the index serves those.
+        table = "positions" if devices else "positions NOT INDEXED"
         conn = self._reader()
         try:
-            cursor = conn.execute(f"{_SELECT} FROM positions {where} ORDER BY device, ts", params)
+            cursor = conn.execute(
+                f"SELECT {_TRACK_COLUMNS} FROM {table} {where} ORDER BY device, ts", params
+            )
             while rows := cursor.fetchmany(1000):
-                for row in rows:
-                    yield _row_to_position(row)
+                yield from _stored_positions(rows)
         except sqlite3.Error as exc:
             raise StoreError(f"query on {self.display_url} failed: {exc}") from None
         finally:
