@@ -7,8 +7,14 @@ round-trip for every ``recv()``, an async context, a frame object and a drain fo
 ``send()`` — costs more than everything else the relay does with a one-position frame.
 So, for the data frames only:
 
-- incoming: text and binary frames go straight from the sans-I/O protocol to a *sink*
-  callback, synchronously, in the order they arrived (fragments are joined first);
+- incoming: complete text and binary messages go to a *sink* callback, synchronously, in
+  the order they arrived. While a client sends whole, masked frames within the size limit
+  (every client in practice), :meth:`RelayConnection.data_received` cuts and unmasks them
+  itself and hands websockets only its control frames (pings, pongs, the close), each
+  whole; the first frame that is anything else — a fragment, a protocol error, an
+  oversize frame — and everything after it go to websockets' parser for good, and its
+  data frames reach the sink through :meth:`RelayConnection.process_event` (fragments
+  joined first);
 - outgoing: the relay writes ready-made frames to the transport. Server frames are not
   masked and the relay negotiates no extension, so a text frame is a 2-10 byte header and
   the payload: one frame can be built once and written to a thousand subscribers, and a
@@ -26,12 +32,19 @@ from typing import Final
 
 from websockets.asyncio.server import ServerConnection
 from websockets.frames import DATA_OPCODES, CloseCode, Frame, Opcode
-from websockets.protocol import CLOSED, CLOSING, OPEN, Event
+from websockets.protocol import CLOSED, CLOSING, CONNECTING, OPEN, Event
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - websockets built without its C extension
+    from websockets.utils import apply_mask
 
 #: Called with each complete data message: (payload, is_text).
 Sink = Callable[[bytes, bool], None]
 
 _TEXT: Final = 0x81  # FIN + text opcode
+#: Bytes of the opening handshake kept to see whether frames followed the request.
+_HANDSHAKE_KEPT: Final = 16 * 1024
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -60,6 +73,89 @@ class RelayConnection(ServerConnection):
         self._fragment_text = False
         self._reading_paused = False
         self._lost_callbacks: list[Callable[[], None]] = []
+        # The fast path: None until the handshake is over, then whether it is on.
+        self._fast: bool | None = None
+        self._handshake: bytes | None = b""
+        self._buffer = b""  # the start of a frame not complete yet
+        size = self.protocol.max_message_size
+        self._fast_limit = size if size is not None else 1 << 62
+
+    # -- the fast path for whole frames ----------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self._fast is None:
+            self._decide_fast(data)
+        if not self._fast or self.protocol.state is not OPEN:
+            super().data_received(data)
+            return
+        buf = self._buffer + data if self._buffer else data
+        self._buffer = b""
+        pos = self._whole_frames(buf)
+        if pos is None:
+            return
+        # Anything else (a fragment, a protocol error, the closing handshake): websockets
+        # reads the rest of this connection, starting at a frame boundary.
+        self._fast = False
+        if pos < len(buf):
+            super().data_received(buf[pos:])
+
+    def _decide_fast(self, data: bytes) -> None:
+        """Keep handshake bytes; on the first bytes after it, turn the fast path on or off.
+
+        It may take over only at a frame boundary: if the client sent anything behind
+        its request before the handshake ended, websockets has read it, perhaps half a
+        frame, so it keeps reading this connection.
+        """
+        if self.protocol.state is CONNECTING:
+            if self._handshake is not None:
+                self._handshake += data
+                if len(self._handshake) > _HANDSHAKE_KEPT:
+                    self._handshake = None
+            return
+        kept, self._handshake = self._handshake, None
+        self._fast = kept is not None and kept.find(b"\r\n\r\n") + 4 == len(kept)
+
+    def _whole_frames(self, buf: bytes) -> int | None:
+        """Take the whole simple frames at the start of ``buf``; keep a partial one.
+
+        Returns None when all of ``buf`` is taken or kept, else where the first frame the
+        fast path does not take starts.
+        """
+        size, pos, limit = len(buf), 0, self._fast_limit
+        while pos < size:
+            if size - pos < 2:
+                break
+            b0, b1 = buf[pos], buf[pos + 1]
+            opcode, length, head = b0 & 0x0F, b1 & 0x7F, pos + 2
+            if length == 126:
+                if size - pos < 4:
+                    break
+                length, head = int.from_bytes(buf[pos + 2 : pos + 4], "big"), pos + 4
+            elif length == 127:
+                if size - pos < 10:
+                    break
+                length, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), pos + 10
+            # FIN and no RSV bit, masked; text or binary within the limit, or a control frame.
+            if (b0 & 0xF0) != 0x80 or not b1 & 0x80:
+                return pos
+            if opcode in (1, 2):
+                if length > limit:
+                    return pos
+            elif opcode not in (8, 9, 10) or length > 125:
+                return pos
+            end = head + 4 + length
+            if end > size:
+                break
+            if opcode <= 2:
+                self._deliver(apply_mask(buf[head + 4 : end], buf[head : head + 4]), opcode == 1)
+            else:
+                # websockets answers pings, notes pongs and runs the closing handshake.
+                super().data_received(buf[pos:end])
+            pos = end
+            if self.protocol.state is not OPEN:
+                return pos
+        self._buffer = buf[pos:]
+        return None
 
     # -- reading ---------------------------------------------------------------------
 
