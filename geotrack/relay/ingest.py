@@ -106,19 +106,21 @@ class GroupCommitter:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        writing: tuple[Batch, asyncio.Future[list[bool]]] | None = None
         while True:
-            if not self._pending:
-                if self._closing:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            batch = self._pending.popleft()
+            if writing is None:
+                if not self._pending:
+                    if self._closing:
+                        return
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                writing = self._start(loop)
+            batch, write = writing
+            writing = None
             positions = batch.positions
             try:
-                flags = await loop.run_in_executor(
-                    self._executor, self._store.write, positions, self._origin
-                )
+                flags = await write
             except StoreError as exc:
                 self.failures += 1
                 log.error("store write failed, %d positions not acked: %s", len(positions), exc)
@@ -129,11 +131,23 @@ class GroupCommitter:
                 log.exception("store write failed unexpectedly")
                 batch.committed.set_exception(StoreError(f"write failed: {exc!r}"))
                 continue
+            # The next transaction starts before this one is fanned out and acked, so the
+            # writer thread is not idle while the event loop does that.
+            if self._pending:
+                writing = self._start(loop)
             self.transactions += 1
             # Fan out before acking: a publisher that sees its ack knows subscribers have it
             # queued.
             self._on_stored([p for p, new in zip(positions, flags, strict=True) if new])
             batch.committed.set_result(flags)
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> tuple[Batch, asyncio.Future[list[bool]]]:
+        """Hand the oldest pending batch to the writer thread."""
+        batch = self._pending.popleft()
+        write = loop.run_in_executor(
+            self._executor, self._store.write, batch.positions, self._origin
+        )
+        return batch, write
 
     async def close(self) -> None:
         """Write everything already submitted, then stop the writer."""
