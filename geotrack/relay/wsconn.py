@@ -76,7 +76,9 @@ class RelayConnection(ServerConnection):
         # The fast path: None until the handshake is over, then whether it is on.
         self._fast: bool | None = None
         self._handshake: bytes | None = b""
-        self._buffer = b""  # the start of a frame not complete yet
+        # The start of a frame not complete yet; a bytearray, so that a large frame coming
+        # in many reads is not copied again with each one.
+        self._buffer = bytearray()
         size = self.protocol.max_message_size
         self._fast_limit = size if size is not None else 1 << 62
 
@@ -88,8 +90,10 @@ class RelayConnection(ServerConnection):
         if not self._fast or self.protocol.state is not OPEN:
             super().data_received(data)
             return
-        buf = self._buffer + data if self._buffer else data
-        self._buffer = b""
+        buf: bytes | bytearray = data
+        if self._buffer:
+            self._buffer += data
+            buf, self._buffer = self._buffer, bytearray()
         pos = self._whole_frames(buf)
         if pos is None:
             return
@@ -97,7 +101,7 @@ class RelayConnection(ServerConnection):
         # reads the rest of this connection, starting at a frame boundary.
         self._fast = False
         if pos < len(buf):
-            super().data_received(buf[pos:])
+            super().data_received(bytes(buf[pos:]))
 
     def _decide_fast(self, data: bytes) -> None:
         """Keep handshake bytes; on the first bytes after it, turn the fast path on or off.
@@ -115,7 +119,7 @@ class RelayConnection(ServerConnection):
         kept, self._handshake = self._handshake, None
         self._fast = kept is not None and kept.find(b"\r\n\r\n") + 4 == len(kept)
 
-    def _whole_frames(self, buf: bytes) -> int | None:
+    def _whole_frames(self, buf: bytes | bytearray) -> int | None:
         """Take the whole simple frames at the start of ``buf``; keep a partial one.
 
         Returns None when all of ``buf`` is taken or kept, else where the first frame the
@@ -150,11 +154,15 @@ class RelayConnection(ServerConnection):
                 self._deliver(apply_mask(buf[head + 4 : end], buf[head : head + 4]), opcode == 1)
             else:
                 # websockets answers pings, notes pongs and runs the closing handshake.
-                super().data_received(buf[pos:end])
+                super().data_received(bytes(buf[pos:end]))
             pos = end
             if self.protocol.state is not OPEN:
                 return pos
-        self._buffer = buf[pos:]
+        if pos < size:
+            if pos == 0 and isinstance(buf, bytearray):
+                self._buffer = buf
+            else:
+                self._buffer = bytearray(buf[pos:])
         return None
 
     # -- reading ---------------------------------------------------------------------
