@@ -21,8 +21,9 @@ import pytest
 from websockets.frames import Frame, Opcode
 
 from geotrack.relay.wsconn import text_frame
+from geotrack.schema import Position
 from tests.relay_helpers import arun, publisher, running_relay, subscriber, within
-from tests.test_relay import fix
+from tests.test_relay import T0, fix
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
@@ -231,3 +232,42 @@ def test_protocol_errors_after_good_frames_close_with_the_right_code(
             await writer.wait_closed()
 
     arun(main())
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_fan_out_to_a_connection_aborted_a_moment_ago_skips_it(tmp_path: Path, loop: str) -> None:
+    """Between transport.abort() and connection_lost the protocol still says OPEN.
+
+    On both event loops ``geotrack serve`` may run on (uvloop when it is installed).
+    """
+
+    async def main() -> None:
+        async with (
+            running_relay(tmp_path / "db") as relay,
+            await subscriber(relay) as gone,
+            await subscriber(relay) as kept,
+            await publisher(relay) as pub,
+        ):
+            for _ in range(500):
+                if relay.subscribers == 2:
+                    break
+                await asyncio.sleep(0.01)
+            port = gone.transport.get_extra_info("socket").getsockname()[1]
+            assert relay._server is not None
+            (victim,) = [c for c in relay._server.connections if c.remote_address[1] == port]
+            victim.transport.abort()
+            # Same callback, before connection_lost runs: the fan-out must skip it.
+            relay.hub.publish([Position(device="abort", lat=1.0, lon=2.0, ts=T0)])
+            await pub.send(json.dumps(fix("after", 1)))
+            assert json.loads(await within(pub.recv()))["stored"] == 1
+            got = json.loads(await within(kept.recv()))
+            if len(got) < 2:
+                got += json.loads(await within(kept.recv()))
+            assert [p["device"] for p in got] == ["abort", "after"]
+
+    if loop == "asyncio":
+        arun(main())
+        return
+    uvloop = pytest.importorskip("uvloop")
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(asyncio.wait_for(main(), 60))

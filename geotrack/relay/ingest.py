@@ -138,7 +138,10 @@ class GroupCommitter:
             self.transactions += 1
             # Fan out before acking: a publisher that sees its ack knows subscribers have it
             # queued.
-            self._on_stored([p for p, new in zip(positions, flags, strict=True) if new])
+            try:
+                self._on_stored([p for p, new in zip(positions, flags, strict=True) if new])
+            except Exception:  # a fan-out bug must not stop the writer or the acks
+                log.exception("fan-out after a commit failed")
             batch.committed.set_result(flags)
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> tuple[Batch, asyncio.Future[list[bool]]]:

@@ -234,11 +234,12 @@ class RelayConnection(ServerConnection):
 
     def writable(self) -> bool:
         """Open, and the write buffer is below its high-water mark."""
-        return self.protocol.state is OPEN and not self.paused
+        return self.protocol.state is OPEN and not self.paused and not self.transport.is_closing()
 
     def write_frames(self, frames: bytes) -> bool:
         """Write ready-made frames (see :func:`text_frame`); False if no longer open."""
-        if self.protocol.state is not OPEN:
+        # An aborted transport is closing before connection_lost tells the protocol.
+        if self.protocol.state is not OPEN or self.transport.is_closing():
             return False
         self.transport.write(frames)
         return True
