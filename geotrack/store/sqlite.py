@@ -15,6 +15,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -153,6 +154,10 @@ class SQLiteStore(Store):
         self._busy_timeout_ms = busy_timeout_ms
         self._lock = threading.Lock()
         self._closed = False
+        # (origin, after, top) of this object's recent commits: every seq in (after, top]
+        # is a row that commit inserted. A feed that leaves an origin out skips reading
+        # ranges of that origin (a relay's follower and the relay's own writes).
+        self._own_writes: deque[tuple[str | None, int, int]] = deque(maxlen=1024)
         self._writer = self._connect()
         self._init_schema()
 
@@ -250,6 +255,7 @@ class SQLiteStore(Store):
                             ).fetchall()
                         )
                     )
+                    top = _last_seq(self._writer) if inserted else last
                     self._writer.execute("COMMIT")
                 except BaseException:
                     if self._writer.in_transaction:
@@ -257,6 +263,8 @@ class SQLiteStore(Store):
                     raise
             except sqlite3.Error as exc:
                 raise StoreError(f"write to {self.display_url} failed: {exc}") from None
+            if inserted:
+                self._own_writes.append((origin, last, top))
         if keys is None:
             return [True] * len(rows)
         new: list[bool] = []
@@ -361,7 +369,14 @@ class SQLiteStore(Store):
         except BaseException:
             conn.close()
             raise
-        return SQLiteChangeFeed(conn, after, frozenset(devices), exclude_origin, self.display_url)
+        return SQLiteChangeFeed(
+            conn,
+            after,
+            frozenset(devices),
+            exclude_origin,
+            self.display_url,
+            self._own_writes if exclude_origin is not None else None,
+        )
 
     def is_cursor(self, text: str) -> bool:
         return text.startswith(CURSOR_PREFIX)
@@ -429,8 +444,10 @@ class SQLiteChangeFeed(ChangeFeed):
         devices: frozenset[str],
         exclude_origin: str | None,
         display_url: str,
+        own_writes: deque[tuple[str | None, int, int]] | None = None,
     ) -> None:
         self._conn = conn
+        self._own_writes = own_writes
         self._after = after
         self._devices = devices
         self._exclude_origin = exclude_origin
@@ -468,6 +485,14 @@ class SQLiteChangeFeed(ChangeFeed):
             version = self._conn.execute("PRAGMA data_version").fetchone()[0]
             if version == self._data_version:
                 return []
+            if self._own_writes is not None:
+                newest = _last_seq(self._conn)
+                if self._only_left_out(newest):
+                    # Everything since the last look was written through this store
+                    # object with the origin left out: move past it without reading it.
+                    self._data_version = version
+                    self._after = max(self._after, newest)
+                    return []
             self._conn.execute("BEGIN")
             try:
                 rows = self._conn.execute(
@@ -486,6 +511,20 @@ class SQLiteChangeFeed(ChangeFeed):
         elif rows:
             self._after = rows[-1][0]
         return [Change(f"{CURSOR_PREFIX}{row[0]}", _row_to_position(row), row[10]) for row in rows]
+
+    def _only_left_out(self, top: int) -> bool:
+        """Whether every seq in (cursor, top] is in a recorded commit of the left-out origin."""
+        assert self._own_writes is not None
+        start = self._after
+        for origin, after, last in list(self._own_writes):  # a copy: the writer appends
+            if start >= top:
+                break
+            if last <= start:
+                continue
+            if after > start or origin != self._exclude_origin:
+                return False  # a gap (another writer's rows) or another origin
+            start = last
+        return start >= top
 
     def close(self) -> None:
         if not self._closed:
