@@ -227,11 +227,6 @@ class RelayConnection(ServerConnection):
 
     # -- writing ---------------------------------------------------------------------
 
-    @property
-    def open(self) -> bool:
-        """Whether data frames may still be written."""
-        return self.protocol.state is OPEN
-
     def writable(self) -> bool:
         """Open, and the write buffer is below its high-water mark."""
         return self.protocol.state is OPEN and not self.paused and not self.transport.is_closing()
@@ -265,8 +260,3 @@ class RelayConnection(ServerConnection):
         callbacks, self._lost_callbacks = self._lost_callbacks, []
         for callback in callbacks:
             callback()
-
-
-def ack_frames(payloads: list[bytes]) -> bytes:
-    """Several payloads as consecutive text frames, ready for one write."""
-    return b"".join(text_frame(p) for p in payloads)
