@@ -799,7 +799,7 @@ def _ack_frame(ack: Ack) -> bytes:
 
 
 def _ignore(payload: bytes, text: bool) -> None:
-    pass
+    """The sink of a subscriber's connection: what a subscriber sends means nothing."""
 
 
 def _text_response(connection: ServerConnection, status: HTTPStatus, body: str) -> Response:
