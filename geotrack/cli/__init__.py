@@ -1,0 +1,24 @@
+"""The ``geotrack`` command: a thin shell over the library, one module per command.
+
+Each command turns its options into a configuration and calls one library function.
+Errors geotrack raises on purpose become one ``Error: ...`` line and exit code 1 here
+(:func:`geotrack.cli._common.errors`), and only here; anything else is a bug and keeps
+its traceback.
+"""
+
+from __future__ import annotations
+
+from geotrack.cli import export as _export  # noqa: F401
+from geotrack.cli import publish as _publish  # noqa: F401
+
+# Importing a command's module registers it on the app, in --help's order.
+from geotrack.cli import serve as _serve  # noqa: F401
+from geotrack.cli import tail as _tail  # noqa: F401
+from geotrack.cli._common import app
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    """Entry point of the ``geotrack`` console script."""
+    app()
