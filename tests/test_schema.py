@@ -10,7 +10,6 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from geotrack import schema
 from geotrack.errors import FrameError, InvalidParameter, InvalidPosition
 from geotrack.schema import (
     MAX_ATTRS,
@@ -31,6 +30,7 @@ from geotrack.schema import (
     parse_duration,
     parse_time,
     parse_ts,
+    position,
     ts_to_ms,
     validate,
 )
@@ -99,7 +99,7 @@ VALID_FRAMES: list[Any] = [
 def test_fast_and_slow_paths_agree_on_valid_frames(value: Any, as_text: bool) -> None:
     data: bytes | str = frame(value).decode() if as_text else frame(value)
     fast = decode_frame(data)
-    slow = schema._decode_slow(data, MAX_BATCH)
+    slow = position._decode_slow(data, MAX_BATCH)
     assert fast == slow
     assert fast.rejected == []
     assert fast.count == (1 if isinstance(value, dict) else len(value))
@@ -702,7 +702,7 @@ def test_valid_objects_are_accepted_by_both_paths_alike(obj: dict[str, Any]) -> 
     data = frame([obj, obj])
     fast = decode_frame(data)
     assert fast.rejected == [] and len(fast.positions) == 2
-    assert fast == schema._decode_slow(data, MAX_BATCH)
+    assert fast == position._decode_slow(data, MAX_BATCH)
 
 
 @settings(max_examples=300, deadline=None)
