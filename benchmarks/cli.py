@@ -5,11 +5,13 @@ Examples::
     .venv/bin/python -m benchmarks                 # everything (about 10 minutes)
     .venv/bin/python -m benchmarks --quick         # a smoke run of everything (about 2 minutes)
     .venv/bin/python -m benchmarks --only 3 --only fanout --rounds 5
+    .venv/bin/python -m benchmarks --baseline main --only 1,3 --no-references --rounds 5
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -27,6 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks import procstat, report
+from benchmarks.baseline import Baseline
 from benchmarks.export_bench import run_export
 from benchmarks.profiling import py_spy
 from benchmarks.relays import ROOT, SetupError, ensure_node_modules, node_versions
@@ -109,8 +112,9 @@ def _machine() -> dict[str, Any]:
     }
 
 
-def side_by_side(outcomes: list[Outcome]) -> Table | None:
+def side_by_side(outcomes: list[Outcome], baseline: str | None = None) -> Table | None:
     """Scenario 7: geotrack next to the seed's stack, on the workloads of scenarios 1-5."""
+    relays = ("geotrack", *(() if baseline is None else (baseline,)), "node-ws", "socketio")
     rows = []
     for o in outcomes:
         if o.number not in (1, 2, 3, 4, 5) or "geotrack" not in o.medians:
@@ -123,7 +127,7 @@ def side_by_side(outcomes: list[Outcome]) -> Table | None:
             5: ("kib_per_connection", "KiB/conn", 1),
         }[o.number]
         cells = []
-        for relay in ("geotrack", "node-ws", "socketio"):
+        for relay in relays:
             value = o.medians.get(relay, [{}])[-1].get(metric)
             cells.append("-" if value is None else f"{value:,.{digits}f}")
         rows.append((str(o.number), o.name, label, *cells))
@@ -132,7 +136,8 @@ def side_by_side(outcomes: list[Outcome]) -> Table | None:
     table = Table(
         title="7. Side by side: geotrack and the seed's stack (medians)", title_justify="left"
     )
-    for name in ("#", "scenario", "figure", "geotrack", "Node ws", "Node socket.io"):
+    names = ("geotrack", *(() if baseline is None else (baseline,)), "Node ws", "Node socket.io")
+    for name in ("#", "scenario", "figure", *names):
         table.add_column(name, justify="left" if name in ("scenario", "figure") else "right")
     for row in rows:
         table.add_row(*row)
@@ -155,11 +160,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-references", action="store_true", help="leave out the Node.js reference relays"
     )
+    parser.add_argument(
+        "--baseline", metavar="REV",
+        help="also run geotrack as of git revision REV (e.g. main, HEAD~3, a sha) in every "
+        "round of scenarios 1-5 and report current ÷ baseline (with --no-references: only "
+        "the two)",
+    )  # fmt: skip
     parser.add_argument("--no-profile", action="store_true", help="no py-spy profile runs")
     parser.add_argument("--output", type=Path, help="JSON file (default benchmarks/results/...)")
     args = parser.parse_args(argv)
 
     chosen = _parse_only(args.only) or set(range(1, 9))
+    with contextlib.ExitStack() as stack:
+        baseline = None
+        if args.baseline is not None:
+            try:
+                baseline = Baseline(args.baseline)
+                stack.enter_context(baseline)
+            except SetupError as exc:
+                raise SystemExit(str(exc)) from None
+        return _run(args, chosen, baseline)
+
+
+def _run(args: argparse.Namespace, chosen: set[int], baseline: Baseline | None) -> int:
     if chosen == {7}:
         chosen = {1, 3, 7}  # the reference comparison shows on scenarios 1 and 3
     stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
@@ -174,9 +197,16 @@ def main(argv: list[str] | None = None) -> int:
         profile=not args.no_profile and not args.quick and py_spy() is not None,
         results_dir=results_dir,
         stamp=stamp,
+        baseline=None if baseline is None else baseline.kind,
     )
     log = log_to_stderr
     notes: list[str] = []
+    if baseline is not None:
+        log(f"baseline: {baseline.label} ({baseline.commit}) from {baseline.dir}")
+        if chosen & {6, 8}:
+            notes.append(
+                f"{baseline.label} runs in scenarios 1-5 only; 6 and 8 measure the current tree"
+            )
     if settings.references and chosen & {1, 2, 3, 4, 5, 7}:
         try:
             ensure_node_modules(log)
@@ -222,8 +252,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     console.print(", ".join(f"{k} {v}" for k, v in versions.items()), highlight=False)
     report.print_all(console, outcomes, export, target_items, settings.quick)
-    if 7 in chosen and (table := side_by_side(outcomes)) is not None:
+    label = None if baseline is None else baseline.label
+    if 7 in chosen and (table := side_by_side(outcomes, label)) is not None:
         console.print(table)
+    compared = None
+    if baseline is not None:
+        compared = report.before_after(outcomes, baseline.label)
+        if compared:
+            console.print(report.before_after_table(compared, baseline.label))
+        else:
+            notes.append(f"no before/after figures: geotrack or {baseline.label} was skipped")
     for note in notes:
         console.print(f"note: {note}", highlight=False)
 
@@ -235,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([Path(sys.executable).name, "-m", "benchmarks", *sys.argv[1:]]),
         "machine": machine,
         "versions": versions,
-        "settings": {k: str(v) for k, v in dataclasses.asdict(settings).items()},
+        "settings": {k: str(v) for k, v in dataclasses.asdict(settings).items() if k != "baseline"},
+        "baseline": None if baseline is None else {**baseline.to_json(), "ratios": compared},
         "notes": notes,
         "scenarios": [o.to_json() for o in outcomes],
         "export": export,

@@ -36,13 +36,19 @@ class RelayKind:
     #: "geotrack" (geotrack's wire protocol, also spoken by the Node ws relay) or "socketio".
     framing: str
     description: str
+    #: The source tree whose ``geotrack`` package runs as ``python -m geotrack serve``
+    #: (this checkout, or a baseline revision's: see :mod:`benchmarks.baseline`); None for
+    #: the Node.js relays.
+    tree: Path | None = None
 
     @property
     def is_node(self) -> bool:
-        return self.name != "geotrack"
+        return self.tree is None
 
 
-GEOTRACK: Final = RelayKind("geotrack", "geotrack", "geotrack serve (Python, websockets)")
+GEOTRACK: Final = RelayKind(
+    "geotrack", "geotrack", "geotrack serve (Python, websockets)", tree=ROOT
+)
 NODE_WS: Final = RelayKind("node-ws", "geotrack", "Node.js ws + better-sqlite3")
 SOCKETIO: Final = RelayKind("socketio", "socketio", "Node.js socket.io + better-sqlite3")
 ALL: Final = (GEOTRACK, NODE_WS, SOCKETIO)
@@ -119,7 +125,7 @@ class RelayProcess:
         return self.proc.pid
 
     def command(self) -> list[str]:
-        if self.kind.name == "geotrack":
+        if self.kind.tree is not None:
             cmd = [
                 sys.executable, "-m", "geotrack", "serve",
                 "--port", str(self.port),
@@ -136,8 +142,14 @@ class RelayProcess:
 
     def start(self, timeout: float = 30.0) -> None:
         with self.log_path.open("wb") as log:
+            # The working directory is the tree too: ``python -m`` puts it first on sys.path.
+            tree = self.kind.tree or ROOT
             self.proc = subprocess.Popen(
-                self.command(), cwd=ROOT, env=environment(), stdout=log, stderr=subprocess.STDOUT
+                self.command(),
+                cwd=tree,
+                env=environment(tree),
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + timeout
         ports = [p for p in (self.port, self.http_port) if p is not None]
@@ -199,10 +211,15 @@ def source_addresses(count: int) -> list[str]:
     return [f"127.0.0.{2 + i}" for i in range(count)]
 
 
-def environment() -> dict[str, str]:
-    """Environment for child processes: the repository importable, no proxies."""
+def environment(tree: Path = ROOT) -> dict[str, str]:
+    """Environment for child processes: ``tree`` (the repository) importable, no proxies.
+
+    ``tree`` comes first on PYTHONPATH, ahead of the editable install of this checkout
+    (whose finder Python consults after sys.path), so a baseline tree's ``geotrack`` is
+    the one imported.
+    """
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(tree) + os.pathsep + env.get("PYTHONPATH", "")
     for key in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         env.pop(key, None)
     return env

@@ -140,6 +140,90 @@ def ratio_table(outcomes: list[Outcome]) -> Table:
     return table
 
 
+#: How the before/after table names a figure, its digits, and which way is better.
+_FIGURES: dict[str, tuple[str, int, str]] = {
+    "stored_per_s": ("stored/s", 0, "higher"),
+    "delivered_per_sub_per_s": ("delivered/s per subscriber", 0, "higher"),
+    "p50": ("p50 ms", 2, "lower"),
+    "p99": ("p99 ms", 2, "lower"),
+    "kib_per_connection": ("KiB per connection", 1, "lower"),
+}
+
+
+def before_after(outcomes: list[Outcome], label: str) -> list[dict[str, Any]]:
+    """Current ÷ baseline (``label``, e.g. ``geotrack@6b2e768``) for every figure compared.
+
+    ``ratio`` is the median across rounds of the ratio within each round (after ÷ before,
+    whatever the figure: above 1 is better for rates, worse for latency and memory);
+    ``before`` and ``after`` are the medians of the figure itself.
+    """
+    out: list[dict[str, Any]] = []
+    for o in outcomes:
+        for r in o.ratios:
+            if r["other"] != label or r["baseline"] != "geotrack":
+                continue
+            name, _, better = _FIGURES.get(r["metric"], (r["metric"], 2, "higher"))
+            medians: list[float | None] = []
+            for variant in ("geotrack", label):
+                rows = o.medians.get(variant, [])
+                row = next((x for x in rows if x.get("mode", "idle") == r["phase"]), {})
+                medians.append(row.get(r["metric"]))
+            out.append(
+                {
+                    "scenario": o.number,
+                    "name": o.name,
+                    "phase": r["phase"],
+                    "metric": r["metric"],
+                    "figure": name,
+                    "before": medians[1],
+                    "after": medians[0],
+                    "after_over_before": r["ratio"],
+                    "per_round": r["per_round"],
+                    "better": better,
+                }
+            )
+    return out
+
+
+def _change(ratio: float, better: str) -> str:
+    gain = ratio - 1 if better == "higher" else 1 - ratio
+    if abs(gain) < 0.0005:
+        return "same"
+    return f"{abs(gain) * 100:.1f} % {'better' if gain > 0 else 'worse'}"
+
+
+def before_after_table(items: list[dict[str, Any]], label: str) -> Table:
+    table = Table(
+        title=f"Before and after: geotrack ÷ {label} within each round, median across rounds",
+        box=box.SIMPLE_HEAVY,
+        title_justify="left",
+    )
+    for name in (
+        "#",
+        "scenario",
+        "figure",
+        f"before ({label})",
+        "after (geotrack)",
+        "after ÷ before",
+        "per round",
+        "change",
+    ):
+        table.add_column(name, justify="left" if name in ("scenario", "figure") else "right")
+    for item in items:
+        digits = _FIGURES.get(item["metric"], ("", 2, ""))[1]
+        table.add_row(
+            str(item["scenario"]),
+            item["name"],
+            f"{item['figure']} ({item['phase']}, {item['better']} is better)",
+            _n(item["before"], digits),
+            _n(item["after"], digits),
+            f"{item['after_over_before']:.3f}",
+            ", ".join(f"{x:.3f}" for x in item["per_round"]),
+            _change(item["after_over_before"], item["better"]),
+        )
+    return table
+
+
 def export_table(export: dict[str, Any]) -> Table:
     small, large = export["sizes"]
     table = Table(

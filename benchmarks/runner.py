@@ -189,7 +189,7 @@ def run(
             kind,
             workdir,
             http=workload.transport.startswith("http"),
-            extra=workload.relay_args if kind.name == "geotrack" else (),
+            extra=() if kind.is_node else workload.relay_args,
         )
         loadgens: list[_Loadgen] = []
         try:
@@ -301,7 +301,7 @@ def _drive(
     for i, phase in enumerate(schedule):
         _sleep_until(phase["measure"])
         profiler = None
-        if profile_to is not None and i == len(schedule) - 1 and relay.kind.name == "geotrack":
+        if profile_to is not None and i == len(schedule) - 1 and not relay.kind.is_node:
             profiler = Profiler(relay.pid, phase["end"] - phase["measure"], profile_to)
         cpu0, busy0 = procstat.cpu(relay.pid), procstat.machine_busy()
         _sleep_until(phase["end"])

@@ -2,8 +2,9 @@
 
 Each scenario is a list of variants (a relay and a workload); a round runs every variant
 once, and the rounds are repeated, so slow drifts of a noisy machine hit every variant
-alike. Ratios are taken within a round (the variants ran seconds apart) and then their
-median across rounds is reported.
+alike; every other round runs the variants in reverse order (A B C, C B A, A B C, ...), so
+a drift within a round does not always favour the same one. Ratios are taken within a
+round (the variants ran seconds apart) and then their median across rounds is reported.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.relays import ALL, GEOTRACK, RelayKind, SetupError
+from benchmarks.relays import GEOTRACK, NODE_WS, SOCKETIO, RelayKind, SetupError
 from benchmarks.runner import PhaseSpec, RunResult, Workload, run
 
 #: Figures compared across variants: (phase metric, higher is better).
@@ -35,6 +36,9 @@ class Settings:
     quick: bool = False
     references: bool = True
     profile: bool = True
+    #: A geotrack relay from another revision, run next to the current one in scenarios
+    #: 1-5 (``--baseline REV``, see :mod:`benchmarks.baseline`).
+    baseline: RelayKind | None = None
     results_dir: Path = Path("benchmarks/results")
     stamp: str = "run"
 
@@ -91,7 +95,8 @@ class Outcome:
 
 
 def _relays(settings: Settings) -> tuple[RelayKind, ...]:
-    return ALL if settings.references else (GEOTRACK,)
+    before = () if settings.baseline is None else (settings.baseline,)
+    return (GEOTRACK, *before, *((NODE_WS, SOCKETIO) if settings.references else ()))
 
 
 def build(settings: Settings, http_available: bool) -> list[Scenario]:
@@ -223,7 +228,7 @@ def run_scenario(scenario: Scenario, settings: Settings, log: Callable[[str], No
     for variant in scenario.variants:
         outcome.runs[variant.label] = []
     for r in range(scenario.rounds):
-        for variant in scenario.variants:
+        for variant in scenario.variants if r % 2 == 0 else scenario.variants[::-1]:
             if variant.label in outcome.skipped:
                 continue
             try:
