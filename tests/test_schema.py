@@ -30,10 +30,10 @@ from geotrack.schema import (
     parse_duration,
     parse_time,
     parse_ts,
-    position,
     ts_to_ms,
     validate,
 )
+from geotrack.schema.frames import _decode_slow
 
 TS = "2026-11-25T12:00:00.123Z"
 TS_MS = 1_795_608_000_123
@@ -99,7 +99,7 @@ VALID_FRAMES: list[Any] = [
 def test_fast_and_slow_paths_agree_on_valid_frames(value: Any, as_text: bool) -> None:
     data: bytes | str = frame(value).decode() if as_text else frame(value)
     fast = decode_frame(data)
-    slow = position._decode_slow(data, MAX_BATCH)
+    slow = _decode_slow(data, MAX_BATCH)
     assert fast == slow
     assert fast.rejected == []
     assert fast.count == (1 if isinstance(value, dict) else len(value))
@@ -702,7 +702,7 @@ def test_valid_objects_are_accepted_by_both_paths_alike(obj: dict[str, Any]) -> 
     data = frame([obj, obj])
     fast = decode_frame(data)
     assert fast.rejected == [] and len(fast.positions) == 2
-    assert fast == position._decode_slow(data, MAX_BATCH)
+    assert fast == _decode_slow(data, MAX_BATCH)
 
 
 @settings(max_examples=300, deadline=None)

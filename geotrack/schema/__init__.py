@@ -1,23 +1,23 @@
 """The message schema: positions, frames, acks and subscription filters (sans-I/O).
 
-Transitional: the whole schema still lives in :mod:`geotrack.schema.position`; this package
-re-exports its public names.
+This package parses, validates and serializes every message of the wire contract
+(``docs/protocol.md``) and nothing else: it touches no socket, file or database, and
+everything else in geotrack imports it. Its public names are all here; the modules say
+where each lives:
+
+- :mod:`~geotrack.schema.time`: canonical timestamps, RFC 3339, durations, with their
+  memo caches;
+- :mod:`~geotrack.schema.position`: :class:`Position`, its attrs and device ids;
+- :mod:`~geotrack.schema.frames`: publish frames (:func:`decode_frame`), acks, encoding;
+- :mod:`~geotrack.schema.filters`: subscription filters and the role of a path.
 """
 
-from geotrack.schema.position import (
-    DEVICE_PATTERN,
-    MAX_ATTR_KEY,
-    MAX_ATTR_STRING,
-    MAX_ATTRS,
+from geotrack.schema.filters import SUBSCRIBE_PARAMETERS, BBox, SubscribeFilter, literal_role
+from geotrack.schema.frames import (
     MAX_BATCH,
-    SUBSCRIBE_PARAMETERS,
     Ack,
-    AttrValue,
-    BBox,
     ParsedFrame,
-    Position,
     Rejection,
-    SubscribeFilter,
     decode_ack,
     decode_frame,
     decode_positions,
@@ -26,14 +26,17 @@ from geotrack.schema.position import (
     encode_error,
     encode_position,
     json_type,
-    literal_role,
-    ms_to_ts,
-    parse_duration,
-    parse_time,
-    parse_ts,
-    ts_to_ms,
+)
+from geotrack.schema.position import (
+    DEVICE_PATTERN,
+    MAX_ATTR_KEY,
+    MAX_ATTR_STRING,
+    MAX_ATTRS,
+    AttrValue,
+    Position,
     validate,
 )
+from geotrack.schema.time import ms_to_ts, parse_duration, parse_time, parse_ts, ts_to_ms
 
 __all__ = [
     "DEVICE_PATTERN",
