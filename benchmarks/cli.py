@@ -5,7 +5,7 @@ Examples::
     .venv/bin/python -m benchmarks                 # everything (about 10 minutes)
     .venv/bin/python -m benchmarks --quick         # a smoke run of everything (about 2 minutes)
     .venv/bin/python -m benchmarks --only 3 --only fanout --rounds 5
-    .venv/bin/python -m benchmarks --baseline main --only 1,3 --no-references --rounds 5
+    .venv/bin/python -m benchmarks --baseline main --only 1,3 --no-references --rounds 6
 """
 
 from __future__ import annotations
