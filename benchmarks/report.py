@@ -122,11 +122,11 @@ def idle_table(outcome: Outcome) -> Table:
 
 def ratio_table(outcomes: list[Outcome]) -> Table:
     table = Table(
-        title="Ratios: baseline ÷ other, per round, median across rounds",
+        title="Ratios: A ÷ B within each round, median across rounds",
         box=box.SIMPLE_HEAVY,
         title_justify="left",
     )
-    for name in ("#", "metric", "baseline ÷ other", "median", "per round"):
+    for name in ("#", "metric", "A ÷ B", "median", "per round"):
         table.add_column(name, justify="right" if name in ("#", "median") else "left")
     for o in outcomes:
         for r in o.ratios:
