@@ -11,7 +11,8 @@ these into ``Error: ...`` lines and exit codes.
     ├── InvalidParameter     a command-line or query parameter is malformed
     ├── SourceError          an input file (GPX, ...) cannot be used
     ├── StoreError           the store cannot be opened, read or written
-    │   └── UnsupportedStore the store URL names no backend we have
+    │   ├── UnsupportedStore the store URL names no backend we have
+    │   └── StoreNotFound    a command that only reads names a store that does not exist
     └── RelayError           a relay cannot be reached or refused us
 """
 
@@ -67,6 +68,22 @@ class UnsupportedStore(StoreError):
             f"unsupported store URL {url!r}: use one of {', '.join(s + '://' for s in known)}"
             + (f" ({hint})" if hint else "")
         )
+
+
+class StoreNotFound(StoreError):
+    """A command that only reads was pointed at a store that does not exist.
+
+    ``where`` names the missing thing (a file, a database's collection) for a person;
+    ``url`` is the store's display URL.
+    """
+
+    def __init__(
+        self, where: str, url: str, reason: str = "nothing has been stored there yet"
+    ) -> None:
+        self.where = where
+        self.url = url
+        self.reason = reason
+        super().__init__(f"no store at {where} ({url}): {reason}; check --store")
 
 
 class RelayError(GeotrackError):

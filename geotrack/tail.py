@@ -2,10 +2,67 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+import re
+import shlex
+from collections.abc import Callable, Collection, Sequence
+from typing import Final
 
-from geotrack.schema import Position, encode_position
+from geotrack.errors import InvalidParameter
+from geotrack.schema import Position, encode_position, parse_time
 from geotrack.store import Change, Store
+
+# The cursor prefix of each store URL scheme, and the kind of store for messages.
+_CURSORS: Final = {"sqlite": ("sqlite:", "SQLite"), "mongodb": ("mongo:", "MongoDB")}
+_CURSOR_LIKE: Final = re.compile(r"^(sqlite|mongo):")
+
+
+def parse_since(since: str, store_url: str, now_ms: int, name: str = "--since") -> str | int:
+    """Where a follow of the store ``store_url`` names starts: a cursor, or Unix ms.
+
+    Checked without opening the store, so a malformed ``--since`` is reported as such
+    whatever the store's state. A cursor of the other backend is refused by name.
+    """
+    match = _CURSOR_LIKE.match(since)
+    if match is None:
+        return parse_time(since, now_ms, name)
+    scheme = store_url.partition("://")[0]
+    prefix, kind = _CURSORS["mongodb" if scheme.startswith("mongodb") else scheme]
+    if not since.startswith(prefix):
+        other = "MongoDB" if match.group(1) == "mongo" else "SQLite"
+        raise InvalidParameter(
+            name, f"{since[:40]!r} is a cursor of a {other} store, and the store is {kind}"
+        )
+    try:
+        if kind == "SQLite":
+            from geotrack.store.sqlite import parse_cursor
+
+            parse_cursor(since)
+        else:
+            from geotrack.store.mongo import decode_cursor
+
+            decode_cursor(since)
+    except InvalidParameter as exc:
+        raise InvalidParameter(name, exc.reason) from None
+    return since
+
+
+def resume_command(
+    cursor: str, devices: Sequence[str] = (), json: bool = False, store: str | None = None
+) -> str:
+    """The ``geotrack tail`` command line that resumes at ``cursor`` with the same filters.
+
+    Shell-quoted, ready to paste. ``store`` is left out when it is the default (or comes
+    from GEOTRACK_STORE), which the resumed command finds the same way.
+    """
+    args = ["geotrack", "tail"]
+    if store is not None:
+        args += ["--store", store]
+    for device in devices:
+        args += ["--device", device]
+    if json:
+        args.append("--json")
+    args += ["--since", cursor]
+    return shlex.join(args)
 
 
 def format_line(position: Position) -> str:

@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from geotrack.cli._common import (
-    DeviceOption,
-    StoreOption,
-    app,
-    err,
-    errors,
-    fail,
-    now_ms,
-    open_db,
-)
+from geotrack.cli._common import DeviceOption, StoreOption, app, err, errors, fail, now_ms
 from geotrack.errors import InvalidParameter
-from geotrack.schema import parse_duration, parse_time
-from geotrack.store import DEFAULT_STORE
+from geotrack.schema import Position, parse_duration, parse_time
+from geotrack.store import DEFAULT_STORE, Store, open_store
 
 
 @app.command()
@@ -67,10 +59,11 @@ def export(
 
       `geotrack export --format geojson --since 2h > last-two-hours.geojson`
     """
-    from geotrack.export import export as write
-    from geotrack.export import format_for_path
+    from geotrack.export import FORMATS, format_for_path
 
     with errors():
+        if output is not None:
+            _check_output(output)
         fmt = format or (format_for_path(str(output)) if output else None)
         if fmt is None:
             if output is not None:
@@ -80,33 +73,88 @@ def export(
                     "give --format gpx, geojson, csv or ndjson",
                 )
             fmt = "ndjson"
+        # Everything the user gave is checked before the store is opened or a file made.
+        if fmt not in FORMATS:
+            raise InvalidParameter(
+                "--format", f"unknown format {fmt!r} (use one of: {', '.join(FORMATS)})"
+            )
         now = now_ms()
         since_ms = parse_time(since, now, "--since") if since else None
         until_ms = parse_time(until, now, "--until") if until else None
+        if since_ms is not None and until_ms is not None and until_ms < since_ms:
+            raise InvalidParameter(
+                "--until", f"{until} is before --since {since}: nothing could match"
+            )
         gap_s = parse_duration(gap, "--gap")
-        with open_db(store) as db:
+        with open_store(store, create=False) as db:
             positions = db.query(devices=device or (), since_ms=since_ms, until_ms=until_ms)
+            # Progress on stderr when a person watches it and the data goes elsewhere.
+            progress = not quiet and err.is_terminal and (output is not None or not _stdout_tty())
+            counted = _counting(positions, progress)
             if output is None:
-                count = write(fmt, positions, sys.stdout, gap_s=gap_s)
+                count = _write(fmt, counted, sys.stdout, gap_s)
                 sys.stdout.flush()
             else:
-                count = _export_to_file(write, fmt, positions, output, gap_s, quiet)
-        if output is not None and not quiet:
-            err.print(f"exported {count} positions to {output} ({fmt})", highlight=False)
+                count = _export_to_file(fmt, counted, output, gap_s)
+            if count == 0:
+                # Exit 0 all the same: an empty selection is an answer, not a failure.
+                if not quiet:
+                    err.print(
+                        _nothing_matched(db, device or []),
+                        highlight=False,
+                        markup=False,
+                        soft_wrap=True,
+                    )
+            elif output is not None and not quiet:
+                err.print(f"exported {count} positions to {output} ({fmt})", highlight=False)
 
 
-def _export_to_file(
-    write: Callable[..., int],
-    fmt: str,
-    positions: Iterator[Any],
-    output: Path,
-    gap_s: float,
-    quiet: bool,
-) -> int:
+def _write(fmt: str, positions: Iterator[Position], out: Any, gap_s: float) -> int:
+    from geotrack.export import export as write
+
+    return write(fmt, positions, out, gap_s=gap_s)
+
+
+def _stdout_tty() -> bool:
+    try:
+        return os.isatty(sys.stdout.fileno())
+    except (OSError, ValueError):
+        return False
+
+
+def _check_output(output: Path) -> None:
+    """Refuse an output path that cannot be written, before a long export starts."""
+    if output.is_dir():
+        raise InvalidParameter("--output", f"{output} is a directory: give a file name in it")
+    parent = output.parent
+    if not parent.is_dir():
+        raise InvalidParameter("--output", f"cannot write {output}: {parent} is not a directory")
+
+
+def _nothing_matched(db: Store, devices: list[str]) -> str:
+    """``0 positions matched``, with what the store does hold, to show why."""
+    stored = db.latest(devices)
+    if stored:
+        newest = max(stored, key=lambda p: p.ts_ms)
+        which = f"of {', '.join(devices)} " if devices else ""
+        return (
+            f"0 positions matched (the latest fix {which}stored is {newest.time}, from "
+            f"{newest.device}): check --since and --until"
+        )
+    if not devices:
+        return "0 positions matched: the store is empty"
+    known = db.devices()
+    if not known:
+        return "0 positions matched: the store is empty"
+    listed = ", ".join(known[:5]) + (f" and {len(known) - 5} more" if len(known) > 5 else "")
+    return f"0 positions matched: no device {' or '.join(devices)} in the store (it has {listed})"
+
+
+def _export_to_file(fmt: str, positions: Iterator[Position], output: Path, gap_s: float) -> int:
     partial = output.with_name(output.name + ".partial")
     try:
         with open(partial, "w", encoding="utf-8", newline="") as out:
-            count = write(fmt, _counting(positions, quiet), out, gap_s=gap_s)
+            count = _write(fmt, positions, out, gap_s)
         partial.replace(output)
     except OSError as exc:
         with contextlib.suppress(OSError):
@@ -119,22 +167,24 @@ def _export_to_file(
     return count
 
 
-def _counting(positions: Iterator[Any], quiet: bool) -> Iterator[Any]:
-    """Pass positions through, showing a running count on a terminal."""
-    if quiet or not err.is_terminal:
+def _counting(positions: Iterator[Position], progress: bool) -> Iterator[Position]:
+    """Pass positions through, showing a running count and rate while ``progress``."""
+    if not progress:
         yield from positions
         return
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     with Progress(
         SpinnerColumn(),
-        TextColumn("exported {task.completed:,} positions"),
+        TextColumn("exported {task.completed:,} positions in"),
         TimeElapsedColumn(),
         console=err,
         transient=True,
     ) as bar:
         task = bar.add_task("export")
+        n = 0
         for n, p in enumerate(positions, 1):
             yield p
             if n % 5000 == 0:
                 bar.update(task, completed=n)
+        bar.update(task, completed=n)

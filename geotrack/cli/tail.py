@@ -9,9 +9,8 @@ from typing import Annotated, Any
 
 import typer
 
-from geotrack.cli._common import DeviceOption, StoreOption, app, err, errors, now_ms, open_db
-from geotrack.schema import parse_time
-from geotrack.store import DEFAULT_STORE
+from geotrack.cli._common import DeviceOption, StoreOption, app, err, errors, now_ms
+from geotrack.store import DEFAULT_STORE, open_store
 
 
 @app.command()
@@ -31,8 +30,9 @@ def tail(
 ) -> None:
     """Follow the store: print each position as it is stored.
 
-    Works on whatever is written to the store, by any relay. When stopped (Ctrl-C) it
-    prints the cursor to resume from, so nothing is missed in between.
+    Works on whatever is written to the store, by any relay; the store must exist (a
+    relay creates it). When stopped (Ctrl-C or SIGTERM) it prints the command that
+    resumes where it stopped, with the same filters, so nothing is missed in between.
 
     Examples:
 
@@ -40,7 +40,7 @@ def tail(
 
       `geotrack tail --json --since 1h | jq .speed`
     """
-    from geotrack.tail import follow, format_json, format_line
+    from geotrack.tail import format_json, format_line, parse_since
 
     fmt = format_json if json else format_line
     out = sys.stdout
@@ -49,10 +49,16 @@ def tail(
         out.write(fmt(change.position) + "\n")
         out.flush()
 
-    with errors(), open_db(store) as db:
-        start: str | int | None = None
-        if since is not None:
-            start = since if db.is_cursor(since) else parse_time(since, now_ms(), "--since")
+    with errors():
+        # --since is checked before the store is opened: its error is the one to show.
+        start = None if since is None else parse_since(since, store, now_ms())
+        _follow(store, device or [], json, start, emit)
+
+
+def _follow(store: str, devices: list[str], json: bool, start: str | int | None, emit: Any) -> None:
+    from geotrack.tail import follow, resume_command
+
+    with open_store(store, create=False) as db:
 
         def opened(_cursor: str) -> None:
             # Only once the feed is open: a bad cursor must print nothing but its error.
@@ -62,12 +68,17 @@ def tail(
         # SIGTERM (systemd, kill) stops it like Ctrl-C: with the cursor printed.
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
-            cursor = follow(db, emit, since=start, devices=device or (), on_open=opened)
+            cursor = follow(db, emit, since=start, devices=devices, on_open=opened)
         except BrokenPipeError:
             # The reader went away (| head): not an error; keep Python from complaining.
             _silence_stdout()
             return
-        err.print(f"resume with: geotrack tail --since {cursor}", highlight=False, soft_wrap=True)
+        # The store is named when the resumed command would not find it by itself.
+        named = (
+            None if store in (DEFAULT_STORE, os.environ.get("GEOTRACK_STORE")) else db.display_url
+        )
+        resume = resume_command(cursor, devices, json, named)
+        err.print(f"resume with: {resume}", highlight=False, soft_wrap=True, markup=False)
 
 
 def _silence_stdout() -> None:

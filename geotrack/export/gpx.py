@@ -1,7 +1,7 @@
 """Write positions as a GPX 1.1 file, streaming, one ``<trk>`` per device.
 
 What GPX has no element for goes into each point's ``<extensions>`` in the ``gt``
-namespace (:data:`geotrack.sources.gpx.GT_NAMESPACE`), which
+namespace (:data:`geotrack.gpx_extensions.GT_NAMESPACE`), which
 :func:`geotrack.sources.gpx.read_gpx` reads back losslessly::
 
     <gt:speed>1.4</gt:speed> <gt:heading>87.5</gt:heading> <gt:acc>4.0</gt:acc>
@@ -23,8 +23,8 @@ from collections.abc import Iterable
 from decimal import Decimal
 from typing import Final, TextIO
 
+from geotrack.gpx_extensions import GT_NAMESPACE
 from geotrack.schema import Position
-from geotrack.sources.gpx import GT_NAMESPACE
 
 __all__ = ["write_gpx"]
 

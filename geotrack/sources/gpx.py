@@ -29,11 +29,10 @@ import gpxpy
 import msgspec
 
 from geotrack.errors import InvalidParameter, InvalidPosition, SourceError
+from geotrack.gpx_extensions import GT_NAMESPACE
 from geotrack.schema import DEVICE_PATTERN, Position, ms_to_ts, validate
 
 __all__ = ["GT_NAMESPACE", "Track", "read_gpx", "schedule"]
-
-GT_NAMESPACE: Final = "https://geotrack.dev/gpx/1"
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MS: Final = timedelta(milliseconds=1)

@@ -20,6 +20,10 @@ Absent optional fields are omitted. Indexes, created idempotently at open: uniqu
 is a regular one, not a time-series collection, because change streams do not work on
 time-series collections.
 
+Opened with ``create=False`` (commands that only read), a database without a
+``positions`` collection is "no store": StoreNotFound is raised, and no collection or
+index is created (MongoDB would create the collection on the first index or insert).
+
 The change feed is ``collection.watch()``, which needs a replica set (or a sharded
 cluster): inserts only, filtered by device on the server. Its cursor is ``mongo:`` and the
 resume token as base64url BSON; a time ``since`` becomes ``startAtOperationTime`` and can
@@ -56,7 +60,7 @@ from pymongo.errors import (
 )
 from pymongo.uri_parser import split_options
 
-from geotrack.errors import GeotrackError, InvalidParameter, StoreError
+from geotrack.errors import GeotrackError, InvalidParameter, StoreError, StoreNotFound
 from geotrack.schema import Position, ms_to_ts, ts_to_ms
 from geotrack.store.base import Change, ChangeFeed, Store
 
@@ -256,7 +260,7 @@ def _one_line(exc: BaseException) -> str:
 class MongoStore(Store):
     """Positions in a MongoDB collection (see the module docstring)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, create: bool = True) -> None:
         parsed = _Url(url)
         self.display_url = parsed.display
         self._hosts = parsed.hosts
@@ -288,20 +292,36 @@ class MongoStore(Store):
             self._positions: MongoCollection[Document] = database.get_collection(
                 COLLECTION, codec_options=_CODEC
             )
-            self._ensure_indexes()
+            if create:
+                self._ensure_indexes()
+            else:
+                self._check_exists(database.name)
         except BaseException:
             self._client.close()
             raise
 
     @classmethod
-    def from_url(cls, url: str) -> MongoStore:
+    def from_url(cls, url: str, *, create: bool = True) -> MongoStore:
         """Open the store a ``mongodb://`` or ``mongodb+srv://`` URL names."""
-        return cls(url)
+        return cls(url, create=create)
 
     @property
     def write_concern(self) -> Mapping[str, Any]:
         """The write concern every write waits for, as sent to the server."""
         return self._client.write_concern.document
+
+    def _check_exists(self, database: str) -> None:
+        """Raise StoreNotFound unless the database has a positions collection."""
+        try:
+            names = self._positions.database.list_collection_names(filter={"name": COLLECTION})
+        except PyMongoError as exc:
+            self._raise(exc, "opening the store")
+        if COLLECTION not in names:
+            raise StoreNotFound(
+                f"database {database!r}",
+                self.display_url,
+                f"it has no {COLLECTION} collection: nothing has been stored there yet",
+            )
 
     def _ensure_indexes(self) -> None:
         indexes = [

@@ -8,10 +8,15 @@ readers run beside the single writer, and ``busy_timeout`` makes writers queue.
 URL: ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``; query options
 ``synchronous=full|normal`` (default ``full``: an ack means the fix survives power loss;
 ``normal`` survives a process crash only) and ``busy_timeout`` in milliseconds.
+
+Opened with ``create=False`` (commands that only read), a file that does not exist, or
+one without geotrack's ``positions`` table (an empty file), is refused with StoreNotFound
+and nothing is created; connections that read never create the file either.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -19,11 +24,11 @@ from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import msgspec
 
-from geotrack.errors import InvalidParameter, StoreError
+from geotrack.errors import InvalidParameter, StoreError, StoreNotFound
 from geotrack.schema import Position, ms_to_ts, ts_to_ms
 from geotrack.store.base import Change, ChangeFeed, Store
 
@@ -145,7 +150,14 @@ def _row_to_position(row: tuple[Any, ...]) -> Position:
 class SQLiteStore(Store):
     """Positions in one SQLite file (the default store)."""
 
-    def __init__(self, path: str | Path, synchronous: str = "full", busy_timeout_ms: int = 10_000):
+    def __init__(
+        self,
+        path: str | Path,
+        synchronous: str = "full",
+        busy_timeout_ms: int = 10_000,
+        *,
+        create: bool = True,
+    ):
         self.path = Path(path)
         self.display_url = f"sqlite:///{self.path}"
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
@@ -158,11 +170,23 @@ class SQLiteStore(Store):
         # is a row that commit inserted. A feed that leaves an origin out skips reading
         # ranges of that origin (a relay's follower and the relay's own writes).
         self._own_writes: deque[tuple[str | None, int, int]] = deque(maxlen=1024)
-        self._writer = self._connect()
-        self._init_schema()
+        if not create:
+            self._check_exists()
+        self._writer = self._connect(create=create)
+        try:
+            # What ping compares with: the file this store opened, not whatever has that
+            # name now (a deleted store file stays readable through open connections).
+            self._identity = _identity(os.stat(self.path))
+            self._init_schema()
+        except OSError as exc:
+            self._writer.close()
+            raise StoreError(f"cannot open {self.display_url}: {exc.strerror or exc}") from None
+        except BaseException:
+            self._writer.close()
+            raise
 
     @classmethod
-    def from_url(cls, url: str) -> SQLiteStore:
+    def from_url(cls, url: str, *, create: bool = True) -> SQLiteStore:
         """Open the store a ``sqlite://`` URL names (see the module docstring)."""
         path, query = _path_from_url(url)
         unknown = sorted(set(query) - {"synchronous", "busy_timeout"})
@@ -173,19 +197,46 @@ class SQLiteStore(Store):
             busy = int(query.get("busy_timeout", ["10000"])[-1])
         except ValueError:
             raise InvalidParameter("busy_timeout", "expected milliseconds") from None
-        return cls(path, sync, busy)
+        return cls(path, sync, busy, create=create)
 
-    def _connect(self) -> sqlite3.Connection:
+    def _check_exists(self) -> None:
+        """Raise StoreNotFound unless the file holds a geotrack store; create nothing."""
+        where = str(self.path.absolute())
+        if not self.path.exists():
+            raise StoreNotFound(where, self.display_url)
+        try:
+            # Read-only: an empty file is not turned into a WAL database by looking at it.
+            conn = sqlite3.connect(_file_uri(self.path, "ro"), uri=True, check_same_thread=False)
+            try:
+                found = conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'positions'"
+                ).fetchone()
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open {self.display_url}: {exc}") from None
+        if found is None:
+            if self.path.is_file() and self.path.stat().st_size > 0:
+                raise StoreNotFound(
+                    where,
+                    self.display_url,
+                    "the file is a SQLite database without geotrack's positions table",
+                )
+            raise StoreNotFound(where, self.display_url)
+
+    def _connect(self, *, create: bool = False) -> sqlite3.Connection:
+        """A connection to the file; it creates the file only when ``create`` is true."""
         if not self.path.parent.is_dir():
             raise StoreError(
                 f"cannot open {self.display_url}: directory {self.path.parent} does not exist"
             )
         try:
             conn = sqlite3.connect(
-                self.path,
+                self.path if create else _file_uri(self.path, "rw"),
                 timeout=self._busy_timeout_ms / 1000,
                 isolation_level=None,  # explicit BEGIN/COMMIT below
                 check_same_thread=False,
+                uri=not create,
             )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
@@ -382,10 +433,29 @@ class SQLiteStore(Store):
         return text.startswith(CURSOR_PREFIX)
 
     def ping(self) -> None:
+        """Raise StoreError unless the file opened is still there and can be written.
+
+        Takes the write lock and lets it go (waiting up to ``busy_timeout``): a file
+        deleted or replaced under a running store, or held locked by another process,
+        fails here instead of at the next write.
+        """
         with self._lock:
             self._check_open()
             try:
-                self._writer.execute("SELECT 1").fetchone()
+                identity = _identity(os.stat(self.path))
+            except OSError as exc:
+                raise StoreError(
+                    f"{self.display_url} is not usable: {exc.strerror or exc} "
+                    f"(was the file deleted or moved?)"
+                ) from None
+            if identity != self._identity:
+                raise StoreError(
+                    f"{self.display_url} is not usable: another file has replaced the one "
+                    f"this store opened"
+                )
+            try:
+                self._writer.execute("BEGIN IMMEDIATE")
+                self._writer.execute("ROLLBACK")
             except sqlite3.Error as exc:
                 raise StoreError(f"{self.display_url} is not usable: {exc}") from None
 
@@ -411,6 +481,15 @@ def _where(
         clauses.append("ts <= ?")
         params.append(until_ms)
     return ("WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _file_uri(path: Path, mode: str) -> str:
+    """An SQLite URI for ``path`` that opens it in ``mode`` (ro, rw) and never creates it."""
+    return f"file:{quote(str(path), safe='/')}?mode={mode}"
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
 
 
 def _last_seq(conn: sqlite3.Connection) -> int:
