@@ -183,7 +183,9 @@ def run(
     keep_dir: bool = False,
 ) -> RunResult:
     """Start a relay, drive it with ``workload``, stop it, and return the figures."""
-    with tempfile.TemporaryDirectory(prefix=f"geotrack-bench-{kind.name}-") as tmp:
+    # No "@" of geotrack@REV in the store's path: it goes into a sqlite:// URL.
+    safe = kind.name.replace("@", "-")
+    with tempfile.TemporaryDirectory(prefix=f"geotrack-bench-{safe}-") as tmp:
         workdir = Path(tmp)
         relay = RelayProcess(
             kind,
