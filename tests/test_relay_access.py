@@ -63,7 +63,7 @@ def test_roles_are_enforced_with_403(tmp_path: Path) -> None:
     async def main() -> None:
         async with running_relay(tmp_path / "db", tokens=tokens()) as relay:
             status, body = await refused(f"{relay.url}/publish?token={SUB}")
-            assert (status, body.strip()) == (403, "this token may not publish")
+            assert (status, body.strip()) == (403, "token 'sub' may not publish")
             status, _ = await refused(f"{relay.url}/subscribe?token={PUB}")
             assert status == 403
 
@@ -84,7 +84,7 @@ def test_tokens_by_header_or_query_and_device_grants(tmp_path: Path) -> None:
                 ack = await roundtrip(ws, [fix("bus-1", 0), fix("car-1", 0), fix("bus-2", 0)])
                 assert ack["stored"] == 2
                 assert ack["rejected"] == [
-                    {"index": 1, "error": "device: this token may not publish as 'car-1'"}
+                    {"index": 1, "error": "device: token 'bus' may not publish as 'car-1'"}
                 ]
             async with await connect(
                 relay.url + "/publish", additional_headers={"Authorization": f"Bearer {PUB}"}

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import signal
-import ssl
 from pathlib import Path
 from typing import Annotated
 
@@ -18,11 +14,9 @@ from geotrack.cli._common import (
     errors,
     event_loop_runner,
     open_db,
-    within,
 )
-from geotrack.errors import InvalidParameter
 from geotrack.schema import MAX_BATCH
-from geotrack.store import DEFAULT_STORE, Store
+from geotrack.store import DEFAULT_STORE
 
 
 @app.command()
@@ -112,91 +106,26 @@ def serve(
 
       `geotrack serve --host 0.0.0.0 --auth tokens.toml --certfile cert.pem --keyfile key.pem`
     """
-    from geotrack.auth import Tokens
-    from geotrack.relay import Relay, RelayConfig
-
     configure_logging(quiet, verbose)
-    log = logging.getLogger("geotrack.relay")
     with errors():
+        from geotrack.relay import RelayConfig, serve
+
         config = RelayConfig(
             host=host,
             port=port,
             max_frame=max_frame,
             stats_interval=stats_interval,
-            max_batch=within("--max-batch", max_batch, 1, MAX_BATCH),
-            # A subscriber must hold at least two frames' worth, or one frame drops it.
-            subscriber_queue=within("--subscriber-queue", subscriber_queue, 2 * max_batch, 10**9),
-            max_rate=within("--max-rate", max_rate, 0.001, float("inf")),
-            max_connections=within("--max-connections", max_connections, 1, 10**9),
-            handshake_timeout=within("--handshake-timeout", handshake_timeout, 0.001, 3600.0),
-            tokens=Tokens.load(auth) if auth is not None else None,
-            ssl=_server_tls(certfile, keyfile),
+            max_batch=max_batch,
+            subscriber_queue=subscriber_queue,
+            max_rate=max_rate,
+            max_connections=max_connections,
+            handshake_timeout=handshake_timeout,
+            auth=auth,
+            certfile=certfile,
+            keyfile=keyfile,
             allow_origins=tuple(allow_origin) if allow_origin else None,
+            http_port=http_port,
+            http_host=http_host,
         )
-    exposed = [h for h in (host, http_host if http_port is not None else None) if h]
-    for address in dict.fromkeys(h for h in exposed if not _loopback(h)):
-        if config.tokens is None:
-            log.warning(
-                "listening on %s without --auth: anyone who can reach it may publish and "
-                "subscribe (see docs/operations.md)",
-                address,
-            )
-
-    async def run(db: Store) -> None:
-        relay = Relay(db, config)
-        await relay.start()
-        listener = None
-        if http_port is not None:
-            from geotrack.relay.http import HttpListener
-
-            listener = HttpListener(relay, http_host or host, http_port, config.tokens)
-            try:
-                await listener.start()
-            except BaseException:
-                await relay.stop()
-                raise
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        log.info("geotrack relay listening on %s (store %s)", relay.url, db.display_url)
-        log.info("publish to %s/publish, subscribe at %s/subscribe", relay.url, relay.url)
-        if listener is not None:
-            log.info("HTTP on %s: devices at / and /owntracks, REST at /api", listener.url)
-        await stop.wait()
-        log.info("stopping: storing and acking what is in flight")
-        if listener is not None:
-            await listener.stop()  # before the relay: what it accepted still gets stored
-        await relay.stop()
-        c = relay.counters
-        log.info(
-            "stopped: %d stored, %d duplicates, %d rejected", c.stored, c.duplicates, c.rejected
-        )
-
     with errors(), open_db(store) as db, event_loop_runner() as runner:
-        runner.run(run(db))
-
-
-def _loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _server_tls(certfile: Path | None, keyfile: Path | None) -> ssl.SSLContext | None:
-    if certfile is None:
-        if keyfile is not None:
-            raise InvalidParameter("--keyfile", "give --certfile too")
-        return None
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:
-        context.load_cert_chain(certfile, keyfile)
-    except (OSError, ssl.SSLError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise InvalidParameter("--certfile", f"cannot load {certfile}: {reason}") from None
-    return context
+        runner.run(serve(db, config))

@@ -262,7 +262,9 @@ class Hub:
         self.subscribers.add(subscriber)
 
     def remove(self, subscriber: Subscriber) -> None:
-        """Stop delivering to a subscriber."""
+        """Stop delivering to a subscriber; it counts as dropped once, however often removed."""
+        if subscriber not in self.subscribers:
+            return
         self.subscribers.discard(subscriber)
         if subscriber.dropped:
             self.dropped += 1

@@ -23,10 +23,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import errno
 import io
 import logging
-import re
+import math
 import threading
 import time
 from collections import Counter
@@ -40,14 +39,23 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from multidict import MultiDict, MultiMapping
 
-from geotrack.auth import Grant, Tokens, presented_token
+from geotrack.auth import Grant, Tokens
 from geotrack.errors import FrameError, InvalidParameter, InvalidPosition, RelayError, StoreError
 from geotrack.export import EXTENSIONS, FORMATS, export
+from geotrack.relay.access import (
+    CHALLENGES,
+    Refused,
+    authorize,
+    bind_error,
+    device_ids,
+    enforce_devices,
+    forbidden_device,
+)
 from geotrack.relay.http_devices import parse_osmand, parse_owntracks
 from geotrack.relay.metrics import Family, exposition
+from geotrack.relay.publishers import RateLimiter
 from geotrack.relay.server import Relay
 from geotrack.schema import (
-    DEVICE_PATTERN,
     Position,
     Rejection,
     decode_frame,
@@ -79,7 +87,8 @@ _CHUNKS_IN_FLIGHT: Final = 4
 #: Seconds /healthz waits for the store before answering 503.
 HEALTH_TIMEOUT: Final = 5.0
 _EXPORT_PARAMETERS: Final = ("device", "since", "until", "format", "gap", "token")
-_DEVICE_RE: Final = re.compile(DEVICE_PATTERN)
+#: Rate limiters kept before idle ones (back to a full bucket) are forgotten.
+_LIMITERS_KEPT: Final = 4096
 _METRICS_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
 Role = Literal["publish", "subscribe"]
@@ -119,6 +128,9 @@ class HttpListener:
         self._executor: ThreadPoolExecutor | None = None
         #: Requests answered, by (route, method, status), for /metrics.
         self.requests: Counter[tuple[str, str, int]] = Counter()
+        # Requests that carry positions, paced per token (or per peer without auth) like
+        # a WebSocket publisher's frames; over the rate they are answered 429.
+        self._limiters: dict[str, RateLimiter] = {}
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -167,7 +179,7 @@ class HttpListener:
         except OSError as exc:
             await runner.cleanup()
             self._executor.shutdown(wait=False)
-            raise RelayError(_bind_error(exc, self.host, self._port)) from None
+            raise bind_error(exc, self.host, self._port, "the HTTP listener") from None
         self._runner = runner
 
     async def stop(self) -> None:
@@ -193,7 +205,14 @@ class HttpListener:
         route = request.match_info.route.resource
         name = route.canonical if route is not None else "other"
         try:
+            if self._over_connections():
+                raise _Overloaded
             response = await handler(request)
+        except _Overloaded:
+            # The connection closes with the answer, so it stops counting.
+            response = _text(503, "too many connections, retry later")
+            response.headers["Retry-After"] = "1"
+            response.force_close()
         except web.HTTPNotFound:
             response = _text(
                 404,
@@ -210,27 +229,48 @@ class HttpListener:
         assert self._executor is not None
         return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
 
+    def _over_connections(self) -> bool:
+        server = self._runner.server if self._runner is not None else None
+        return server is not None and len(server.connections) > self.relay.config.max_connections
+
     def _grant(self, request: web.Request, role: Role) -> Grant | None:
-        """The token's grant (None when auth is off); 401 or 403 when it does not do."""
-        if self._tokens is None:
-            return None
+        """The token's grant (None when auth is off); 401 or 403 when it does not do.
+
+        A request that carries positions (``role`` publish) is also paced: over
+        ``--max-rate`` per token (or per peer without auth) it is answered 429.
+        """
         query = {key: request.query.getall(key) for key in request.query}
-        grant = self._tokens.check(presented_token(request.headers, query))
-        if grant is None:
-            raise web.HTTPUnauthorized(
-                text="a valid token is required (Authorization: Bearer TOKEN, Basic auth "
-                "with the token as password, or ?token=TOKEN)\n",
-                headers=MultiDict(
-                    [
-                        ("WWW-Authenticate", 'Bearer realm="geotrack"'),
-                        ("WWW-Authenticate", 'Basic realm="geotrack", charset="UTF-8"'),
-                    ]
-                ),
+        try:
+            grant = authorize(self._tokens, request.headers, query, role)
+        except Refused as refused:
+            self.relay.refusals.refused(
+                str(request.remote), refused.status, refused.reason, kind="request"
             )
-        allowed = grant.may_publish if role == "publish" else grant.may_subscribe
-        if not allowed:
-            raise web.HTTPForbidden(text=f"token {grant.name!r} may not {role}\n")
+            headers = MultiDict([("WWW-Authenticate", c) for c in CHALLENGES])
+            if refused.challenge:
+                raise web.HTTPUnauthorized(text=refused.reason + "\n", headers=headers) from None
+            raise web.HTTPForbidden(text=refused.reason + "\n") from None
+        if role == "publish":
+            self._pace(grant.name if grant is not None else f"peer {request.remote}")
         return grant
+
+    def _pace(self, key: str) -> None:
+        """Count one request of ``key``; HTTP 429 with Retry-After when over the rate."""
+        now = asyncio.get_running_loop().time()
+        limiter = self._limiters.get(key)
+        if limiter is None:
+            if len(self._limiters) >= _LIMITERS_KEPT:
+                for old in [k for k, v in self._limiters.items() if v.full(now)]:
+                    del self._limiters[old]
+            limiter = self._limiters[key] = RateLimiter(self.relay.config.max_rate, now)
+        wait = limiter.take(now)
+        if wait:
+            retry = max(1, math.ceil(wait))
+            raise web.HTTPTooManyRequests(
+                text=f"over --max-rate ({self.relay.config.max_rate:g} requests/s): "
+                f"send it again in {retry} s\n",
+                headers={"Retry-After": str(retry)},
+            )
 
     async def _ingest(
         self, positions: list[Position], grant: Grant | None, transport: str
@@ -239,7 +279,7 @@ class HttpListener:
         if grant is not None:
             for position in positions:
                 if not grant.may_publish_as(position.device):
-                    reason = f"device: token {grant.name!r} may not publish as {position.device!r}"
+                    reason = forbidden_device(grant, position.device)
                     self._count_rejected(transport, reason, len(positions))
                     return _text(403, reason)
         try:
@@ -301,15 +341,9 @@ class HttpListener:
             frame = decode_frame(await request.read(), self.relay.config.max_batch)
         except FrameError as exc:
             return _json(400, encode_error(str(exc)))
-        positions: list[Position] = []
-        rejected = list(frame.rejected)
-        for index, position in zip(frame.indexes, frame.positions, strict=True):
-            if grant is not None and not grant.may_publish_as(position.device):
-                reason = f"device: token {grant.name!r} may not publish as {position.device!r}"
-                rejected.append(Rejection(index, reason))
-            else:
-                positions.append(position)
-        rejected.sort(key=lambda r: r.index)
+        positions, rejected = enforce_devices(
+            grant, frame.indexes, frame.positions, list(frame.rejected)
+        )
         try:
             ack = await self.relay.submit(positions, rejected, "rest")
         except StoreError as exc:
@@ -517,13 +551,11 @@ class _ExportQuery(msgspec.Struct, frozen=True):
 
 
 def _devices_param(query: MultiMapping[str]) -> tuple[str, ...]:
-    devices = tuple(query.getall("device", []))
-    for device in devices:
-        if not _DEVICE_RE.match(device):
-            raise InvalidParameter(
-                "device", f"{device[:70]!r} is not 1-64 characters of A-Z a-z 0-9 . _ : -"
-            )
-    return devices
+    return device_ids(query.getall("device", []))
+
+
+class _Overloaded(Exception):
+    """The listener holds more connections than --max-connections."""
 
 
 class _Aborted(Exception):
@@ -629,13 +661,3 @@ def _form(body: bytes) -> MultiDict[str]:
 def _without_token(params: Mapping[str, str]) -> MultiDict[str]:
     # The token authenticates; it must never end up stored in attrs.
     return MultiDict((k, v) for k, v in params.items() if k != "token")
-
-
-def _bind_error(exc: OSError, host: str, port: int) -> str:
-    if exc.errno == errno.EADDRINUSE:
-        return f"HTTP port {port} on {host} is already in use"
-    if exc.errno == errno.EADDRNOTAVAIL:
-        return f"cannot bind the HTTP listener to {host}: no such local address"
-    if exc.errno == errno.EACCES:
-        return f"not allowed to bind the HTTP listener to {host}:{port}"
-    return f"cannot listen for HTTP on {host}:{port}: {exc.strerror or exc}"

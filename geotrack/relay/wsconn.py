@@ -13,7 +13,7 @@ So, for the data frames only:
   itself and hands websockets only its control frames (pings, pongs, the close), each
   whole; the first frame that is anything else — a fragment, a protocol error, an
   oversize frame — and everything after it go to websockets' parser for good, and its
-  data frames reach the sink through :meth:`RelayConnection.process_event` (fragments
+  data frames reach the sink through :meth:`RelayConnection.data_frame` (fragments
   joined first);
 - outgoing: the relay writes ready-made frames to the transport. Server frames are not
   masked and the relay negotiates no extension, so a text frame is a 2-10 byte header and
@@ -27,17 +27,16 @@ says whether the transport's write buffer is below its high-water mark.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Final
 
 from websockets.asyncio.server import ServerConnection
-from websockets.frames import DATA_OPCODES, CloseCode, Frame, Opcode
-from websockets.protocol import CLOSED, CLOSING, CONNECTING, OPEN, Event
+from websockets.frames import Frame, Opcode
+from websockets.protocol import CLOSED, CLOSING, CONNECTING, OPEN
 
-try:
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover - websockets built without its C extension
-    from websockets.utils import apply_mask
+from geotrack.relay._websockets_private import InternalsConnection, apply_mask
+from geotrack.relay.access import RefusalLog
 
 #: Called with each complete data message: (payload, is_text).
 Sink = Callable[[bytes, bool], None]
@@ -57,13 +56,19 @@ def text_frame(payload: bytes) -> bytes:
     return bytes((_TEXT, 127)) + n.to_bytes(8, "big") + payload
 
 
-class RelayConnection(ServerConnection):
+class RelayConnection(InternalsConnection):
     """A server connection whose data frames go to a sink instead of ``recv()``.
 
     Until :meth:`set_sink` is called, messages are kept (a client may send its first
     frames right behind the handshake); a connection that never sets a sink must not be
-    read with ``recv()``.
+    read with ``recv()``. Every websockets internal it needs comes through
+    :class:`~geotrack.relay._websockets_private.InternalsConnection`.
     """
+
+    #: Where an opening handshake that never completed within ``handshake_timeout``
+    #: seconds is reported as refused (the relay sets both on a subclass).
+    refusals: RefusalLog | None = None
+    handshake_timeout: float = 10.0
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
@@ -79,8 +84,9 @@ class RelayConnection(ServerConnection):
         # The start of a frame not complete yet; a bytearray, so that a large frame coming
         # in many reads is not copied again with each one.
         self._buffer = bytearray()
-        size = self.protocol.max_message_size
+        size = self.max_message_size
         self._fast_limit = size if size is not None else 1 << 62
+        self._made_at: float | None = None
 
     # -- the fast path for whole frames ----------------------------------------------
 
@@ -174,13 +180,7 @@ class RelayConnection(ServerConnection):
         for payload, text in early or ():
             sink(payload, text)
 
-    def process_event(self, event: Event) -> None:
-        if isinstance(event, Frame) and event.opcode in DATA_OPCODES:
-            self._data_frame(event)
-        else:
-            super().process_event(event)
-
-    def _data_frame(self, frame: Frame) -> None:
+    def data_frame(self, frame: Frame) -> None:
         if frame.opcode is not Opcode.CONT:
             self._fragment_text = frame.opcode is Opcode.TEXT
             if frame.fin:
@@ -215,21 +215,7 @@ class RelayConnection(ServerConnection):
             if not self.transport.is_closing():
                 self.transport.resume_reading()
 
-    def fail(self, code: int, reason: str) -> None:
-        """Close at once because of what the client sent (1007 invalid UTF-8, ...)."""
-        if self.protocol.state is not OPEN:
-            return
-        self.protocol.fail(CloseCode(code), reason)
-        self.send_data()
-        # fail() expects the client to answer the close frame; don't wait forever.
-        timeout = self.close_timeout if self.close_timeout is not None else 10.0
-        self.loop.call_later(timeout, self.transport.abort)
-
     # -- writing ---------------------------------------------------------------------
-
-    def writable(self) -> bool:
-        """Open, and the write buffer is below its high-water mark."""
-        return self.protocol.state is OPEN and not self.paused and not self.transport.is_closing()
 
     def write_frames(self, frames: bytes) -> bool:
         """Write ready-made frames (see :func:`text_frame`); False if no longer open."""
@@ -239,24 +225,56 @@ class RelayConnection(ServerConnection):
         self.transport.write(frames)
         return True
 
-    async def wait_writable(self) -> None:
-        """Wait until the write buffer drains below its low-water mark (or the end)."""
-        if self.paused and self.protocol.state is OPEN:
-            await self.drain()
-
     # -- the end ---------------------------------------------------------------------
 
     def on_lost(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` when the TCP connection is gone (at once if it already is)."""
-        if self.connection_lost_waiter.done():
+        if self.lost.done():
             callback()
         else:
             self._lost_callbacks.append(callback)
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._made_at = self.loop.time()
+
     def connection_lost(self, exc: Exception | None) -> None:
+        refusals = self.refusals
+        if (
+            refusals is not None
+            and self.protocol.state is CONNECTING
+            and self._made_at is not None
+            and self.loop.time() - self._made_at >= self.handshake_timeout * 0.9
+        ):
+            # websockets aborts a handshake past its open_timeout without a word; a client
+            # that merely connected and left (a port probe) is not reported.
+            refusals.refused(
+                peer_name(self), "timeout", f"no handshake within {self.handshake_timeout:g} s"
+            )
         super().connection_lost(exc)
         self._sink = None
         self._early = None
         callbacks, self._lost_callbacks = self._lost_callbacks, []
         for callback in callbacks:
             callback()
+
+
+def peer_name(ws: ServerConnection) -> str:
+    """The client's address as ``host:port`` (``[host]:port`` for IPv6)."""
+    try:
+        address = ws.remote_address
+    except Exception:  # no transport yet
+        return "unknown peer"
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(address)
+
+
+def close_text(ws: ServerConnection) -> str:
+    """How a connection ended: ``code 1000: reason``, or ``no close code``."""
+    code = ws.close_code
+    reason = ws.close_reason
+    if code is None:
+        return "no close code"
+    return f"code {code}{': ' + reason if reason else ''}"

@@ -1,0 +1,133 @@
+"""A relay's settings, checked once, where they are made.
+
+:class:`RelayConfig` validates itself on construction and raises
+:class:`~geotrack.errors.InvalidParameter` naming the ``geotrack serve`` option at fault
+(``--max-batch: must be within 1..1000, got 0``), so a relay started from Python code
+refuses the same settings the command line does. Like uvicorn's ``Config``, it also loads
+what its file settings point to: the TLS context from ``certfile``/``keyfile`` and the
+token table from ``auth``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from geotrack.auth import Tokens
+from geotrack.errors import InvalidParameter
+from geotrack.schema import MAX_BATCH
+
+_N = TypeVar("_N", int, float)
+
+
+@dataclass(slots=True)
+class RelayConfig:
+    """Settings of a relay; every limit here is documented in docs/protocol.md."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    #: Largest frame accepted from a client; larger ones close the connection with 1009.
+    max_frame: int = 1 << 20
+    #: Positions queued for one subscriber before it is dropped as too slow.
+    subscriber_queue: int = 10_000
+    #: Frames a publisher may have unacknowledged before the relay stops reading from it.
+    max_inflight: int = 64
+    #: Seconds between rate summaries in the log (0 turns them off).
+    stats_interval: float = 10.0
+    #: Deliver what other relays sharing the store stored (scale-out); seconds per poll.
+    follow_interval: float = 0.5
+    #: Most positions in one publish frame (the protocol allows at most 1000).
+    max_batch: int = MAX_BATCH
+    #: Frames per second one connection may send, sustained (bursts of twice that pass);
+    #: a faster sender is read more slowly (TCP backpressure), nothing is dropped. HTTP
+    #: requests that carry positions count against the same rate, per token or peer.
+    max_rate: float = 1000.0
+    #: WebSocket connections held at once; handshakes beyond it get HTTP 503. The HTTP
+    #: listener holds at most as many connections of its own.
+    max_connections: int = 10_000
+    #: Seconds a client has to complete its opening handshake.
+    handshake_timeout: float = 10.0
+    #: Connections the kernel queues before the relay accepts them.
+    backlog: int = 1024
+    #: Who may publish and subscribe (``--auth``); None lets anyone do both.
+    tokens: Tokens | None = None
+    #: TLS settings to serve wss:// (``--certfile``/``--keyfile``).
+    ssl: ssl.SSLContext | None = None
+    #: Origins browsers may connect from (``--allow-origin``); None allows any. Clients
+    #: that send no Origin header (devices, servers) are always allowed.
+    allow_origins: tuple[str, ...] | None = None
+    #: Also serve HTTP (device clients, REST, /healthz, /metrics) on this port; None: off.
+    http_port: int | None = None
+    #: Address of the HTTP listener; None: the same as ``host``.
+    http_host: str | None = None
+    #: A token file to load into ``tokens`` (``--auth``).
+    auth: Path | None = None
+    #: A certificate chain and key (PEM) to load into ``ssl`` (``--certfile``/``--keyfile``).
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    #: Refused handshakes logged per ``refusal_interval`` seconds; the rest are counted.
+    refusals_logged: int = 20
+    refusal_interval: float = 60.0
+
+    def __post_init__(self) -> None:
+        _within("--port", self.port, 0, 65535)
+        if self.http_port is not None:
+            _within("--http-port", self.http_port, 0, 65535)
+        _within("--max-frame", self.max_frame, 1, 1 << 40)
+        _within("--max-batch", self.max_batch, 1, MAX_BATCH)
+        # A subscriber must hold at least two frames' worth, or one frame drops it.
+        _within("--subscriber-queue", self.subscriber_queue, 2 * self.max_batch, 10**9)
+        _within("--max-rate", self.max_rate, 0.001, float("inf"))
+        _within("--max-connections", self.max_connections, 1, 10**9)
+        _within("--handshake-timeout", self.handshake_timeout, 0.001, 3600.0)
+        _within("--stats-interval", self.stats_interval, 0.0, float("inf"))
+        _within("max_inflight", self.max_inflight, 1, 10**6)
+        _within("follow_interval", self.follow_interval, 0.0, 3600.0)
+        _within("backlog", self.backlog, 1, 1 << 20)
+        if self.certfile is None and self.keyfile is not None:
+            raise InvalidParameter("--keyfile", "give --certfile too")
+        if self.ssl is None and self.certfile is not None:
+            self.ssl = server_tls(self.certfile, self.keyfile)
+        if self.tokens is None and self.auth is not None:
+            self.tokens = Tokens.load(self.auth)
+
+    @property
+    def http_address(self) -> str:
+        """The address the HTTP listener binds."""
+        return self.http_host or self.host
+
+    def open_addresses(self) -> list[str]:
+        """Addresses reachable from other machines that anyone may use (no ``tokens``)."""
+        if self.tokens is not None:
+            return []
+        hosts = [self.host, self.http_address if self.http_port is not None else ""]
+        return list(dict.fromkeys(h for h in hosts if h and not is_loopback(h)))
+
+
+def server_tls(certfile: Path, keyfile: Path | None) -> ssl.SSLContext:
+    """A TLS server context serving ``certfile``; InvalidParameter when it cannot be loaded."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise InvalidParameter("--certfile", f"cannot load {certfile}: {reason}") from None
+    return context
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _within(name: str, value: _N, low: _N, high: _N) -> None:
+    if not low <= value <= high:
+        raise InvalidParameter(name, f"must be within {low}..{high}, got {value}")

@@ -1,0 +1,83 @@
+"""Running a relay as a service: start, wait for SIGINT/SIGTERM, stop cleanly, report.
+
+:func:`serve` is what ``geotrack serve`` calls once it has a store and a
+:class:`~geotrack.relay.config.RelayConfig`; a program embedding the relay calls the same
+(uvicorn's ``Server.serve`` plays this part there). It logs the start-up lines, the
+warning for addresses reachable without ``--auth``, and the shutdown summary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator
+
+from geotrack.relay.config import RelayConfig
+from geotrack.relay.server import Counters, Relay
+from geotrack.store import Store
+
+log = logging.getLogger("geotrack.relay")
+
+#: The signals that stop a relay run by :func:`serve`.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+async def serve(store: Store, config: RelayConfig, stop: asyncio.Event | None = None) -> Counters:
+    """Run a relay (and its HTTP listener, with ``config.http_port``) until told to stop.
+
+    It stops on SIGINT or SIGTERM, or when ``stop`` is set: what is in flight is stored
+    and acked, clients are closed with 1001. Returns the relay's counters. Raises
+    RelayError when an address cannot be bound (nothing is left running then).
+    """
+    stop = stop or asyncio.Event()
+    relay = Relay(store, config)
+    for address in config.open_addresses():
+        log.warning(
+            "listening on %s without --auth: anyone who can reach it may publish and "
+            "subscribe (see docs/operations.md)",
+            address,
+        )
+    await relay.start()
+    listener = None
+    if config.http_port is not None:
+        from geotrack.relay.http import HttpListener
+
+        listener = HttpListener(relay, config.http_address, config.http_port, config.tokens)
+        try:
+            await listener.start()
+        except BaseException:
+            await relay.stop()
+            raise
+    with _signals_set(stop):
+        log.info("geotrack relay listening on %s (store %s)", relay.url, store.display_url)
+        log.info("publish to %s/publish, subscribe at %s/subscribe", relay.url, relay.url)
+        if listener is not None:
+            log.info("HTTP on %s: devices at / and /owntracks, REST at /api", listener.url)
+        await stop.wait()
+        log.info("stopping: storing and acking what is in flight")
+        if listener is not None:
+            await listener.stop()  # before the relay: what it accepted still gets stored
+        await relay.stop()
+    c = relay.counters
+    log.info("stopped: %d stored, %d duplicates, %d rejected", c.stored, c.duplicates, c.rejected)
+    return c
+
+
+@contextlib.contextmanager
+def _signals_set(stop: asyncio.Event) -> Iterator[None]:
+    """SIGINT and SIGTERM set ``stop`` while inside (where the loop can take signals)."""
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in STOP_SIGNALS:
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread, or no support
+            continue
+        installed.append(sig)
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
