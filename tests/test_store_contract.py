@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from geotrack.errors import InvalidParameter
+from geotrack.errors import InvalidParameter, StoreError
 from geotrack.schema import Position, ms_to_ts, ts_to_ms
-from geotrack.store import Store
+from geotrack.store import Store, open_store
 from tests.conftest import StoreFactory
 
 T0 = 1_764_072_000_000  # 2025-11-25T12:00:00Z
@@ -179,8 +179,25 @@ def test_bad_cursor_is_a_clear_error(store: Store) -> None:
         store.follow(since="not-a-cursor")
 
 
-def test_ping(store: Store) -> None:
+def test_ping_answers_while_open_and_fails_once_closed(store: Store) -> None:
+    # A dead store (a deleted SQLite file, a stopped server) is backend-specific: see
+    # tests/store/test_sqlite.py and tests/store/test_mongo.py.
     store.ping()
+    store.write([pos(i=0)])
+    store.ping()
+    store.close()
+    with pytest.raises(StoreError):
+        store.ping()
+
+
+def test_a_reader_opens_an_existing_store_without_creating(store: Store) -> None:
+    # Empty but existing (the writer made it): a read-only command follows it all the same.
+    with open_store(store.display_url, create=False) as reader:
+        assert list(reader.query()) == []
+        with reader.follow() as feed:
+            store.write([pos(i=0)])
+            assert [c.position for c in _drain(feed, 1)] == [pos(i=0)]
+        assert list(reader.query()) == [pos(i=0)]
 
 
 def _drain(feed: object, n: int, timeout: float = 10.0) -> list:  # type: ignore[type-arg]

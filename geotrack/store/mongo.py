@@ -538,7 +538,7 @@ class MongoStore(Store):
         try:
             self._client.admin.command("ping")
         except PyMongoError as exc:
-            self._raise(exc, "ping")
+            self._raise(exc, "pinging")
 
     def close(self) -> None:
         if not self._closed:

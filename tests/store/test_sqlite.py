@@ -1,0 +1,104 @@
+"""The SQLite store opened without creating (commands that only read), and its ping."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from geotrack.errors import StoreError, StoreNotFound
+from geotrack.store import open_store
+from tests.test_store_contract import pos
+
+
+def test_a_missing_file_is_no_store_and_is_not_created(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'typo.db'}"
+    with pytest.raises(StoreNotFound) as caught:
+        open_store(url, create=False)
+    assert caught.value.where == str(tmp_path / "typo.db")
+    assert caught.value.url == url
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_relative_path_is_named_in_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StoreNotFound, match=f"^no store at {tmp_path}/typo.db "):
+        open_store("sqlite:///typo.db", create=False)
+
+
+def test_an_empty_file_is_no_store_and_stays_empty(tmp_path: Path) -> None:
+    (tmp_path / "empty.db").touch()
+    with pytest.raises(StoreNotFound, match="nothing has been stored there yet"):
+        open_store(f"sqlite:///{tmp_path / 'empty.db'}", create=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["empty.db"]
+    assert (tmp_path / "empty.db").stat().st_size == 0
+
+
+def test_another_sqlite_database_is_named_as_such(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "other.db") as conn:
+        conn.execute("CREATE TABLE t (x)")
+    conn.close()
+    with pytest.raises(StoreNotFound, match="a SQLite database without geotrack's positions"):
+        open_store(f"sqlite:///{tmp_path / 'other.db'}", create=False)
+    with sqlite3.connect(tmp_path / "other.db") as conn:
+        tables = [row[0] for row in conn.execute("SELECT name FROM sqlite_master")]
+    conn.close()
+    assert tables == ["t"]  # untouched
+
+
+def test_an_existing_store_opens_empty_or_not_and_can_be_followed(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    with open_store(url) as writer, open_store(url, create=False) as reader:
+        assert list(reader.query()) == []
+        with reader.follow() as feed:
+            writer.write([pos(i=0)])
+            assert [c.position for c in feed.poll(5)] == [pos(i=0)]
+
+
+def test_readers_never_create_the_file(tmp_path: Path) -> None:
+    # A store whose file is deleted under it: a query opens a new connection, which must
+    # fail instead of creating an empty file with that name.
+    db = tmp_path / "store.db"
+    with open_store(f"sqlite:///{db}") as store:
+        store.write([pos(i=0)])
+        for name in ("store.db", "store.db-wal", "store.db-shm"):
+            (tmp_path / name).unlink(missing_ok=True)
+        with pytest.raises(StoreError):
+            list(store.query())
+        assert not db.exists()
+
+
+def test_ping_fails_once_the_file_is_deleted(tmp_path: Path) -> None:
+    db = tmp_path / "store.db"
+    with open_store(f"sqlite:///{db}") as store:
+        store.ping()
+        db.unlink()
+        with pytest.raises(StoreError, match="was the file deleted or moved"):
+            store.ping()
+
+
+def test_ping_fails_once_another_file_replaces_it(tmp_path: Path) -> None:
+    db = tmp_path / "store.db"
+    with open_store(f"sqlite:///{db}") as store:
+        store.ping()
+        open_store(f"sqlite:///{tmp_path / 'other.db'}").close()
+        os.replace(tmp_path / "other.db", db)
+        with pytest.raises(StoreError, match="another file has replaced"):
+            store.ping()
+
+
+def test_ping_fails_while_another_process_holds_the_write_lock(tmp_path: Path) -> None:
+    db = tmp_path / "store.db"
+    with open_store(f"sqlite:///{db}?busy_timeout=50") as store:
+        store.ping()
+        locker = sqlite3.connect(db, isolation_level=None)
+        try:
+            locker.execute("BEGIN IMMEDIATE")
+            with pytest.raises(StoreError, match="database is locked"):
+                store.ping()
+            locker.execute("ROLLBACK")
+        finally:
+            locker.close()
+        store.ping()

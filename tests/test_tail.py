@@ -1,0 +1,56 @@
+"""The logic behind ``geotrack tail``: where a follow starts, and the command to resume."""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+
+from geotrack.errors import InvalidParameter
+from geotrack.store.mongo import encode_cursor
+from geotrack.tail import parse_since, resume_command
+
+NOW = 1_764_072_000_000  # 2025-11-25T12:00:00Z
+SQLITE = "sqlite:///geotrack.db"
+MONGO = "mongodb://127.0.0.1/fleet"
+
+
+def test_times_and_ages_are_unix_milliseconds() -> None:
+    assert parse_since("15m", SQLITE, NOW) == NOW - 15 * 60_000
+    assert parse_since("2025-11-25T11:00:00Z", MONGO, NOW) == NOW - 3_600_000
+    assert parse_since("1764072000", SQLITE, NOW) == NOW
+
+
+def test_a_cursor_of_the_store_is_kept_as_it_is() -> None:
+    assert parse_since("sqlite:42", SQLITE, NOW) == "sqlite:42"
+    cursor = encode_cursor({"_data": "8263"})
+    assert parse_since(cursor, "mongodb+srv://cluster.example.com/x", NOW) == cursor
+
+
+@pytest.mark.parametrize(
+    ("since", "url", "says"),
+    [
+        ("sqlite:x1", SQLITE, "--since: 'sqlite:x1' is not a SQLite cursor"),
+        ("mongo:!!", MONGO, "--since: 'mongo:!!' is not a MongoDB cursor"),
+        ("sqlite:5", MONGO, "is a cursor of a SQLite store, and the store is MongoDB"),
+        ("mongo:AAAA", SQLITE, "is a cursor of a MongoDB store, and the store is SQLite"),
+        ("tomorrow", SQLITE, "--since: expected an RFC 3339"),
+    ],
+)
+def test_bad_starts_name_the_option(since: str, url: str, says: str) -> None:
+    with pytest.raises(InvalidParameter) as caught:
+        parse_since(since, url, NOW)
+    assert caught.value.name == "--since"
+    assert says in str(caught.value)
+
+
+def test_resume_command_repeats_the_filters_quoted() -> None:
+    command = resume_command(
+        "sqlite:7", ["bus-12", "tram:3"], json=True, store="sqlite:////var/lib/my store.db"
+    )
+    assert command == (
+        "geotrack tail --store 'sqlite:////var/lib/my store.db' --device bus-12 "
+        "--device tram:3 --json --since sqlite:7"
+    )
+    assert shlex.split(command)[-2:] == ["--since", "sqlite:7"]
+    assert resume_command("sqlite:0") == "geotrack tail --since sqlite:0"
