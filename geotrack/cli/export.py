@@ -38,20 +38,26 @@ def export(
     device: DeviceOption = None,
     since: Annotated[
         str | None,
-        typer.Option(help="Only fixes from this time (RFC 3339, Unix seconds, or an age like 2h)."),
+        typer.Option(
+            help="Only fixes from this time (RFC 3339, Unix seconds, or an age like 2h), "
+            "by the fix's own time: a replayed GPX file keeps the file's times."
+        ),
     ] = None,
     until: Annotated[str | None, typer.Option(help="Only fixes up to this time.")] = None,
     gap: Annotated[
         str, typer.Option(help="GPX: start a new track segment after a gap this long.")
     ] = "10m",
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Nothing on stderr but errors.")
+    ] = False,
 ) -> None:
     """Export stored tracks as GPX, GeoJSON, CSV or NDJSON.
 
     GPX has one track per device, split into segments at gaps; GeoJSON one LineString
     feature per device with its times; CSV a header and one row per fix. Output is
     streamed, and a file is written under a temporary name then renamed, so a failed
-    export never leaves a truncated file behind.
+    export never leaves a truncated file behind. The store must exist (a relay creates
+    it); a selection that matches nothing says `0 positions matched` on stderr.
 
     Examples:
 
