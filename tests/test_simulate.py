@@ -142,12 +142,13 @@ def test_motion_is_believable(profile: Profile) -> None:
     # The reported speeds agree with the distance covered.
     assert sum(moved) / len(moved) == pytest.approx(statistics.mean(speeds), rel=0.15)
     for a, b, dist in zip(track, track[1:], moved, strict=False):
-        # Bounded acceleration (speeds are rounded to centimetres per second).
-        assert abs((b.speed or 0) - (a.speed or 0)) <= max(motion.accel, motion.brake) + 0.011
-        # The reported heading is the direction of travel (to its 0.1° rounding).
+        # Bounded acceleration (speeds are rounded to millimetres per second).
+        assert abs((b.speed or 0) - (a.speed or 0)) <= max(motion.accel, motion.brake) + 0.0011
+        # The reported heading is the direction of travel, to its 0.1° rounding and that
+        # of the coordinates (1e-7°: each end within about 8 mm).
         if dist > 0.5:
             off = abs((bearing(a, b) - (b.heading or 0) + 180) % 360 - 180)
-            assert off < 0.1
+            assert off < 0.1 + math.degrees(0.016 / dist)
     # The heading drifts and turns: it does not stay put, nor spin at random.
     turns = [
         abs(((b.heading or 0) - (a.heading or 0) + 180) % 360 - 180)
@@ -325,3 +326,18 @@ def test_invalid_stops() -> None:
         next(sim.positions(count=-1))
     with pytest.raises(InvalidParameter):
         next(sim.positions(duration_s=math.nan))
+
+
+def test_fixes_are_rounded_to_what_a_gps_means() -> None:
+    """1e-7 degrees, mm/s, 0.1 degree and 0.1 m: no 14-decimal coordinates on the wire."""
+    sim = Simulation(movers=5, rate=2.0, seed=11, profile="bike", start_ms=START)
+    fixes = list(itertools.islice((p for _, p in sim.positions(duration_s=60.0)), 600))
+    assert fixes
+    for p in fixes:
+        assert p.lat == round(p.lat, 7) and p.lon == round(p.lon, 7), p
+        assert p.speed == round(p.speed, 3), p
+        for value in (p.heading, p.alt, p.acc):
+            assert value == round(value, 1), p
+        wire = msgspec.json.encode(p).decode()
+        for number in re.findall(r"-?\d+\.(\d+)", wire):
+            assert len(number) <= 7, wire

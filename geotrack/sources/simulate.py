@@ -270,16 +270,35 @@ class _Mover:
     def fix(self, device: str, ts_ms: int) -> Position:
         self.acc = min(25.0, max(1.5, self.acc + self.rng.gauss(0.0, 0.4) + 0.2 * (4.0 - self.acc)))
         heading = round(self.heading, 1)
+        lat, lon = self._reported_place()
+        # Rounded to what a GPS fix means: 1e-7 degrees (about 1 cm), mm/s, 0.1 degree,
+        # 0.1 m. The mover keeps its exact state; only what it reports is rounded.
         return Position(
             device=device,
-            lat=self.lat,
-            lon=self.lon,
+            lat=lat,
+            lon=lon,
             ts=ms_to_ts(ts_ms),
-            speed=round(self.speed, 2),
+            speed=round(self.speed, 3),
             heading=heading if heading < 360.0 else 0.0,
             alt=round(self.alt, 1),
             acc=round(self.acc, 1),
         )
+
+    def _reported_place(self) -> tuple[float, float]:
+        """The place rounded to 1e-7 degrees, and still inside the region.
+
+        Rounding moves a point by up to 5e-8 degrees, which can take a mover at the edge
+        out of its region: then the neighbouring grid point inside it is reported (or, for
+        a region too small to hold one, the exact place).
+        """
+        lat, lon = round(self.lat, 7), round(self.lon, 7)
+        if self.region.contains(lat, lon):
+            return lat, lon
+        for la in (math.floor(self.lat * 1e7) / 1e7, math.ceil(self.lat * 1e7) / 1e7):
+            for lo in (math.floor(self.lon * 1e7) / 1e7, math.ceil(self.lon * 1e7) / 1e7):
+                if self.region.contains(la, lo):
+                    return la, lo
+        return self.lat, self.lon
 
 
 class Simulation:
