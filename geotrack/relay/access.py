@@ -121,9 +121,8 @@ def check_parameters(endpoint: str, given: Iterable[str]) -> None:
     accepted = PARAMETERS[endpoint]
     unknown = sorted(set(given) - set(accepted))
     if unknown:
-        shown = ", ".join(p for p in accepted if p != "token") or "none"
         raise InvalidParameter(
-            unknown[0], f"unknown parameter for {endpoint} (supported: {shown}, and token)"
+            unknown[0], f"unknown parameter (accepted by {endpoint}: {', '.join(accepted)})"
         )
 
 

@@ -290,6 +290,8 @@ class Relay:
     ) -> None:
         """Log every refused handshake: ours above, and websockets' own (400, 403 origin)."""
         if response.status_code != HTTPStatus.SWITCHING_PROTOCOLS:
+            # Admitted above but refused after (a bad Origin, no Upgrade): no longer held.
+            self._admissions.pop(connection, None)
             # The body is ours or websockets' and never holds a token; the request's path
             # (its query string may) is not logged.
             reason = response.body.decode(errors="replace").strip().split("\n")[0][:200]
