@@ -98,8 +98,14 @@ def export(
             progress = not quiet and err.is_terminal and (output is not None or not _stdout_tty())
             counted = _counting(positions, progress)
             if output is None:
-                count = _write(fmt, counted, sys.stdout, gap_s)
-                sys.stdout.flush()
+                try:
+                    count = _write(fmt, counted, sys.stdout, gap_s)
+                    sys.stdout.flush()
+                except BrokenPipeError:
+                    # The reader has what it wanted (| head): not an error, like tail.
+                    devnull = os.open(os.devnull, os.O_WRONLY)
+                    os.dup2(devnull, sys.stdout.fileno())
+                    return
             else:
                 count = _export_to_file(fmt, counted, output, gap_s)
             if count == 0:

@@ -122,3 +122,21 @@ def test_export_does_not_load_the_gpx_parser(stored: Path, fmt: str) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert (stored / f"out.{fmt}").stat().st_size > 0
+
+
+def test_a_reader_that_stops_early_is_not_an_error(tmp_path: Path) -> None:
+    # Far more than a pipe holds, so the export is still writing when `head` goes away.
+    with open_store(f"sqlite:///{tmp_path / 'geotrack.db'}") as store:
+        store.write([pos("walk", i) for i in range(5000)])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "geotrack", "export", "--format", "gpx"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().startswith(b"<?xml")
+    proc.stdout.close()  # what `geotrack export | head -1` does
+    assert proc.wait(30) == 0
+    assert proc.stderr.read() == b""
+    proc.stderr.close()
