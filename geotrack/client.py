@@ -16,7 +16,7 @@ import random
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Final, Self
@@ -25,6 +25,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, WebSocketException
 
+from geotrack._text import plural
 from geotrack.errors import FrameError, RelayError
 from geotrack.schema import (
     Ack,
@@ -36,7 +37,15 @@ from geotrack.schema import (
     encode_position,
 )
 
-__all__ = ["Backoff", "PublishStats", "Publisher", "endpoint", "subscribe"]
+__all__ = [
+    "Backoff",
+    "PermanentRelayError",
+    "PublishStats",
+    "Publisher",
+    "RelayUnreachable",
+    "endpoint",
+    "subscribe",
+]
 
 log = logging.getLogger("geotrack.client")
 
@@ -46,6 +55,15 @@ _PERMANENT_CLOSE: Final = {1002, 1003, 1007, 1008, 1009}
 
 class PermanentRelayError(RelayError):
     """The relay refused in a way retrying cannot fix (bad URL, 4xx handshake, bad frame)."""
+
+
+class RelayUnreachable(RelayError):
+    """Nothing answered at the relay's address (refused, no route, timed out): maybe not yet."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(f"cannot reach relay at {url}: {reason}")
 
 
 def endpoint(url: str, path: str, query: dict[str, list[str]] | None = None) -> str:
@@ -112,19 +130,78 @@ async def _open(
     except InvalidURI as exc:
         raise PermanentRelayError(f"bad relay URL {_redact(url)!r}: {exc}") from None
     except TimeoutError:
-        raise RelayError(
-            f"cannot reach relay at {_redact(url)}: no answer within {open_timeout:g} s"
-        ) from None
+        raise RelayUnreachable(_redact(url), f"no answer within {open_timeout:g} s") from None
     except ssl.SSLCertVerificationError as exc:
-        raise PermanentRelayError(
-            f"cannot reach relay at {_redact(url)}: certificate not trusted "
-            f"({exc.verify_message}); give the CA with --cafile"
-        ) from None
+        reason = await _certificate_problem(url, exc, ssl_context)
+        raise PermanentRelayError(f"cannot reach relay at {_redact(url)}: {reason}") from None
     except OSError as exc:
         reason = exc.strerror or str(exc) or type(exc).__name__
-        raise RelayError(f"cannot reach relay at {_redact(url)}: {reason}") from None
+        raise RelayUnreachable(_redact(url), reason) from None
     except WebSocketException as exc:
         raise RelayError(f"cannot open a WebSocket to {_redact(url)}: {exc}") from None
+
+
+# OpenSSL's X509_V_ERR_* codes that need their own advice.
+_UNTRUSTED: Final = {18, 19, 20, 21}  # self-signed leaf or chain, unknown issuer
+_EXPIRED: Final = 10
+_NOT_YET_VALID: Final = 9
+_NAME_MISMATCH: Final = {62, 64}  # hostname, IP address
+
+
+async def _certificate_problem(
+    url: str, exc: ssl.SSLCertVerificationError, context: ssl.SSLContext | None
+) -> str:
+    """What is wrong with the relay's certificate, and what would fix it, in one phrase."""
+    code, message = exc.verify_code, exc.verify_message
+    host = urlsplit(url).hostname or "?"
+    if code in _NAME_MISMATCH:
+        names = await _certificate_names(url, context)
+        issued = f"is for {', '.join(names)}" if names else "does not name it"
+        return (
+            f"the certificate {issued}, not {host} "
+            "(connect by a name the certificate has, or issue one for this name)"
+        )
+    if code in _UNTRUSTED:
+        return (
+            f"certificate not trusted ({message}): give the CA that signed it with --cafile "
+            "or SSL_CERT_FILE"
+        )
+    if code == _EXPIRED:
+        return "the relay's certificate has expired: renew it"
+    if code == _NOT_YET_VALID:
+        return "the relay's certificate is not valid yet (check the clocks here and there)"
+    return f"certificate refused ({message})"
+
+
+async def _certificate_names(url: str, context: ssl.SSLContext | None) -> list[str]:
+    """The names the relay's certificate is for, read by a handshake that skips the name check.
+
+    The chain is still verified against the CAs ``context`` trusts, so what comes back is
+    the certificate the failed connection saw. Empty when it cannot be read.
+    """
+    parts = urlsplit(url)
+    probe = ssl.create_default_context()
+    probe.check_hostname = False
+    if context is not None:
+        cas = context.get_ca_certs(binary_form=True)
+        if cas:
+            probe.load_verify_locations(cadata=b"".join(cas))
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(parts.hostname, parts.port or 443, ssl=probe), 5
+        )
+    except (OSError, TimeoutError):
+        return []
+    try:
+        cert = writer.get_extra_info("peercert") or {}
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    names = [value for _kind, value in cert.get("subjectAltName", ())]
+    if not names:
+        names = [v for rdn in cert.get("subject", ()) for k, v in rdn if k == "commonName"]
+    return [str(n) for n in names]
 
 
 def _redact(url: str) -> str:
@@ -146,6 +223,8 @@ class PublishStats:
     rejected: int = 0
     errors: list[str] = field(default_factory=list)
     rejections: list[str] = field(default_factory=list)
+    #: Rejections counted but not kept in ``rejections`` (it holds the first few only).
+    more_rejections: int = 0
 
     @property
     def acked(self) -> int:
@@ -166,8 +245,7 @@ class Publisher:
     for room. Every frame is kept until its ack arrives. When the connection is lost, the
     publisher reconnects (``backoff``; None turns that off) and resends every frame still
     unacknowledged, in order, before anything new (``reconnect=False`` fails instead). The
-    first connection is not retried: a
-    relay that cannot be reached at all is more likely a wrong URL than an outage.
+    first connection is retried only when :meth:`connect` is asked to wait.
     """
 
     def __init__(
@@ -200,9 +278,38 @@ class Publisher:
         self._failure: RelayError | None = None
         self._closing = False
 
-    async def connect(self) -> None:
-        """Open the connection. Raises RelayError when the relay can't be reached."""
-        self._attach(await _open(self.url, self.ssl_context, self.open_timeout, self.token))
+    async def connect(
+        self, *, wait: bool = False, on_wait: Callable[[RelayUnreachable], None] | None = None
+    ) -> None:
+        """Open the connection. Raises RelayError when the relay can't be reached.
+
+        With ``wait``, a relay that does not answer yet (connection refused, no answer) is
+        tried again with ``backoff`` for up to its ``give_up_after``, and ``on_wait`` hears
+        of the first failure. A refusal that retrying cannot fix (a bad URL, a 4xx
+        handshake, a certificate) fails at once either way.
+        """
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            try:
+                ws = await _open(self.url, self.ssl_context, self.open_timeout, self.token)
+            except RelayUnreachable as exc:
+                if not wait:
+                    raise
+                waited = time.monotonic() - started
+                limit = self.backoff.give_up_after
+                if limit is not None and waited >= limit:
+                    raise RelayError(f"{exc}; gave up waiting after {waited:.0f} s") from None
+                if attempt == 0 and on_wait is not None:
+                    on_wait(exc)
+                delay = self.backoff.delay(attempt)
+                if limit is not None:
+                    delay = min(delay, limit - waited)
+                await asyncio.sleep(delay)
+                attempt += 1
+            else:
+                break
+        self._attach(ws)
 
     def _attach(self, ws: ClientConnection) -> None:
         self._ws = ws
@@ -336,9 +443,9 @@ class Publisher:
                     continue
                 self.reconnects += 1
                 log.info(
-                    "reconnected after %.1f s; resent %d positions",
+                    "reconnected after %.1f s; resent %s",
                     time.monotonic() - started,
-                    sum(len(f.positions) for f in self._inflight),
+                    plural(sum(len(f.positions) for f in self._inflight), "position"),
                 )
                 self._reconnecting = None
                 self._attach(ws)
@@ -353,7 +460,9 @@ class Publisher:
         self.stats.duplicates += ack.duplicates
         self.stats.rejected += len(ack.rejected)
         for r in ack.rejected:
-            if len(self.stats.rejections) < self._keep_rejections:
+            if len(self.stats.rejections) >= self._keep_rejections:
+                self.stats.more_rejections += 1
+            else:
                 p = frame.positions[r.index] if r.index < len(frame.positions) else None
                 where = f"{p.device} at {p.time}" if p else f"index {r.index}"
                 self.stats.rejections.append(f"{where}: {r.error}")
@@ -363,7 +472,8 @@ class Publisher:
         pending = sum(len(f.positions) for f in self._inflight)
         what = f"code {code}" + (f": {reason}" if reason else "") if code else "connection lost"
         return RelayError(
-            f"the relay closed the connection ({what}); {pending} positions unacknowledged"
+            f"the relay closed the connection ({what}); "
+            f"{plural(pending, 'position')} unacknowledged"
         )
 
     def _fail(self, error: RelayError) -> None:

@@ -7,18 +7,86 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import Iterator
-from typing import Annotated, NoReturn, TypeVar
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, Final, NoReturn, TypeVar, get_args
 
 import typer
 from rich.console import Console
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
+from typer.models import CommandFunctionType as CommandFunction
 
 from geotrack import __version__
 from geotrack.errors import GeotrackError, InvalidParameter
 from geotrack.store import Store, open_store
 
-app = typer.Typer(
+# typer 0.29 prints a type tag such as `<int>` after every option in --help, and `<bool>`
+# even after flags, which take no value (its rich help does not skip flags the way its
+# plain help does). Well-kept click tools show a metavar after options that take a value
+# (`--port INTEGER`) and nothing after a flag. Typer shows a parameter's metavar instead
+# of the tag whenever one is set, so every command of this app names its parameters the
+# click way, unless the command set a metavar of its own.
+_METAVARS: Final = {int: "INTEGER", float: "FLOAT", str: "TEXT", bool: "BOOLEAN"}
+
+
+def _name_values(params: list[Any]) -> None:
+    for param in params:
+        if param.metavar is not None:
+            continue
+        if isinstance(param, TyperArgument):
+            param.metavar = (param.name or "value").upper()
+            if type(param) is TyperArgument:
+                param.__class__ = _Argument
+        elif isinstance(param, TyperOption):
+            param.metavar = "" if param.is_flag or param.count else _metavar(param)
+
+
+def _metavar(param: TyperOption) -> str:
+    desc = param.type_descriptor
+    if desc.is_choice:
+        return "[" + "|".join(str(c) for c in desc.choices or ()) + "]"
+    if desc.is_path:
+        return "PATH"
+    annotation = desc.annotation
+    if desc.is_list:
+        (annotation,) = get_args(annotation) or (str,)
+    if isinstance(annotation, type) and issubclass(annotation, Path):
+        return "PATH"
+    return _METAVARS.get(annotation, "VALUE") if isinstance(annotation, type) else "VALUE"
+
+
+class _Argument(TyperArgument):
+    """An argument without a type tag: its name says what it takes."""
+
+    def display_type_rich(self, ctx: Any) -> str | None:
+        return None
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)
+        _name_values(params)
+        return params
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)
+        _name_values(params)
+        return params
+
+
+class _App(typer.Typer):
+    """A typer app whose commands show click-style metavars in --help (see above)."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[CommandFunction], CommandFunction]:
+        kwargs.setdefault("cls", _Command)
+        return super().command(*args, **kwargs)
+
+
+app = _App(
     name="geotrack",
+    cls=_Group,
     help=(
         "Realtime position ingestion and replay over WebSocket.\n\n"
         "Devices (or `geotrack publish`) stream positions to a relay (`geotrack serve`), "
@@ -35,7 +103,9 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-err = Console(stderr=True)
+# Messages are single lines that the terminal wraps itself; where stderr is not a
+# terminal (a file, a pipe, a log), rich would otherwise cut them at 80 columns.
+err = Console(stderr=True, soft_wrap=True)
 _N = TypeVar("_N", int, float)
 
 StoreOption = Annotated[
@@ -106,12 +176,18 @@ def configure_logging(quiet: bool, verbose: bool) -> None:
     logging.getLogger("websockets").setLevel(logging.INFO if verbose else logging.CRITICAL)
 
 
-def event_loop_runner() -> asyncio.Runner:
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed; None means asyncio's own."""
     try:
         import uvloop
     except ImportError:
-        return asyncio.Runner()
-    return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+        return None
+    new_event_loop: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return new_event_loop
+
+
+def event_loop_runner() -> asyncio.Runner:
+    return asyncio.Runner(loop_factory=event_loop_factory())
 
 
 def within(name: str, value: _N, low: _N, high: _N) -> _N:

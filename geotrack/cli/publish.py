@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import os
-import ssl
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 
-from geotrack.cli._common import app, err, errors, event_loop_runner
+from geotrack._text import plural
+from geotrack.cli._common import app, err, errors, event_loop_factory
 from geotrack.errors import InvalidParameter
 from geotrack.schema import MAX_BATCH, BBox, parse_duration
+
+if TYPE_CHECKING:
+    from geotrack.client import PublishStats
 
 
 @app.command()
@@ -26,20 +30,30 @@ def publish(
     gpx: Annotated[
         list[Path] | None,
         typer.Option(
-            "--gpx", help="GPX file to replay (repeat, or list files after it).", show_default=False
+            "--gpx",
+            metavar="FILE",
+            help="GPX file to replay (repeat, or list files after it).",
+            show_default=False,
         ),
     ] = None,
     simulate: Annotated[
         int, typer.Option("--simulate", help="Simulate N movers instead of replaying GPX.")
     ] = 0,
     url: Annotated[
-        str, typer.Option("--url", envvar="GEOTRACK_URL", help="The relay's WebSocket URL.")
+        str,
+        typer.Option(
+            "--url",
+            envvar="GEOTRACK_URL",
+            metavar="URL",
+            help="The relay's WebSocket URL (ws:// or wss://).",
+        ),
     ] = "ws://127.0.0.1:8765",
     device: Annotated[
         str | None,
         typer.Option(
+            metavar="ID",
             help="Device id for a GPX track (several tracks: ID-1, ID-2, ...); "
-            "id prefix for simulated movers."
+            "id prefix for simulated movers.",
         ),
     ] = None,
     speed: Annotated[
@@ -56,15 +70,23 @@ def publish(
     ] = 5.0,
     rate: Annotated[float, typer.Option(help="Simulated fixes per second per mover.")] = 1.0,
     bbox: Annotated[
-        str | None, typer.Option(help="Keep simulated movers in minLon,minLat,maxLon,maxLat.")
+        str | None,
+        typer.Option(
+            metavar="W,S,E,N", help="Keep simulated movers in minLon,minLat,maxLon,maxLat."
+        ),
     ] = None,
     center: Annotated[
-        str | None, typer.Option(help="Keep simulated movers around LAT,LON (see --radius).")
+        str | None,
+        typer.Option(
+            metavar="LAT,LON", help="Keep simulated movers around LAT,LON (see --radius)."
+        ),
     ] = None,
     radius: Annotated[float, typer.Option(help="Radius around --center, metres.")] = 2000.0,
-    profile: Annotated[str, typer.Option(help="Simulated motion: walk, bike or car.")] = "car",
+    profile: Annotated[
+        str, typer.Option(metavar="[walk|bike|car]", help="Simulated motion.")
+    ] = "car",
     duration: Annotated[
-        str | None, typer.Option(help="Simulate for this long (90s, 15m, 2h).")
+        str | None, typer.Option(metavar="DURATION", help="Simulate for this long (90s, 15m, 2h).")
     ] = None,
     count: Annotated[
         int | None, typer.Option(help="Simulate this many positions in total.")
@@ -86,11 +108,20 @@ def publish(
     ] = None,
     cafile: Annotated[
         Path | None,
-        typer.Option(help="CA certificate (PEM) to trust for a wss:// relay.", show_default=False),
+        typer.Option(
+            metavar="FILE",
+            help="CA certificate (PEM) to trust for a wss:// relay, instead of the system's "
+            "(which SSL_CERT_FILE or SSL_CERT_DIR can name).",
+            show_default=False,
+        ),
     ] = None,
     retry_for: Annotated[
         str,
-        typer.Option(help="After a lost connection, keep reconnecting this long (0: don't)."),
+        typer.Option(
+            metavar="DURATION",
+            help="Wait this long for a relay that is not up yet, and keep reconnecting this "
+            "long after a lost connection (0: don't).",
+        ),
     ] = "5m",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
@@ -106,8 +137,7 @@ def publish(
 
       `geotrack publish --simulate 100 --rate 2 --duration 5m --center 52.52,13.40`
     """
-    from geotrack.client import Backoff, Publisher
-    from geotrack.player import play
+    from geotrack.publishing import PublishConfig, publish
 
     paths = [*(gpx or []), *(files or [])]
     with errors():
@@ -115,64 +145,39 @@ def publish(
             raise InvalidParameter("--simulate", "give either GPX files or --simulate, not both")
         if not paths and not simulate:
             raise InvalidParameter("source", "give GPX files (--gpx FILE) or --simulate N")
-        if speed < 0:
-            raise InvalidParameter("--speed", "must be 0 (as fast as possible) or more")
-        if not 1 <= batch <= MAX_BATCH:
-            raise InvalidParameter("--batch", f"must be within 1..{MAX_BATCH}")
-        if window < 1:
-            raise InvalidParameter("--window", "must be at least 1")
+        config = PublishConfig(
+            url=url,
+            token=token,
+            cafile=cafile,
+            speed=speed,
+            batch=batch,
+            window=window,
+            retry_for=parse_duration(retry_for, "--retry-for"),
+        )
         if paths:
             source, total, what = _gpx_source(paths, device, kmh, loop)
         else:
             source, total, what = _simulation(
                 simulate, rate, bbox, center, radius, profile, duration, count, seed, device
             )
-        retry_s = parse_duration(retry_for, "--retry-for")
-        publisher = Publisher(
-            url,
-            window=window,
-            token=token,
-            ssl_context=_client_tls(cafile),
-            reconnect=retry_s > 0,
-            backoff=Backoff(give_up_after=retry_s),
-        )
-        started = time.monotonic()
-
-        async def run(progress: Callable[[int], None]) -> None:
-            await publisher.connect()
-            try:
-                await play(source, publisher, speed=speed, batch=batch, on_sent=progress)
-            finally:
-                await publisher.close()
-
-        interrupted = False
-        try:
-            with (
-                _progress(quiet, total, what, publisher) as progress,
-                event_loop_runner() as runner,
-            ):
-                runner.run(run(progress))
-        except KeyboardInterrupt:
-            interrupted = True
-        stats = publisher.stats
-        elapsed = time.monotonic() - started
-        summary = (
-            f"{stats.sent} sent, {stats.stored} stored, {stats.duplicates} duplicates, "
-            f"{stats.rejected} rejected in {elapsed:.1f} s"
-        )
-        if stats.rejected or stats.errors:
-            err.print(f"[bold red]{summary}[/]", highlight=False)
-            for line in stats.errors[:10] + stats.rejections:
-                err.print(f"  {line}", highlight=False, markup=False)
-            raise typer.Exit(1)
-        if interrupted:
-            err.print(f"interrupted: {summary}", highlight=False)
-            unacked = stats.sent - stats.acked
-            if unacked:
-                err.print(f"{unacked} positions were not acknowledged", highlight=False)
-            raise typer.Exit(130)
-        if not quiet:
-            err.print(summary, highlight=False)
+        with _progress(quiet, total, what) as progress:
+            outcome = publish(
+                source,
+                config,
+                on_sent=progress,
+                notify=lambda line: err.print(line, highlight=False, markup=False),
+                loop_factory=event_loop_factory(),
+            )
+    if outcome.failed:
+        err.print(f"[bold red]{outcome.summary}[/]", highlight=False)
+    elif outcome.interrupted:
+        err.print(f"interrupted: {outcome.summary}", highlight=False)
+    elif not quiet:
+        err.print(outcome.summary, highlight=False)
+    for line in outcome.details:
+        err.print(f"  {line}" if outcome.failed else line, highlight=False, markup=False)
+    if outcome.exit_code:
+        raise typer.Exit(outcome.exit_code)
 
 
 def _gpx_source(
@@ -188,10 +193,10 @@ def _gpx_source(
         tracks.extend(read_gpx(path, device=name, kmh=kmh))
     for track in tracks:
         for warning in getattr(track, "warnings", []):
-            err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+            err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     total = None if loop else sum(len(t.positions) for t in tracks)
     devices = ", ".join(t.device for t in tracks)
-    return schedule(tracks, loop=loop), total, f"{len(tracks)} tracks ({devices})"
+    return schedule(tracks, loop=loop), total, f"{plural(len(tracks), 'track')} ({devices})"
 
 
 def _simulation(
@@ -237,7 +242,8 @@ def _simulation(
         if count is not None
         else (int(movers * rate * seconds) if seconds is not None else None)
     )
-    return sim.positions(count=count, duration_s=seconds), total, f"{movers} simulated movers"
+    what = plural(movers, "simulated mover")
+    return sim.positions(count=count, duration_s=seconds), total, what
 
 
 def _lat_lon(text: str) -> tuple[float, float]:
@@ -252,11 +258,11 @@ def _lat_lon(text: str) -> tuple[float, float]:
 
 @contextlib.contextmanager
 def _progress(
-    quiet: bool, total: int | None, what: str, publisher: Any
-) -> Iterator[Callable[[int], None]]:
+    quiet: bool, total: int | None, what: str
+) -> Iterator[Callable[[PublishStats], None]]:
     """A rich progress bar of sent and acked positions (a no-op when quiet)."""
     if quiet or (not err.is_terminal and os.environ.get("GEOTRACK_PROGRESS") != "1"):
-        yield lambda n: None
+        yield lambda stats: None
         return
     from rich.progress import (
         BarColumn,
@@ -275,31 +281,31 @@ def _progress(
         TaskProgressColumn(),
         TextColumn("acked {task.fields[acked]}"),
         TextColumn("{task.fields[rate]}/s"),
+        TextColumn("elapsed"),
         TimeElapsedColumn(),
+        TextColumn("ETA"),
         TimeRemainingColumn(),
     ]
     started = time.monotonic()
+    last: PublishStats | None = None
     with Progress(*columns, console=err, transient=False) as bar:
         task = bar.add_task(f"publishing {what}", total=total, acked=0, rate="0")
 
-        def advance(n: int) -> None:
+        def advance(stats: PublishStats) -> None:
+            nonlocal last
+            last = stats
             elapsed = max(time.monotonic() - started, 1e-3)
             bar.update(
-                task,
-                advance=n,
-                acked=publisher.stats.acked,
-                rate=f"{publisher.stats.sent / elapsed:,.0f}",
+                task, completed=stats.sent, acked=stats.acked, rate=rate(stats.sent / elapsed)
             )
 
         yield advance
-        bar.update(task, acked=publisher.stats.acked)
+        if last is not None:
+            bar.update(task, acked=last.acked)
 
 
-def _client_tls(cafile: Path | None) -> ssl.SSLContext | None:
-    if cafile is None:
-        return None
-    try:
-        return ssl.create_default_context(cafile=str(cafile))
-    except (OSError, ssl.SSLError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise InvalidParameter("--cafile", f"cannot load {cafile}: {reason}") from None
+def rate(per_second: float) -> str:
+    """A rate that reads well at both ends: ``0.2``, ``4.5``, ``38``, ``12,400``."""
+    if per_second < 10:
+        return f"{per_second:.1f}"
+    return f"{per_second:,.0f}"
