@@ -36,10 +36,16 @@ def serve(
     ] = MAX_BATCH,
     max_rate: Annotated[
         float,
-        typer.Option(help="Frames per second per connection; faster senders are read slower."),
+        typer.Option(
+            help="Frames per second per connection, and HTTP position requests per token "
+            "(or client): faster senders are read slower, HTTP gets 429."
+        ),
     ] = 1000.0,
     max_connections: Annotated[
-        int, typer.Option(help="Connections held at once; more get HTTP 503.")
+        int,
+        typer.Option(
+            help="Connections held at once (WebSocket, and HTTP apart); more get HTTP 503."
+        ),
     ] = 10_000,
     handshake_timeout: Annotated[
         float, typer.Option(help="Seconds a client has to complete its handshake.")
@@ -93,6 +99,8 @@ def serve(
     Every position is validated, stored (group-committed, deduplicated on device and
     time) and acked, then pushed to every matching subscriber. Ctrl-C or SIGTERM stops
     it cleanly: what is in flight is stored and acked, clients are closed with 1001.
+    Refused handshakes are logged with the client's address and the reason (never the
+    token), at most 20 a minute.
 
     With --http-port, phones and trackers post over HTTP in the same process (Traccar
     Client, OsmAnd and GPSLogger to /, OwnTracks to /owntracks), and the REST API, /healthz

@@ -74,10 +74,6 @@ def test_an_http_port_in_use_is_one_error_line_and_nothing_keeps_running(
 
 def test_serve_warns_logs_refusals_paces_http_and_stops_on_sigterm(tmp_path: Path) -> None:
     port, http_port = free_port(), free_port()
-    tokens = tmp_path / "tokens.toml"
-    tokens.write_text(
-        '[[token]]\nname = "phone"\ntoken = "phone-token-0123456789"\nrole = "both"\n'
-    )
     with relay_process(
         "sqlite:///geotrack.db",
         port,
