@@ -264,18 +264,19 @@ class _Run:
         """
         task = asyncio.ensure_future(work)
         waiter = asyncio.ensure_future(event.wait())
+        finished = False
         try:
             await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            finished = task.done()
         finally:
             waiter.cancel()
             if not task.done() and not isinstance(work, asyncio.Future):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-        if task.done():
+        if finished:
             task.result()
-            return True
-        return False
+        return finished
 
     def _sent(self, n: int) -> None:
         if self.on_sent is not None:
