@@ -102,13 +102,18 @@ def follow(
 ) -> str:
     """Call ``emit`` for each newly stored position until ``running()`` is false.
 
-    ``on_open`` is called with the starting cursor once the feed is open (a bad ``since``
-    has been refused by then). Returns the cursor to resume from. KeyboardInterrupt is
-    the usual way out: it is caught here, so the cursor is returned all the same.
+    ``running`` is asked after every emitted change, so a stop requested while a change
+    is being emitted takes effect right after it, with the cursor exactly past it, and
+    at least every ``poll`` seconds while idle. ``on_open`` is called with the starting
+    cursor once the feed is open (a bad ``since`` has been refused by then). Returns the
+    cursor to resume from. KeyboardInterrupt is caught too, and the cursor returned, but
+    it can land between an emit and its cursor: a change emitted then may be repeated on
+    resume. ``geotrack tail`` therefore turns its first Ctrl-C or SIGTERM into
+    ``running()`` becoming false.
     """
     with store.follow(since=since, devices=devices) as feed:
-        # The cursor of what was emitted, not of what was fetched: an interrupt in the
-        # middle of a batch must not skip the rest of it on resume.
+        # The cursor of what was emitted, not of what was fetched: a stop in the middle
+        # of a batch must not skip the rest of it on resume.
         cursor = feed.cursor
         try:
             if on_open is not None:
@@ -117,6 +122,8 @@ def follow(
                 for change in feed.poll(poll):
                     emit(change)
                     cursor = change.cursor
+                    if not running():
+                        return cursor
                 cursor = feed.cursor
         except KeyboardInterrupt:
             pass

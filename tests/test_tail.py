@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 
 import pytest
 
 from geotrack.errors import InvalidParameter
+from geotrack.store import Change, open_store
 from geotrack.store.mongo import encode_cursor
-from geotrack.tail import parse_since, resume_command
+from geotrack.tail import follow, parse_since, resume_command
+from tests.test_store_contract import pos
 
 NOW = 1_764_072_000_000  # 2025-11-25T12:00:00Z
 SQLITE = "sqlite:///geotrack.db"
@@ -54,3 +57,21 @@ def test_resume_command_repeats_the_filters_quoted() -> None:
     )
     assert shlex.split(command)[-2:] == ["--since", "sqlite:7"]
     assert resume_command("sqlite:0") == "geotrack tail --since sqlite:0"
+
+
+def test_a_stop_asked_for_while_emitting_ends_right_after_that_change(tmp_path: Path) -> None:
+    # What tail's first Ctrl-C does: the cursor returned is exactly past the last change
+    # emitted, even in the middle of a batch, so the resume command repeats nothing.
+    with open_store(f"sqlite:///{tmp_path / 'store.db'}") as store:
+        store.write([pos(i=i) for i in range(10)])
+        emitted: list[Change] = []
+
+        def emit(change: Change) -> None:
+            emitted.append(change)
+
+        cursor = follow(store, emit, since="sqlite:0", running=lambda: len(emitted) < 3)
+        assert [c.position for c in emitted] == [pos(i=i) for i in range(3)]
+        assert cursor == emitted[-1].cursor == "sqlite:3"
+        rest: list[Change] = []
+        follow(store, rest.append, since=cursor, running=lambda: len(rest) < 7)
+        assert [c.position for c in rest] == [pos(i=i) for i in range(3, 10)]

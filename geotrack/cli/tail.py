@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 from typing import Annotated, Any
 
 import typer
@@ -65,10 +66,28 @@ def _follow(store: str, devices: list[str], json: bool, start: str | int | None,
             if not json:
                 err.print(f"following {db.display_url} (Ctrl-C to stop)", highlight=False)
 
-        # SIGTERM (systemd, kill) stops it like Ctrl-C: with the cursor printed.
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        # Ctrl-C and SIGTERM (systemd, kill) ask the loop to stop after the line being
+        # printed, so the cursor is exactly past the last line out; a second one
+        # interrupts at once (a reader that stopped reading can block a write).
+        stop = threading.Event()
+
+        def on_signal(_signum: int, _frame: object) -> None:
+            if stop.is_set():
+                raise KeyboardInterrupt
+            stop.set()
+
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
         try:
-            cursor = follow(db, emit, since=start, devices=devices, on_open=opened)
+            cursor = follow(
+                db,
+                emit,
+                since=start,
+                devices=devices,
+                on_open=opened,
+                running=lambda: not stop.is_set(),
+                poll=0.2,
+            )
         except BrokenPipeError:
             # The reader went away (| head): not an error; keep Python from complaining.
             _silence_stdout()

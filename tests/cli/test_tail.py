@@ -137,8 +137,10 @@ def test_resume_hint_keeps_the_filters_and_resumes_exactly(tmp_path: Path, sig: 
         probes = wait_until_following(url, out, "bus-12")
         with open_store(url) as store:
             store.write([pos("car", 0), pos("tram-3", 0), pos("bus-12", 0)])
-        last = pos("bus-12", 0).ts
-        lines = out.wait(lambda ls: bool(ls) and json.loads(ls[-1])["ts"] == last)
+        last = {"bus-12": pos("bus-12", 0).ts}
+        lines = out.wait(
+            lambda ls: bool(ls) and {(d := json.loads(ls[-1]))["device"]: d["ts"]} == last
+        )
         assert [json.loads(x)["device"] for x in lines[-2:]] == ["tram-3", "bus-12"]
         err = stop(proc, sig, tmp_path)
     assert proc.returncode == 0, err
