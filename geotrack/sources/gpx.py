@@ -28,6 +28,7 @@ from typing import Any, Final, TypeVar
 import gpxpy
 import msgspec
 
+from geotrack._text import plural
 from geotrack.errors import InvalidParameter, InvalidPosition, SourceError
 from geotrack.gpx_extensions import GT_NAMESPACE
 from geotrack.schema import DEVICE_PATTERN, Position, ms_to_ts, validate
@@ -200,13 +201,15 @@ def _track(device: str, name: str | None, points: list[Any], kmh: float, start_m
     if reasons:
         shown = "; ".join(reasons[:_MAX_REASONS]) + ("; ..." if len(reasons) > _MAX_REASONS else "")
         warnings.append(
-            f"skipped {len(reasons)} of {len(points)} points that failed validation ({shown})"
+            f"skipped {len(reasons)} of {plural(len(points), 'point')} that failed validation "
+            f"({shown})"
         )
     timed.sort(key=lambda item: item[0])
     same = sum(1 for a, b in itertools.pairwise(timed) if a[0] == b[0])
     if same:
         warnings.append(
-            f"{same} points have the same time as the point before them "
+            f"{plural(same, 'point')} {'has' if same == 1 else 'have'} the same time as the "
+            f"point before {'it' if same == 1 else 'them'} "
             "(a relay keeps one position per device and time)"
         )
     return Track(device, name, [p for _, p in timed], warnings, len(reasons))
