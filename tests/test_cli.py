@@ -39,7 +39,7 @@ DRIVE = SAMPLES / "drive.gpx"  # 200 points 2 s apart at .250 s, speed, heading,
 SUMMARY = re.compile(
     r"^(\d+) sent, (\d+) stored, (\d+) duplicates?, (\d+) rejected in (\d+\.\d) s$", re.M
 )
-RESUME = re.compile(r"^resume with: geotrack tail --since (sqlite:\d+)$", re.M)
+RESUME = re.compile(r"^resume with: geotrack tail (?:\S+ )*--since (sqlite:\d+)$", re.M)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -243,7 +243,7 @@ def test_serve_tail_publish_and_resume(tmp_path: Path) -> None:
             assert positions(out2.lines) == short  # only what came after the cursor
             err = again.stop(signal.SIGINT)
             assert again.returncode == 0, err
-            assert f"resume with: geotrack tail --since sqlite:{probes + 146}" in err
+            assert f"resume with: geotrack tail --json --since sqlite:{probes + 146}" in err
 
         # Text lines for people, narrowed to one device, replayed from a cursor.
         tail_short = ("tail", "--since", "sqlite:0", "--device", "short")
@@ -597,7 +597,7 @@ _ERRORS: list[tuple[str, list[str], str]] = [
         ["serve", "--port", "{free}", "--store", "sqlite:///afile/x.db"],
         "cannot open",
     ),
-    ("store-in-proc", ["export", "--store", "sqlite:////proc/geotrack.db"], "cannot open"),
+    ("store-in-proc", ["export", "--store", "sqlite:////proc/geotrack.db"], "no store at"),
     ("store-not-a-db", ["tail", "--store", "sqlite:///afile"], "file is not a database"),
     ("store-scheme", ["export", "--store", "redis://localhost/0"], "unsupported store URL"),
     ("store-no-scheme", ["tail", "--store", "geotrack.db"], "unsupported store URL"),
