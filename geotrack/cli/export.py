@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from geotrack._text import plural
 from geotrack.cli._common import DeviceOption, StoreOption, app, err, errors, fail, now_ms
 from geotrack.errors import InvalidParameter
 from geotrack.schema import Position, parse_duration, parse_time
@@ -118,7 +119,9 @@ def export(
                         soft_wrap=True,
                     )
             elif output is not None and not quiet:
-                err.print(f"exported {count} positions to {output} ({fmt})", highlight=False)
+                err.print(
+                    f"exported {plural(count, 'position')} to {output} ({fmt})", highlight=False
+                )
 
 
 def _write(fmt: str, positions: Iterator[Position], out: Any, gap_s: float) -> int:

@@ -64,6 +64,8 @@ def test_a_match_still_says_how_many_and_only_to_a_file(stored: Path) -> None:
     assert result.stderr == "exported 2 positions to bus.ndjson (ndjson)\n"
     result = run("export", "-d", "bus", cwd=stored)
     assert result.stderr == "" and len(result.stdout.splitlines()) == 2
+    result = run("export", "-d", "bus", "--until", pos("bus", 0).ts, "-o", "one.csv", cwd=stored)
+    assert result.stderr == "exported 1 position to one.csv (csv)\n"
 
 
 @pytest.mark.parametrize(
