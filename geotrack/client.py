@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import ssl
 import time
@@ -135,8 +136,10 @@ async def _open(
         reason = await _certificate_problem(url, exc, ssl_context)
         raise PermanentRelayError(f"cannot reach relay at {_redact(url)}: {reason}") from None
     except OSError as exc:
-        reason = exc.strerror or str(exc) or type(exc).__name__
-        raise RelayUnreachable(_redact(url), reason) from None
+        # The errno's own words: asyncio says "Connect call failed ('127.0.0.1', 1)" where
+        # uvloop and the C library say "Connection refused".
+        reason = (os.strerror(exc.errno) if exc.errno else exc.strerror) or str(exc)
+        raise RelayUnreachable(_redact(url), reason or type(exc).__name__) from None
     except WebSocketException as exc:
         raise RelayError(f"cannot open a WebSocket to {_redact(url)}: {exc}") from None
 

@@ -4,11 +4,14 @@ misses nothing across reconnects."""
 from __future__ import annotations
 
 import asyncio
+import ssl
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import trustme
 
-from geotrack.client import Backoff, Publisher, endpoint, subscribe
+from geotrack.client import Backoff, Publisher, RelayUnreachable, endpoint, subscribe
 from geotrack.errors import RelayError
 from geotrack.schema import Position, ms_to_ts
 from geotrack.store import open_store
@@ -134,3 +137,76 @@ def test_subscriber_resubscribes_and_misses_nothing(tmp_path: Path) -> None:
         assert len(keys) == len(set(keys)) == 600
 
     arun(main())
+
+
+def test_connect_can_wait_for_a_relay_that_is_not_up_yet(tmp_path: Path) -> None:
+    port = free_port()
+    heard: list[RelayUnreachable] = []
+
+    async def main() -> None:
+        pub = Publisher(f"ws://127.0.0.1:{port}", backoff=FAST)
+        connecting = asyncio.create_task(pub.connect(wait=True, on_wait=heard.append))
+        await asyncio.sleep(0.5)
+        assert not connecting.done()
+        async with running_relay(tmp_path / "db", port=port):
+            await asyncio.wait_for(connecting, 20)
+            await (await pub.send([pos("late", 0)]))
+            await pub.close()
+        assert pub.stats.stored == 1
+
+    arun(main())
+    assert len(heard) == 1  # said once what it waits for, not on every attempt
+    assert heard[0].url == f"ws://127.0.0.1:{port}/publish"
+    assert "refused" in heard[0].reason.lower()
+
+
+def test_waiting_for_a_relay_gives_up_after_the_backoff_limit() -> None:
+    async def main() -> None:
+        pub = Publisher(
+            f"ws://127.0.0.1:{free_port()}",
+            backoff=Backoff(base=0.01, cap=0.05, give_up_after=0.3),
+        )
+        with pytest.raises(RelayError, match=r"cannot reach relay .*; gave up waiting after"):
+            await pub.connect(wait=True)
+
+    arun(main())
+
+
+def _tls_relay_context(cert: trustme.LeafCert) -> ssl.SSLContext:
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_ctx)
+    return server_ctx
+
+
+@pytest.mark.parametrize(
+    ("issue", "says"),
+    [
+        (
+            {"not_after": datetime.now(UTC) - timedelta(days=1)},
+            "the relay's certificate has expired: renew it",
+        ),
+        (
+            {"not_before": datetime.now(UTC) + timedelta(days=2)},
+            "the relay's certificate is not valid yet",
+        ),
+    ],
+    ids=["expired", "not-yet-valid"],
+)
+def test_certificate_problems_say_what_is_wrong(
+    tmp_path: Path, issue: dict[str, datetime], says: str
+) -> None:
+    """Bug 6: every verification failure used to end in `give the CA with --cafile`."""
+    ca = trustme.CA()
+    server_ctx = _tls_relay_context(ca.issue_cert("127.0.0.1", **issue))
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+
+    async def main() -> str:
+        async with running_relay(tmp_path / "db", ssl=server_ctx) as relay:
+            with pytest.raises(RelayError) as failure:
+                await Publisher(relay.url, ssl_context=client_ctx).connect(wait=True)
+        return str(failure.value)
+
+    message = arun(main())
+    assert says in message, message
+    assert "--cafile" not in message, message
