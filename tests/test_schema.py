@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from collections import Counter
 from typing import Any
 
+import msgspec
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from geotrack.errors import FrameError, InvalidParameter, InvalidPosition
@@ -624,23 +627,95 @@ valid_objects = st.fixed_dictionaries(
 )
 
 
+REQUIRED = ("device", "lat", "lon", "ts")
+
+# Values that no field accepts whatever its bounds: a boolean (msgspec is strict, so not a
+# number), an array, and an object (except for attrs, which is one).
+_not_scalars = st.booleans() | st.lists(json_scalars, max_size=3)
+_objects = st.dictionaries(keys, json_scalars, max_size=3)
+_non_finite = st.sampled_from([math.nan, math.inf, -math.inf])
+_text = st.text(max_size=10)
+# For each field, JSON values it must reject: the wrong type, out of range, not finite.
+INVALID_VALUES: dict[str, st.SearchStrategy[Any]] = {
+    "device": _not_scalars
+    | _objects
+    | st.none()
+    | st.integers()
+    | finite
+    | st.sampled_from(["", "a b", "x" * 65, "car-1\n", "bus/7", "caf\u00e9"]),
+    "lat": _not_scalars
+    | _objects
+    | st.none()
+    | _text
+    | _non_finite
+    | st.floats(min_value=90, exclude_min=True)
+    | st.floats(max_value=-90, exclude_max=True),
+    "lon": _not_scalars
+    | _objects
+    | st.none()
+    | _text
+    | _non_finite
+    | st.floats(min_value=180, exclude_min=True)
+    | st.floats(max_value=-180, exclude_max=True),
+    "ts": _not_scalars
+    | _objects
+    | st.none()
+    | _non_finite
+    | st.floats(min_value=MAX_MS / 1000 + 1)
+    | st.floats(max_value=MIN_MS / 1000 - 1)
+    | st.sampled_from(
+        ["", "yesterday", "2026-11-25", "2026-11-25T12:00:00", "2026-02-30T00:00:00Z"]
+    ),
+    "speed": _not_scalars
+    | _objects
+    | _text
+    | _non_finite
+    | st.floats(max_value=0, exclude_max=True),
+    "heading": _not_scalars
+    | _objects
+    | _text
+    | _non_finite
+    | st.floats(max_value=0, exclude_max=True)
+    | st.floats(min_value=360),
+    "alt": _not_scalars | _objects | _text | _non_finite,
+    "acc": _not_scalars | _objects | _text | _non_finite | st.floats(max_value=0, exclude_max=True),
+    "attrs": _not_scalars
+    | _text
+    | finite
+    | st.dictionaries(keys, st.lists(json_scalars) | _objects, min_size=1, max_size=3)
+    | st.just({"k" * 65: 1})
+    | st.just({f"k{i}": i for i in range(MAX_ATTRS + 1)})
+    | st.just({"batt": math.nan}),
+}
+
+
 @st.composite
-def mutated_objects(draw: st.DrawFn) -> tuple[dict[str, Any], str | None]:
-    """A valid position with one field broken, dropped or added; and that field's name."""
+def mutated_objects(draw: st.DrawFn) -> tuple[dict[str, Any], str | None, bool | None]:
+    """A valid position with one field broken, dropped or added; that field's name; and
+    whether it must be rejected (True), must be accepted (False) or may be either (None)."""
     obj = draw(valid_objects)
-    how = draw(st.sampled_from(["replace", "drop", "add", "none"]))
-    if how == "replace":
+    how = draw(st.sampled_from(["break", "replace", "drop", "add", "none"]))
+    must_reject: bool | None
+    if how == "break":  # a value the field cannot take
+        name = draw(st.sampled_from(FIELDS))
+        obj[name] = draw(INVALID_VALUES[name])
+        must_reject = True
+    elif how == "replace":  # any JSON value: valid or not, by chance
         name = draw(st.sampled_from(FIELDS))
         obj[name] = draw(json_values)
+        must_reject = None
     elif how == "drop":
         name = draw(st.sampled_from(sorted(obj)))
         del obj[name]
+        must_reject = name in REQUIRED
     elif how == "add":
         name = draw(keys.filter(lambda k: k not in FIELDS))
         obj[name] = draw(json_values)
+        must_reject = True
     else:
         name = None
-    return obj, name
+        must_reject = False
+    return obj, name, must_reject
 
 
 frames = st.one_of(
@@ -675,17 +750,88 @@ def test_any_json_is_a_frame_error_or_fully_accounted_for(value: Any) -> None:
     check_any(data.encode(), value)
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.binary(max_size=200))
+# Bytes spliced into the string values of a valid frame: raw bytes, text, JSON escapes
+# (lone surrogates among them) and quotes that cut a string short. Random bytes alone are
+# almost never JSON, so they would test only the frame-level errors; these mostly stay
+# JSON and reach the per-position validation (see the share checked below).
+_json_text = st.text(min_size=1, max_size=6)
+_splice_pieces = st.one_of(
+    # What stays JSON (twice: most frames should), as escapes and as raw UTF-8 ...
+    _json_text.map(lambda t: json.dumps(t)[1:-1].encode()),
+    _json_text.map(lambda t: json.dumps(t, ensure_ascii=False)[1:-1].encode()),
+    st.sampled_from([rb"\u0000", rb"\ud800", rb"\udfff", rb"\u00e9", rb"\n", rb"\"", rb"\\"]),
+    # ... and what may not: any bytes, a string cut short, broken or surrogate UTF-8.
+    st.binary(min_size=1, max_size=6),
+    st.sampled_from([b'"', b'","x":"', b'"}', b"\\", b"\xff", b"\xed\xa0\x80"]),
+)
+
+
+@st.composite
+def spliced_frames(draw: st.DrawFn) -> bytes:
+    """A valid frame's bytes with a few pieces spliced into its string values."""
+    objects = draw(st.lists(valid_objects, min_size=1, max_size=5))
+    data = frame(objects if len(objects) > 1 or draw(st.booleans()) else objects[0])
+    for _ in range(draw(st.integers(1, 3))):
+        # Inside a JSON string (keys included: a broken key is an unknown field), or a few
+        # bytes past its start, which may be past its end.
+        inside = [m.start() + 1 for m in re.finditer(rb'"(?:[^"\\]|\\.)*"', data)]
+        at = draw(st.sampled_from(inside))
+        offset = draw(st.integers(0, 3))
+        at = min(at + offset, len(data))
+        data = data[:at] + draw(_splice_pieces) + data[at:]
+    return data
+
+
+def check_spliced(data: bytes) -> str:
+    """What decode_frame made of spliced bytes, after checking that it holds together."""
+    try:
+        parsed = decode_frame(data)
+    except FrameError:
+        return "frame error"
+    accounted(parsed)
+    for position in parsed.positions:
+        # Whatever was let through is a position every store and subscriber can take.
+        assert re.fullmatch(r"[A-Za-z0-9._:-]{1,64}", position.device)
+        assert validate(msgspec.to_builtins(position)) == position
+        assert decode_frame(encode_position(position)).positions == [position]
+    for r in parsed.rejected:
+        name, sep, reason = r.error.partition(": ")
+        assert name and sep and reason, r.error
+    return "rejected positions" if parsed.rejected else "all valid"
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(spliced_frames(), st.binary(max_size=200)))
 def test_any_bytes_are_a_frame_error_or_fully_accounted_for(data: bytes) -> None:
-    check_any(data)
+    event(check_spliced(data))
 
 
-@settings(max_examples=300, deadline=None)
+def test_spliced_bytes_reach_the_per_position_validation() -> None:
+    """Most spliced frames stay JSON: the property above tests positions, not only frames."""
+    outcomes: Counter[str] = Counter()
+
+    @settings(max_examples=300, deadline=None, database=None, derandomize=True)
+    @given(spliced_frames())
+    def run(data: bytes) -> None:
+        outcomes[check_spliced(data)] += 1
+
+    run()
+    total = sum(outcomes.values())
+    assert outcomes["rejected positions"] >= total // 4, outcomes
+    assert outcomes["all valid"] + outcomes["frame error"] >= total // 10, outcomes
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_objects())
-def test_a_rejection_names_the_broken_field(mutated: tuple[dict[str, Any], str | None]) -> None:
-    obj, name = mutated
+def test_a_rejection_names_the_broken_field(
+    mutated: tuple[dict[str, Any], str | None, bool | None],
+) -> None:
+    obj, name, must_reject = mutated
     parsed = decode_frame(frame(obj))
+    accounted(parsed)
+    if must_reject is not None:
+        assert bool(parsed.rejected) == must_reject, (obj, parsed)
+    event("rejected" if parsed.rejected else "accepted")
     if not parsed.rejected:
         return
     (r,) = parsed.rejected
