@@ -131,6 +131,10 @@ def publish(
     together go in one frame. Every frame is acked by the relay once stored. Exits 1 if
     any position was rejected, with a summary.
 
+    A relay that is not up yet is waited for, a lost one reconnected to (--retry-for).
+    Ctrl-C stops sending and waits up to 5 s for the acks of what was sent, so the
+    summary says what the store holds; a second Ctrl-C stops waiting.
+
     Examples:
 
       `geotrack publish --gpx samples/walk.gpx --speed 50`
