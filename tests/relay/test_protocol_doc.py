@@ -25,12 +25,16 @@ VALUES = {"token": TOKEN, "device": "car-1", "bbox": "13,52,14,53", "since": "10
 
 
 def documented() -> dict[str, set[str]]:
-    """The parameters docs/protocol.md gives each endpoint, from its table."""
+    """The parameters docs/protocol.md gives each endpoint, from its table of them."""
+    lines = DOC.read_text(encoding="utf-8").splitlines()
+    header = [i for i, line in enumerate(lines) if re.match(r"^\s*\| endpoint \| query par", line)]
+    assert len(header) == 1, "docs/protocol.md needs one `| endpoint | query parameters |` table"
     table: dict[str, set[str]] = {}
-    for line in DOC.read_text(encoding="utf-8").splitlines():
+    for line in lines[header[0] + 2 :]:
         row = re.match(r"^\s*\|\s*`(/\w+)`\s*\|(.*)\|\s*$", line)
-        if row and "parameter" not in row.group(2):
-            table[row.group(1)] = set(re.findall(r"`(\w+)`", row.group(2)))
+        if row is None:
+            break
+        table[row.group(1)] = set(re.findall(r"`(\w+)`", row.group(2)))
     return table
 
 
