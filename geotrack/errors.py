@@ -18,6 +18,18 @@ these into ``Error: ...`` lines and exit codes.
 
 from __future__ import annotations
 
+__all__ = [
+    "FrameError",
+    "GeotrackError",
+    "InvalidParameter",
+    "InvalidPosition",
+    "RelayError",
+    "SourceError",
+    "StoreError",
+    "StoreNotFound",
+    "UnsupportedStore",
+]
+
 
 class GeotrackError(Exception):
     """Base class of every error geotrack raises on purpose."""
