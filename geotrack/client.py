@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import random
+import socket
 import ssl
 import time
 from collections import deque
@@ -138,7 +139,8 @@ async def _open(
     except OSError as exc:
         # The errno's own words: asyncio says "Connect call failed ('127.0.0.1', 1)" where
         # uvloop and the C library say "Connection refused".
-        reason = (os.strerror(exc.errno) if exc.errno else exc.strerror) or str(exc)
+        errno = None if isinstance(exc, socket.gaierror) else exc.errno
+        reason = (os.strerror(errno) if errno and errno > 0 else exc.strerror) or str(exc)
         raise RelayUnreachable(_redact(url), reason or type(exc).__name__) from None
     except WebSocketException as exc:
         raise RelayError(f"cannot open a WebSocket to {_redact(url)}: {exc}") from None

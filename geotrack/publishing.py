@@ -214,7 +214,8 @@ class _Run:
                 f"retrying for up to {_duration(config.retry_for)}"
             )
 
-        connected = await self._until(self.stop, publisher.connect(wait=True, on_wait=waiting))
+        connecting = publisher.connect(wait=config.retry_for > 0, on_wait=waiting)
+        connected = await self._until(self.stop, connecting)
         if not connected:
             return
         playing = asyncio.ensure_future(
