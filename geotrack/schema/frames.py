@@ -91,7 +91,8 @@ def decode_frame(data: bytes | str, max_batch: int = MAX_BATCH) -> ParsedFrame:
     """
     try:
         decoded = _fast_decoder.decode(data)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+        # msgspec before 0.23 raises UnicodeDecodeError for bytes that are not UTF-8.
         return _decode_slow(data, max_batch)
     if isinstance(decoded, Position):
         return ParsedFrame([decoded], [0], [], 1)
