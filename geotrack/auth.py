@@ -33,6 +33,8 @@ from typing import Any, Final, Literal
 
 from geotrack.errors import InvalidParameter
 
+__all__ = ["Grant", "Role", "Tokens", "presented_token"]
+
 Role = Literal["publish", "subscribe", "both"]
 _ROLES: Final = ("publish", "subscribe", "both")
 _HEX64: Final = re.compile(r"^[0-9a-f]{64}$")

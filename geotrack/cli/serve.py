@@ -18,6 +18,8 @@ from geotrack.cli._common import (
 from geotrack.schema import MAX_BATCH
 from geotrack.store import DEFAULT_STORE
 
+__all__ = ["serve"]
+
 
 @app.command()
 def serve(

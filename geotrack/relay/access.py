@@ -24,6 +24,23 @@ from geotrack.errors import InvalidParameter, RelayError
 from geotrack.schema import DEVICE_PATTERN, Position, Rejection
 from geotrack.schema import SUBSCRIBE_PARAMETERS as _FILTER_PARAMETERS
 
+__all__ = [
+    "CHALLENGES",
+    "PARAMETERS",
+    "PUBLISH_PARAMETERS",
+    "SUBSCRIBE_PARAMETERS",
+    "RefusalLog",
+    "Refused",
+    "Role",
+    "authorize",
+    "bind_error",
+    "check_parameters",
+    "device_ids",
+    "enforce_devices",
+    "forbidden_device",
+    "watch_tls_failures",
+]
+
 Role = Literal["publish", "subscribe"]
 
 #: Query parameters each WebSocket endpoint accepts; any other refuses the handshake (400).

@@ -20,6 +20,8 @@ from geotrack.auth import Tokens
 from geotrack.errors import InvalidParameter
 from geotrack.schema import MAX_BATCH
 
+__all__ = ["RelayConfig", "is_loopback", "server_tls"]
+
 _N = TypeVar("_N", int, float)
 
 

@@ -26,6 +26,16 @@ from typing import Any, Final, Protocol
 
 from geotrack.schema import Position, SubscribeFilter, encode_batch, encode_position
 
+__all__ = [
+    "CLOSE_TOO_SLOW",
+    "MAX_FRAME_POSITIONS",
+    "SEAM_WINDOW",
+    "Hub",
+    "Outlet",
+    "Subscriber",
+    "frames_of",
+]
+
 log = logging.getLogger("geotrack.relay")
 
 #: Close code for a subscriber dropped for falling behind ("try again later").

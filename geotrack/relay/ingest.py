@@ -18,6 +18,8 @@ from geotrack.errors import StoreError
 from geotrack.schema import Position
 from geotrack.store import Store
 
+__all__ = ["Batch", "GroupCommitter", "Slot"]
+
 log = logging.getLogger("geotrack.relay")
 
 OnStored = Callable[[list[Position]], None]

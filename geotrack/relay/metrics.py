@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Final
 
+__all__ = ["Family", "Histogram", "exposition"]
+
 #: Upper bounds, seconds, of the ack-latency histogram buckets (Prometheus ``le``).
 ACK_BUCKETS: Final = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 

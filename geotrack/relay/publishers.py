@@ -30,6 +30,18 @@ from geotrack.schema import Ack, Rejection, decode_frame, encode_ack, encode_err
 if TYPE_CHECKING:
     from geotrack.relay.server import Relay, TransportCounters
 
+__all__ = [
+    "CLOSE_GOING_AWAY",
+    "CLOSE_STORE_FAILED",
+    "Answer",
+    "Answers",
+    "Pending",
+    "Publisher",
+    "Publishers",
+    "RateLimiter",
+    "close_reason",
+]
+
 log = logging.getLogger("geotrack.relay")
 
 CLOSE_GOING_AWAY: Final = 1001

@@ -18,6 +18,8 @@ from geotrack.relay.config import RelayConfig
 from geotrack.relay.server import Counters, Relay
 from geotrack.store import Store
 
+__all__ = ["STOP_SIGNALS", "serve"]
+
 log = logging.getLogger("geotrack.relay")
 
 #: The signals that stop a relay run by :func:`serve`.

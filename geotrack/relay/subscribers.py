@@ -20,6 +20,8 @@ from geotrack.schema import SubscribeFilter, encode_position
 if TYPE_CHECKING:
     from geotrack.relay.server import Relay
 
+__all__ = ["CLOSE_TIMEOUT", "Subscriptions"]
+
 log = logging.getLogger("geotrack.relay")
 
 #: Seconds a client gets to complete a closing handshake before it is cut off.

@@ -38,6 +38,8 @@ from websockets.protocol import CLOSED, CLOSING, CONNECTING, OPEN
 from geotrack.relay._websockets_private import InternalsConnection, apply_mask
 from geotrack.relay.access import RefusalLog
 
+__all__ = ["RelayConnection", "Sink", "close_text", "peer_name", "text_frame"]
+
 #: Called with each complete data message: (payload, is_text).
 Sink = Callable[[bytes, bool], None]
 
