@@ -16,6 +16,8 @@ from typing import Final
 from geotrack.client import Publisher
 from geotrack.schema import MAX_BATCH, Position
 
+__all__ = ["Source", "play"]
+
 Source = Iterable[tuple[float, Position]]
 Progress = Callable[[int], None]
 

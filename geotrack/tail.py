@@ -11,6 +11,8 @@ from geotrack.errors import InvalidParameter
 from geotrack.schema import Position, encode_position, parse_time
 from geotrack.store import Change, Store
 
+__all__ = ["follow", "format_json", "format_line", "parse_since", "resume_command"]
+
 # The cursor prefix of each store URL scheme, and the kind of store for messages.
 _CURSORS: Final = {"sqlite": ("sqlite:", "SQLite"), "mongodb": ("mongo:", "MongoDB")}
 _CURSOR_LIKE: Final = re.compile(r"^(sqlite|mongo):")

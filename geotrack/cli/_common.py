@@ -20,6 +20,22 @@ from geotrack import __version__
 from geotrack.errors import GeotrackError, InvalidParameter
 from geotrack.store import Store, open_store
 
+__all__ = [
+    "DeviceOption",
+    "StoreOption",
+    "app",
+    "configure_logging",
+    "err",
+    "errors",
+    "event_loop_factory",
+    "event_loop_runner",
+    "fail",
+    "main_options",
+    "now_ms",
+    "open_db",
+    "within",
+]
+
 # typer 0.29 prints a type tag such as `<int>` after every option in --help, and `<bool>`
 # even after flags, which take no value (its rich help does not skip flags the way its
 # plain help does). Well-kept click tools show a metavar after options that take a value

@@ -17,6 +17,8 @@ from geotrack.errors import InvalidParameter
 from geotrack.schema import Position, parse_duration, parse_time
 from geotrack.store import DEFAULT_STORE, Store, open_store
 
+__all__ = ["export"]
+
 
 @app.command()
 def export(

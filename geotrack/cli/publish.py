@@ -20,6 +20,8 @@ from geotrack.schema import MAX_BATCH, BBox, parse_duration
 if TYPE_CHECKING:
     from geotrack.client import PublishStats
 
+__all__ = ["publish", "rate"]
+
 
 @app.command()
 def publish(

@@ -13,6 +13,8 @@ import typer
 from geotrack.cli._common import DeviceOption, StoreOption, app, err, errors, now_ms
 from geotrack.store import DEFAULT_STORE, open_store
 
+__all__ = ["tail"]
+
 
 @app.command()
 def tail(

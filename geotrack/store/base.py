@@ -18,6 +18,8 @@ from typing import Self
 
 from geotrack.schema import Position
 
+__all__ = ["Change", "ChangeFeed", "Store"]
+
 
 @dataclass(frozen=True, slots=True)
 class Change:

@@ -64,7 +64,7 @@ from geotrack.errors import GeotrackError, InvalidParameter, StoreError, StoreNo
 from geotrack.schema import Position, ms_to_ts, ts_to_ms
 from geotrack.store.base import Change, ChangeFeed, Store
 
-__all__ = ["CURSOR_PREFIX", "MongoChangeFeed", "MongoStore"]
+__all__ = ["CURSOR_PREFIX", "MongoChangeFeed", "MongoStore", "decode_cursor"]
 
 CURSOR_PREFIX: Final = "mongo:"
 DEFAULT_DATABASE: Final = "geotrack"

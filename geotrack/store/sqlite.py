@@ -32,6 +32,8 @@ from geotrack.errors import InvalidParameter, StoreError, StoreNotFound
 from geotrack.schema import Position, ms_to_ts, ts_to_ms
 from geotrack.store.base import Change, ChangeFeed, Store
 
+__all__ = ["CURSOR_PREFIX", "SQLiteChangeFeed", "SQLiteStore", "parse_cursor"]
+
 _SCHEMA_VERSION: Final = 1
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS positions (
