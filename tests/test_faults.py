@@ -190,7 +190,9 @@ url, deadline = sys.argv[1] + "/subscribe?since=sqlite:0", time.monotonic() + fl
 while time.monotonic() < deadline:
     try:
         ws = connect(url, open_timeout=2, max_size=None)
-    except (OSError, InvalidHandshake, TimeoutError):
+    # A reset in the middle of the handshake (ConnectionClosed) is a connection that landed
+    # in the killed relay's backlog just before the kernel closed its socket: retry too.
+    except (OSError, InvalidHandshake, TimeoutError, ConnectionClosed):
         time.sleep(0.05)
         continue
     print("#open", flush=True)
