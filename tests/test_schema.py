@@ -770,11 +770,15 @@ _splice_pieces = st.one_of(
 def spliced_frames(draw: st.DrawFn) -> bytes:
     """A valid frame's bytes with a few pieces spliced into its string values."""
     objects = draw(st.lists(valid_objects, min_size=1, max_size=5))
+    in_attrs = draw(st.booleans())
+    if in_attrs:  # where what is let through may hold it: an attrs string
+        objects[0]["attrs"] = {"note": "<here>"}
     data = frame(objects if len(objects) > 1 or draw(st.booleans()) else objects[0])
     for _ in range(draw(st.integers(1, 3))):
         # Inside a JSON string (keys included: a broken key is an unknown field), or a few
         # bytes past its start, which may be past its end.
-        inside = [m.start() + 1 for m in re.finditer(rb'"(?:[^"\\]|\\.)*"', data)]
+        inside = [m.start() + 1 for m in re.finditer(rb"<here>", data)] if in_attrs else []
+        inside = inside or [m.start() + 1 for m in re.finditer(rb'"(?:[^"\\]|\\.)*"', data)]
         at = draw(st.sampled_from(inside))
         offset = draw(st.integers(0, 3))
         at = min(at + offset, len(data))
@@ -807,7 +811,7 @@ def test_any_bytes_are_a_frame_error_or_fully_accounted_for(data: bytes) -> None
 
 
 def test_spliced_bytes_reach_the_per_position_validation() -> None:
-    """Most spliced frames stay JSON: the property above tests positions, not only frames."""
+    """Many spliced frames stay JSON: the property above tests positions, not only frames."""
     outcomes: Counter[str] = Counter()
 
     @settings(max_examples=300, deadline=None, database=None, derandomize=True)
@@ -817,7 +821,7 @@ def test_spliced_bytes_reach_the_per_position_validation() -> None:
 
     run()
     total = sum(outcomes.values())
-    assert outcomes["rejected positions"] >= total // 4, outcomes
+    assert outcomes["rejected positions"] >= total // 8, outcomes
     assert outcomes["all valid"] + outcomes["frame error"] >= total // 10, outcomes
 
 
