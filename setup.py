@@ -86,7 +86,8 @@ class build_web(Command):
 
     # The sub-command protocol setuptools asks of build steps (editable installs included).
     def get_source_files(self) -> list[str]:
-        return [str(WEB / "package.json"), str(WEB / "package-lock.json")]
+        # Relative to setup.py, as setuptools requires.
+        return ["geotrack/web/package.json", "geotrack/web/package-lock.json"]
 
     def get_outputs(self) -> list[str]:
         return []

@@ -91,6 +91,16 @@ def serve(
         str | None,
         typer.Option(help="Address of the HTTP listener (default: --host).", show_default=False),
     ] = None,
+    tiles: Annotated[
+        str | None,
+        typer.Option(
+            metavar="TEMPLATE",
+            help="Base map tiles of the web map (served at / with --http-port): a URL "
+            "template with {z}, {x} and {y}, or 'none' for a plain background. Default: "
+            "OpenStreetMap's standard tiles.",
+            show_default=False,
+        ),
+    ] = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Log warnings and errors only.")
     ] = False,
@@ -106,7 +116,7 @@ def serve(
 
     With --http-port, phones and trackers post over HTTP in the same process (Traccar
     Client, OsmAnd and GPSLogger to /, OwnTracks to /owntracks), and the REST API, /healthz
-    and /metrics are served there (docs/http.md).
+    and /metrics are served there (docs/http.md), with the live web map at / (docs/web.md).
 
     Examples:
 
@@ -114,11 +124,14 @@ def serve(
 
       `geotrack serve --host 0.0.0.0 --http-port 5055`
 
+      `geotrack serve --http-port 8080 --tiles none`
+
       `geotrack serve --host 0.0.0.0 --auth tokens.toml --certfile cert.pem --keyfile key.pem`
     """
     configure_logging(quiet, verbose)
     with errors():
         from geotrack.relay import RelayConfig, serve
+        from geotrack.relay.config import DEFAULT_TILES
 
         config = RelayConfig(
             host=host,
@@ -136,6 +149,14 @@ def serve(
             allow_origins=tuple(allow_origin) if allow_origin else None,
             http_port=http_port,
             http_host=http_host,
+            tiles=_tiles(tiles, DEFAULT_TILES),
         )
     with errors(), open_db(store) as db, event_loop_runner() as runner:
         runner.run(serve(db, config))
+
+
+def _tiles(option: str | None, default: str) -> str | None:
+    """RelayConfig's ``tiles`` for --tiles: ``default`` when not given, None for 'none'."""
+    if option is None:
+        return default
+    return None if option.strip().lower() == "none" else option

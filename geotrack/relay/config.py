@@ -20,7 +20,14 @@ from geotrack.auth import Tokens
 from geotrack.errors import InvalidParameter
 from geotrack.schema import MAX_BATCH
 
-__all__ = ["RelayConfig", "is_loopback", "server_tls"]
+__all__ = ["DEFAULT_TILES", "OSM_ATTRIBUTION", "RelayConfig", "is_loopback", "server_tls"]
+
+#: The web map's base tiles unless ``--tiles`` says otherwise: OpenStreetMap's standard layer.
+DEFAULT_TILES = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
+#: The attribution OpenStreetMap's tile usage policy asks for.
+OSM_ATTRIBUTION = (
+    '&copy; <a href="https://www.openstreetmap.org/copyright">OpenStreetMap</a> contributors'
+)
 
 _N = TypeVar("_N", int, float)
 
@@ -73,6 +80,8 @@ class RelayConfig:
     #: Refused handshakes logged per ``refusal_interval`` seconds; the rest are counted.
     refusals_logged: int = 20
     refusal_interval: float = 60.0
+    #: The web map's tile URL template (``--tiles``); None: a plain background.
+    tiles: str | None = DEFAULT_TILES
 
     def __post_init__(self) -> None:
         _within("--port", self.port, 0, 65535)
@@ -89,6 +98,8 @@ class RelayConfig:
         _within("max_inflight", self.max_inflight, 1, 10**6)
         _within("follow_interval", self.follow_interval, 0.0, 3600.0)
         _within("backlog", self.backlog, 1, 1 << 20)
+        if self.tiles is not None:
+            _check_tiles(self.tiles)
         if self.certfile is None and self.keyfile is not None:
             raise InvalidParameter("--keyfile", "give --certfile too")
         if self.ssl is None and self.certfile is not None:
@@ -128,6 +139,16 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _check_tiles(template: str) -> None:
+    if not template.startswith(("https://", "http://")):
+        raise InvalidParameter(
+            "--tiles", f"expected an http(s):// URL template or 'none', got {template!r}"
+        )
+    missing = [p for p in ("{z}", "{x}", "{y}") if p not in template]
+    if missing:
+        raise InvalidParameter("--tiles", f"the URL template has no {', '.join(missing)}")
 
 
 def _within(name: str, value: _N, low: _N, high: _N) -> None:

@@ -7,6 +7,8 @@ dedupe and fan-out, so a subscriber cannot tell how a position arrived. The cont
 docs/http.md:
 
     GET|POST /              OsmAnd protocol (Traccar Client, OsmAnd, GPSLogger)
+    GET  /                  without OsmAnd parameters: the web map (docs/web.md)
+    GET  /static/...        the web map's files; GET /map/config.json its settings
     POST /owntracks         OwnTracks HTTP mode
     POST /api/positions     a Position or an array of them; answers the WebSocket ack
     GET  /api/positions     history in any export format, streamed
@@ -31,6 +33,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 from urllib.parse import parse_qsl
 
@@ -39,6 +42,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from multidict import MultiDict, MultiMapping
 
+from geotrack import __version__
 from geotrack.auth import Grant, Tokens
 from geotrack.errors import FrameError, InvalidParameter, InvalidPosition, RelayError, StoreError
 from geotrack.export import EXTENSIONS, FORMATS, export
@@ -55,6 +59,7 @@ from geotrack.relay.http_devices import parse_osmand, parse_owntracks
 from geotrack.relay.metrics import Family, exposition
 from geotrack.relay.publishers import RateLimiter
 from geotrack.relay.server import Relay
+from geotrack.relay.webmap import CACHE_CONTROL, WEB_DIR, map_config, static_file
 from geotrack.schema import (
     Position,
     Rejection,
@@ -154,7 +159,9 @@ class HttpListener:
         app = web.Application(
             client_max_size=self.relay.config.max_frame, middlewares=[self._middleware]
         )
-        app.router.add_route("GET", "/", self._osmand)
+        app.router.add_route("GET", "/", self._root)
+        app.router.add_get("/static/{path:.+}", self._static)
+        app.router.add_get("/map/config.json", self._map_config)
         app.router.add_route("POST", "/", self._osmand)
         app.router.add_route("POST", "/owntracks", self._owntracks)
         app.router.add_route("POST", "/api/positions", self._post_positions)
@@ -313,6 +320,26 @@ class HttpListener:
         failed = await self._ingest([position], grant, "osmand")
         return failed or web.Response(status=200)
 
+    # -- the web map -----------------------------------------------------------------
+
+    async def _root(self, request: web.Request) -> web.StreamResponse:
+        """GET /: OsmAnd when it carries parameters besides ``token`` (or JSON), else the page."""
+        if set(request.query) - {"token"} or request.content_type == "application/json":
+            return await self._osmand(request)
+        return _file(WEB_DIR / "index.html", "text/html; charset=utf-8")
+
+    async def _static(self, request: web.Request) -> web.StreamResponse:
+        found = static_file(request.match_info["path"])
+        if found is None:
+            raise web.HTTPNotFound
+        return _file(*found)
+
+    async def _map_config(self, request: web.Request) -> web.StreamResponse:
+        body = map_config(self.relay.config, self.relay.port, __version__)
+        response = _json(200, body)
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
     async def _owntracks(self, request: web.Request) -> web.StreamResponse:
         grant = self._grant(request, "publish")
         user = request.query.get("u") or request.headers.get("X-Limit-U")
@@ -351,20 +378,22 @@ class HttpListener:
         return _json(200, encode_ack(ack))
 
     async def _get_positions(self, request: web.Request) -> web.StreamResponse:
-        self._grant(request, "subscribe")
+        grant = self._grant(request, "subscribe")
         try:
             query = _ExportQuery.parse(request.query)
         except InvalidParameter as exc:
             return _text(400, str(exc))
+        devices = self._viewable(request, grant, query.devices)
+        query = msgspec.structs.replace(query, devices=devices)
         return await self._stream_export(request, query)
 
     async def _devices(self, request: web.Request) -> web.StreamResponse:
-        self._grant(request, "subscribe")
+        grant = self._grant(request, "subscribe")
         unknown = sorted(set(request.query) - {"device", "token"})
         if unknown:
             return _text(400, f"{unknown[0]}: unknown parameter (supported: device)")
         try:
-            devices = _devices_param(request.query)
+            devices = self._viewable(request, grant, _devices_param(request.query))
             latest: list[Position] = await self._store_call(self.relay.store.latest, devices)
         except InvalidParameter as exc:
             return _text(400, str(exc))
@@ -637,6 +666,12 @@ class _AccessLogger(AbstractAccessLogger):
 
 def _text(status: int, text: str) -> web.Response:
     return web.Response(status=status, text=text.replace("\n", " ").strip() + "\n")
+
+
+def _file(path: Path, content_type: str) -> web.FileResponse:
+    return web.FileResponse(
+        path, headers={"Content-Type": content_type, "Cache-Control": CACHE_CONTROL}
+    )
 
 
 def _json(status: int, body: bytes) -> web.Response:
