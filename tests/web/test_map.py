@@ -1,0 +1,232 @@
+"""The live map in a real browser: what a person sees while devices move.
+
+Positions go to a real relay (``geotrack serve --http-port --tiles none``) through
+/publish; the page, opened in headless chromium, shows them through /subscribe.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.web.browser import Page, publish, screenshot_path, web_relay_process
+
+# Three devices a few hundred metres apart in Berlin, far apart on the screen at zoom 15.
+PLACES = {
+    "bus-12": (52.5200, 13.4050),
+    "car-7": (52.5230, 13.4120),
+    "walker": (52.5170, 13.3990),
+}
+
+
+def now_s() -> float:
+    return time.time()
+
+
+def fixes_now(**extra: Any) -> list[dict[str, Any]]:
+    """One current fix per device of PLACES."""
+    t = now_s()
+    return [
+        {"device": d, "lat": lat, "lon": lon, "ts": t, "speed": 10.0, "heading": 90.0, **extra}
+        for d, (lat, lon) in PLACES.items()
+    ]
+
+
+def marker_offset(page: Page, device: str, lat: float, lon: float) -> float:
+    """How far (px) the centre of ``device``'s marker is from where (lat, lon) is drawn."""
+    found = page.js(
+        """
+        const [device, lat, lon] = arguments;
+        const map = window.geotrack.map;
+        const container = map.getContainer().getBoundingClientRect();
+        const element = [...document.querySelectorAll('#map .gt-marker')].find(
+            (m) => m.getAttribute('data-device') === device
+                || m.querySelector(`[data-device="${CSS.escape(device)}"]`));
+        if (!element) return null;
+        const box = element.getBoundingClientRect();
+        const want = map.latLngToContainerPoint([lat, lon]);
+        return Math.hypot(box.left + box.width / 2 - container.left - want.x,
+                          box.top + box.height / 2 - container.top - want.y);
+        """,
+        device,
+        lat,
+        lon,
+    )
+    assert found is not None, f"no .gt-marker for {device}"
+    return float(found)
+
+
+def trail_points(page: Page, device: str) -> list[list[float]]:
+    """The points of the ``gt-trail`` polyline drawn for ``device`` ([lat, lon] each)."""
+    points = page.js(
+        """
+        const [device, lat, lon] = arguments;
+        const found = [];
+        window.geotrack.map.eachLayer((layer) => {
+            const name = layer.options && layer.options.className || '';
+            if (name.split(' ').includes('gt-trail') && layer.getLatLngs) {
+                const lls = layer.getLatLngs().flat();
+                found.push(lls.map((ll) => [ll.lat, ll.lng]));
+            }
+        });
+        return found;
+        """,
+        device,
+    )
+    # The trail of a device ends where the device is now: pick it by its last point.
+    last = page.devices()[device]
+    for trail in points:
+        if (
+            trail
+            and abs(trail[-1][0] - last["lat"]) < 1e-9
+            and abs(trail[-1][1] - last["lon"]) < 1e-9
+        ):
+            return [list(p) for p in trail]
+    return []
+
+
+def row_texts(page: Page) -> dict[str, dict[str, str]]:
+    return dict(
+        page.js(
+            """
+            const rows = {};
+            for (const li of document.querySelectorAll('#devices li[data-device]')) {
+                const cell = (c) => (li.querySelector(c) || {}).textContent || '';
+                rows[li.getAttribute('data-device')] = {
+                    id: cell('.id'), time: cell('.time'), age: cell('.age'),
+                    speed: cell('.speed'), cls: li.className,
+                    visible: li.offsetParent !== null ? 'yes' : 'no',
+                };
+            }
+            return rows;
+            """
+        )
+    )
+
+
+def test_markers_sit_where_the_positions_are_with_a_list_row_and_a_trail(
+    page: Page, tmp_path: Path
+) -> None:
+    page.open()
+    page.js("window.geotrack.map.setView([52.52, 13.405], 15, {animate: false})")
+    publish(page.relay.ws_url, fixes_now())
+    page.wait(lambda: set(page.devices()) >= set(PLACES), "the three devices")
+    for device, (lat, lon) in PLACES.items():
+        # Markers move on the next animation frame: wait for them to settle.
+        page.wait(lambda d=device, a=lat, o=lon: marker_offset(page, d, a, o) < 3, device)
+    rows = row_texts(page)
+    assert set(rows) == set(PLACES)
+    for device, row in rows.items():
+        assert row["id"].strip() == device
+        assert row["time"].strip() and row["age"].strip(), row
+        assert "36" in row["speed"], row  # 10 m/s is 36 km/h
+        assert "stale" not in row["cls"].split()
+
+    # The bus moves twice: its marker follows, its trail holds the three points.
+    t = now_s()
+    moves = [(52.5205, 13.4060), (52.5210, 13.4070)]
+    for i, (lat, lon) in enumerate(moves, 1):
+        publish(page.relay.ws_url, [{"device": "bus-12", "lat": lat, "lon": lon, "ts": t + i}])
+    page.wait(lambda: marker_offset(page, "bus-12", *moves[-1]) < 3, "the bus to move")
+    trail = page.wait(
+        lambda: len(trail_points(page, "bus-12")) >= 3 and trail_points(page, "bus-12"), "a trail"
+    )
+    assert [tuple(p) for p in trail[-3:]] == [PLACES["bus-12"], *moves]
+    assert page.find_all("#map path.gt-trail"), "the trail is drawn (SVG path)"
+    page.driver.save_screenshot(str(screenshot_path(tmp_path, "live-map.png")))
+
+
+def test_a_device_not_heard_from_for_a_while_is_greyed(page: Page) -> None:
+    page.open()
+    t = now_s()
+    publish(
+        page.relay.ws_url,
+        [
+            {"device": "fresh-1", "lat": 52.52, "lon": 13.40, "ts": t},
+            {"device": "old-1", "lat": 52.53, "lon": 13.41, "ts": t - 600},  # stale at 120 s
+        ],
+    )
+    page.wait(lambda: set(row_texts(page)) == {"fresh-1", "old-1"}, "both rows")
+    page.wait(lambda: "stale" in row_texts(page)["old-1"]["cls"].split(), "old-1 greyed")
+    assert "stale" not in row_texts(page)["fresh-1"]["cls"].split()
+    assert page.devices()["old-1"]["stale"] is True
+    assert page.devices()["fresh-1"]["stale"] is False
+    # Greyed: the stale row does not look like the fresh one.
+    look = """
+        const li = document.querySelector(`#devices li[data-device="${arguments[0]}"]`);
+        const s = getComputedStyle(li);
+        return [s.color, s.opacity, s.filter, s.backgroundColor].join('|');
+    """
+    assert page.js(look, "old-1") != page.js(look, "fresh-1")
+
+
+def test_filter_hides_other_devices_and_a_click_follows_one(page: Page) -> None:
+    page.open()
+    page.js("window.geotrack.map.setView([52.52, 13.405], 15, {animate: false})")
+    publish(page.relay.ws_url, fixes_now())
+    page.wait(lambda: set(row_texts(page)) == set(PLACES), "the rows")
+
+    page.find("#filter").send_keys("ca")
+    page.wait(
+        lambda: {d for d, r in row_texts(page).items() if r["visible"] == "yes"} == {"car-7"},
+        "only car-7 listed",
+    )
+    visible_markers = """
+        return [...document.querySelectorAll('#map .gt-marker')]
+            .filter((m) => m.offsetParent !== null && getComputedStyle(m).display !== 'none')
+            .map((m) => m.getAttribute('data-device')
+                 || m.querySelector('[data-device]').getAttribute('data-device'));
+    """
+    page.wait(lambda: page.js(visible_markers) == ["car-7"], "only car-7's marker")
+    page.find("#filter").clear()
+    page.js(
+        "const f = document.querySelector('#filter'); f.value = '';"
+        "f.dispatchEvent(new Event('input', {bubbles: true}))"
+    )
+    page.wait(lambda: sorted(page.js(visible_markers)) == sorted(PLACES), "every marker back")
+
+    # Follow the walker: the map centres on it, and on it again when it moves.
+    page.find('#devices li[data-device="walker"]').click()
+    page.wait(lambda: "following" in row_texts(page)["walker"]["cls"].split(), "following")
+    centre = "const c = window.geotrack.map.getCenter(); return [c.lat, c.lng];"
+    page.wait(lambda: _near(page.js(centre), PLACES["walker"]), "the map on the walker")
+    publish(
+        page.relay.ws_url, [{"device": "walker", "lat": 52.515, "lon": 13.395, "ts": now_s() + 1}]
+    )
+    page.wait(lambda: _near(page.js(centre), (52.515, 13.395)), "the map to follow")
+    page.find('#devices li[data-device="walker"]').click()
+    page.wait(lambda: "following" not in row_texts(page)["walker"]["cls"].split(), "unfollowed")
+
+
+def _near(got: list[float], want: tuple[float, float]) -> bool:
+    return abs(got[0] - want[0]) < 1e-4 and abs(got[1] - want[1]) < 1e-4
+
+
+def test_after_the_relay_restarts_the_page_reconnects_and_misses_nothing(
+    browser: Any, tmp_path: Path
+) -> None:
+    db = tmp_path / "geotrack.db"
+    t = now_s()
+    with web_relay_process(db) as relay:
+        page = Page(browser, relay).open()
+        publish(relay.ws_url, [{"device": "bus-1", "lat": 52.50, "lon": 13.40, "ts": t}])
+        page.wait(lambda: "bus-1" in page.devices(), "bus-1")
+        ports = relay.port, relay.http_port
+    # The relay is gone (killed): the page says so and keeps trying.
+    page.wait(lambda: "reconnecting" in page.text("#status").lower(), "reconnecting")
+    assert not page.js("return window.geotrack.connected()")
+    with web_relay_process(db, port=ports[0], http_port=ports[1]) as relay:
+        page.relay = relay
+        # Published the moment the relay is back, maybe before the page is: since= brings
+        # them all the same.
+        later = [
+            {"device": "bus-1", "lat": 52.50 + i * 1e-3, "lon": 13.40, "ts": t + i}
+            for i in range(1, 5)
+        ]
+        publish(relay.ws_url, [*later, {"device": "late-1", "lat": 52.51, "lon": 13.41, "ts": t}])
+        page.wait(lambda: "live" in page.text("#status").lower(), "live again", timeout=20)
+        page.wait(lambda: "late-1" in page.devices(), "late-1")
+        page.wait(lambda: abs(page.devices()["bus-1"]["lat"] - 52.504) < 1e-9, "bus-1's last fix")
+        trail = trail_points(page, "bus-1")
+        assert [round(p[0], 6) for p in trail] == [52.5, 52.501, 52.502, 52.503, 52.504]
