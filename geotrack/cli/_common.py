@@ -13,6 +13,7 @@ from typing import Annotated, Any, Final, NoReturn, TypeVar, get_args
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 from typer.models import CommandFunctionType as CommandFunction
 
@@ -143,7 +144,8 @@ DeviceOption = Annotated[
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print one error line and exit."""
-    err.print(f"[bold red]Error:[/] {message}", highlight=False, soft_wrap=True)
+    # Escaped: messages quote things in brackets ([share], [[token]]) that are not markup.
+    err.print(f"[bold red]Error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

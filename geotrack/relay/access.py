@@ -2,9 +2,10 @@
 refusals are answered and logged.
 
 Each policy lives here once and both transports call it: the token check (401 and 403),
-the per-device publish grant, device-id validation, the query parameters each WebSocket
-endpoint accepts (docs/protocol.md lists the same), the bind error messages, and the log
-of refused handshakes. Sans-I/O but for :class:`RefusalLog`, which writes log lines.
+the per-device publish grant, the devices a share link may view, device-id validation,
+the query parameters each WebSocket endpoint accepts (docs/protocol.md lists the same),
+the bind error messages, and the log of refused handshakes. Sans-I/O but for
+:class:`RefusalLog`, which writes log lines.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import re
 import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Final, Literal
 
-from geotrack.auth import Grant, Tokens, presented_token
+from geotrack.auth import Grant, LinkRefused, Tokens, presented_token
 from geotrack.errors import InvalidParameter, RelayError
-from geotrack.schema import DEVICE_PATTERN, Position, Rejection
+from geotrack.schema import DEVICE_PATTERN, Position, Rejection, SubscribeFilter
 from geotrack.schema import SUBSCRIBE_PARAMETERS as _FILTER_PARAMETERS
 
 __all__ = [
@@ -38,6 +40,8 @@ __all__ = [
     "device_ids",
     "enforce_devices",
     "forbidden_device",
+    "restrict_devices",
+    "restrict_filter",
     "watch_tls_failures",
 ]
 
@@ -76,11 +80,16 @@ def authorize(
 ) -> Grant | None:
     """The grant of the token a request presents (None when auth is off).
 
-    Raises Refused: 401 without a known token, 403 when its role does not allow ``role``.
+    Raises Refused: 401 without a known token or with a share link that is expired or
+    does not verify (the reason says which, for the page to show), 403 when its role does
+    not allow ``role``.
     """
     if tokens is None:
         return None
-    grant = tokens.check(presented_token(headers, query))
+    try:
+        grant = tokens.check(presented_token(headers, query))
+    except LinkRefused as exc:
+        raise Refused(401, str(exc), challenge=True) from None
     if grant is None:
         raise Refused(
             401,
@@ -92,6 +101,32 @@ def authorize(
     if not allowed:
         raise Refused(403, f"token {grant.name!r} may not {role}")
     return grant
+
+
+def restrict_devices(grant: Grant | None, devices: Iterable[str]) -> tuple[str, ...]:
+    """The devices a request of ``grant`` reads when it asks for ``devices`` (empty: all).
+
+    A grant that views every device (or no auth) reads what it asks for; a share link's
+    grant reads its own devices when it asks for none, and asking for any other is
+    refused (Refused 403), never silently narrowed.
+    """
+    asked = tuple(devices)
+    if grant is None or grant.views is None:
+        return asked
+    if not asked:
+        return tuple(sorted(grant.views))
+    for device in asked:
+        if device not in grant.views:
+            shown = ", ".join(sorted(grant.views))
+            raise Refused(403, f"this link shows only {shown}: not {device[:70]!r}")
+    return asked
+
+
+def restrict_filter(grant: Grant | None, flt: SubscribeFilter) -> SubscribeFilter:
+    """The filter a subscriber of ``grant`` gets when it asks for ``flt`` (see above)."""
+    if grant is None or grant.views is None:
+        return flt
+    return replace(flt, devices=frozenset(restrict_devices(grant, flt.devices)))
 
 
 def forbidden_device(grant: Grant, device: str) -> str:

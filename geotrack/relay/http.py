@@ -54,6 +54,7 @@ from geotrack.relay.access import (
     device_ids,
     enforce_devices,
     forbidden_device,
+    restrict_devices,
 )
 from geotrack.relay.http_devices import parse_osmand, parse_owntracks
 from geotrack.relay.metrics import Family, exposition
@@ -112,7 +113,8 @@ class HttpListener:
     """An HTTP listener feeding one relay. Use ``async with`` or start()/stop().
 
     ``port`` 0 picks a free port (see :attr:`port`). With ``tokens``, every endpoint but
-    /healthz and /metrics needs a token: publish for ingestion, subscribe for reads.
+    /healthz and /metrics needs a token: publish for ingestion, subscribe for reads (a
+    share link's reads return its own devices only).
     """
 
     def __init__(
@@ -260,6 +262,18 @@ class HttpListener:
         if role == "publish":
             self._pace(grant.name if grant is not None else f"peer {request.remote}")
         return grant
+
+    def _viewable(
+        self, request: web.Request, grant: Grant | None, devices: tuple[str, ...]
+    ) -> tuple[str, ...]:
+        """The devices a read may return (a share link's own); 403 for one it may not see."""
+        try:
+            return restrict_devices(grant, devices)
+        except Refused as refused:
+            self.relay.refusals.refused(
+                str(request.remote), refused.status, refused.reason, kind="request"
+            )
+            raise web.HTTPForbidden(text=refused.reason + "\n") from None
 
     def _pace(self, key: str) -> None:
         """Count one request of ``key``; HTTP 429 with Retry-After when over the rate."""

@@ -37,6 +37,7 @@ from geotrack.relay.access import (
     bind_error,
     check_parameters,
     device_ids,
+    restrict_filter,
     watch_tls_failures,
 )
 from geotrack.relay.config import RelayConfig
@@ -275,13 +276,17 @@ class Relay:
             if role == "subscribe":
                 since = query.pop("since", [])
                 device_ids(query.get("device", ()))
-                admission.filter = SubscribeFilter.from_query(query, others=())
+                admission.filter = restrict_filter(
+                    grant, SubscribeFilter.from_query(query, others=())
+                )
                 if len(since) > 1:
                     raise InvalidParameter("since", "give it at most once")
                 if since:
                     admission.since = self._parse_since(since[0])
         except InvalidParameter as exc:
             return _text_response(connection, HTTPStatus.BAD_REQUEST, f"{exc}\n")
+        except Refused as refused:  # a share link asking for a device it does not show
+            return _text_response(connection, HTTPStatus(refused.status), refused.reason)
         self._admissions[connection] = admission
         return None
 
@@ -319,7 +324,9 @@ class Relay:
             if admission.filter is None:
                 await self._publishers.serve(ws, peer, admission.grant)
             else:
-                await self._subscriptions.serve(ws, peer, admission.filter, admission.since)
+                await self._subscriptions.serve(
+                    ws, peer, admission.filter, admission.since, admission.grant
+                )
         finally:
             self._connected -= 1
 

@@ -2,15 +2,21 @@
 
 Delivery itself (queues, frames shared by subscribers, the slow-subscriber policy) is
 :mod:`geotrack.relay.fanout`; this module connects a subscriber to the hub, replays what
-was stored since ``since`` when asked, and closes it at the end.
+was stored since ``since`` when asked, and closes it at the end. What a subscriber may see
+is settled at the handshake (:func:`geotrack.relay.access.restrict_filter`); a share link
+that expires while its subscriber is connected closes it then (1008), so a link stops
+working when it says it does, not when the page next reconnects.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Final
 
+from geotrack.auth import Grant, LinkExpired
 from geotrack.errors import StoreError
 from geotrack.relay.fanout import Subscriber
 from geotrack.relay.publishers import CLOSE_GOING_AWAY, CLOSE_STORE_FAILED, close_reason
@@ -20,12 +26,14 @@ from geotrack.schema import SubscribeFilter, encode_position
 if TYPE_CHECKING:
     from geotrack.relay.server import Relay
 
-__all__ = ["CLOSE_TIMEOUT", "Subscriptions"]
+__all__ = ["CLOSE_EXPIRED", "CLOSE_TIMEOUT", "Subscriptions"]
 
 log = logging.getLogger("geotrack.relay")
 
 #: Seconds a client gets to complete a closing handshake before it is cut off.
 CLOSE_TIMEOUT = 10.0
+#: Close code for a subscriber whose share link expired (policy violation).
+CLOSE_EXPIRED: Final = 1008
 
 
 class Subscriptions:
@@ -36,9 +44,18 @@ class Subscriptions:
         self._hub = relay.hub
 
     async def serve(
-        self, ws: RelayConnection, peer: str, flt: SubscribeFilter, since: str | int | None
+        self,
+        ws: RelayConnection,
+        peer: str,
+        flt: SubscribeFilter,
+        since: str | int | None,
+        grant: Grant | None = None,
     ) -> None:
-        """Deliver to one subscriber until it is gone, dropped, or the relay stops."""
+        """Deliver to one subscriber until it is gone, dropped, or the relay stops.
+
+        ``grant`` is the subscriber's token's; one that expires (a share link's) closes
+        the connection at its expiry with :data:`CLOSE_EXPIRED`.
+        """
         relay, hub = self._relay, self._hub
         # Nothing a subscriber sends means anything; the connection still reads (pings,
         # the close frame), so its end is noticed.
@@ -64,6 +81,11 @@ class Subscriptions:
         ws.on_lost(subscriber.disconnected)
         hub.add(subscriber)
         log.info("subscriber %s connected%s (%s)", peer, _describe(flt), relay.population())
+        expiry = (
+            asyncio.create_task(_expire(grant.expires, peer, close))
+            if grant is not None and grant.expires is not None
+            else None
+        )
         try:
             if since is None:
                 await subscriber.run()
@@ -84,6 +106,8 @@ class Subscriptions:
             if relay.stopping and not subscriber.dropped:
                 await ws.close(CLOSE_GOING_AWAY, "relay shutting down")
         finally:
+            if expiry is not None:
+                expiry.cancel()
             hub.remove(subscriber)
             relay.counters.delivered += subscriber.delivered
             log.info(
@@ -116,6 +140,14 @@ class Subscriptions:
         finally:
             await asyncio.to_thread(feed.close)
         subscriber.release()
+
+
+async def _expire(expires: int, peer: str, close: Callable[[int, str], Awaitable[None]]) -> None:
+    """Close a share link's subscriber when the link expires."""
+    await asyncio.sleep(max(0.0, expires - time.time()))
+    reason = str(LinkExpired(expires))
+    log.info("subscriber %s: %s, closing it", peer, reason)
+    await close(CLOSE_EXPIRED, reason)
 
 
 def _ignore(payload: bytes, text: bool) -> None:
