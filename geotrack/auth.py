@@ -335,9 +335,14 @@ def verify_share(secret: str, token: str, now: float) -> ShareLink:
     is genuine but ``now`` is at or past its expiry.
     """
     signed, dot, mac = token.rpartition(".")
-    if not token.startswith(SHARE_PREFIX) or not dot or signed == SHARE_PREFIX[:-1]:
+    if (
+        not token.startswith(SHARE_PREFIX)
+        or not token.isascii()
+        or not dot
+        or signed == SHARE_PREFIX[:-1]
+    ):
         raise LinkInvalid("it is not a share link (gts1.PAYLOAD.SIGNATURE)")
-    if not hmac.compare_digest(_mac(secret, signed).encode(), mac.encode("utf-8", "replace")):
+    if not hmac.compare_digest(_mac(secret, signed).encode(), mac.encode()):
         raise LinkInvalid()
     try:
         data = json.loads(_unb64(signed[len(SHARE_PREFIX) :]))
