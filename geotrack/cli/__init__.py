@@ -14,7 +14,6 @@ from geotrack.cli import publish as _publish  # noqa: F401
 # Importing a command's module registers it on the app, in --help's order.
 from geotrack.cli import serve as _serve  # noqa: F401
 from geotrack.cli import share as _share  # noqa: F401
-from geotrack.cli import share as _share  # noqa: F401
 from geotrack.cli import tail as _tail  # noqa: F401
 from geotrack.cli import watch as _watch  # noqa: F401
 from geotrack.cli._common import app
