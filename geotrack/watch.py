@@ -480,6 +480,8 @@ async def _follow_relay(config: WatchConfig, screen: _Screen, stop: threading.Ev
     positions = subscribe(
         config.url,
         config.devices,
+        # What is stored from the start on, even before the subscription is open.
+        since=f"{screen.board.started:.3f}",
         token=config.token,
         ssl_context=client_tls(config.url, config.cafile),
         # A dashboard outlives relay restarts: it resubscribes for as long as it runs.
