@@ -47,7 +47,6 @@ from geotrack.auth import Grant, Tokens
 from geotrack.errors import FrameError, InvalidParameter, InvalidPosition, RelayError, StoreError
 from geotrack.export import EXTENSIONS, FORMATS, export
 from geotrack.relay.access import (
-    CHALLENGES,
     Refused,
     authorize,
     bind_error,
@@ -255,7 +254,7 @@ class HttpListener:
             self.relay.refusals.refused(
                 str(request.remote), refused.status, refused.reason, kind="request"
             )
-            headers = MultiDict([("WWW-Authenticate", c) for c in CHALLENGES])
+            headers = MultiDict([("WWW-Authenticate", c) for c in refused.challenges])
             if refused.challenge:
                 raise web.HTTPUnauthorized(text=refused.reason + "\n", headers=headers) from None
             raise web.HTTPForbidden(text=refused.reason + "\n") from None
@@ -349,7 +348,9 @@ class HttpListener:
         return _file(*found)
 
     async def _map_config(self, request: web.Request) -> web.StreamResponse:
-        body = map_config(self.relay.config, self.relay.port, __version__)
+        config = self.relay.config
+        auth = self._tokens is not None or config.tokens is not None
+        body = map_config(config, self.relay.port, __version__, auth=auth)
         response = _json(200, body)
         response.headers["Cache-Control"] = "no-store"
         return response

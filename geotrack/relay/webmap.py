@@ -40,6 +40,8 @@ _TYPES: Final[dict[str, str]] = {
 }
 #: Folders of geotrack/web that /static serves (not node_modules, not the JS tests).
 _SERVED: Final = ("js", "vendor", "style.css")
+#: Path parts never served: escapes, and what is not the page's (the JS tests, npm's tree).
+_NEVER: Final = frozenset({"", ".", "..", "tests", "node_modules"})
 
 
 class MapConfig(msgspec.Struct):
@@ -54,8 +56,11 @@ class MapConfig(msgspec.Struct):
     version: str
 
 
-def map_config(config: RelayConfig, ws_port: int, version: str) -> bytes:
-    """GET /map/config.json for a relay with ``config`` listening (WebSocket) on ``ws_port``."""
+def map_config(config: RelayConfig, ws_port: int, version: str, *, auth: bool) -> bytes:
+    """GET /map/config.json for a relay with ``config`` listening (WebSocket) on ``ws_port``.
+
+    ``auth`` says whether the relay or its HTTP listener asks for tokens.
+    """
     tiles = config.tiles
     attribution = OSM_ATTRIBUTION if tiles == DEFAULT_TILES else ""
     body = MapConfig(
@@ -63,7 +68,7 @@ def map_config(config: RelayConfig, ws_port: int, version: str) -> bytes:
         ws_tls=config.ssl is not None,
         tiles=tiles,
         attribution=attribution,
-        auth=config.tokens is not None,
+        auth=auth,
         stale_after_s=STALE_AFTER_S,
         version=version,
     )
@@ -81,7 +86,7 @@ def static_file(relative: str, root: Path = WEB_DIR) -> tuple[Path, str] | None:
     parts = PurePosixPath(relative).parts
     if not parts or parts[0] not in _SERVED:
         return None
-    if any(part in {"", ".", ".."} or part.startswith(".") for part in parts):
+    if any(part in _NEVER or part.startswith(".") for part in parts):
         return None
     content_type = _TYPES.get(PurePosixPath(relative).suffix)
     if content_type is None:

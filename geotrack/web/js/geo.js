@@ -41,14 +41,19 @@ export function indexAt(track, tMs) {
 
 /**
  * Where a device was at tMs, along `track` ([{t, lat, lon, speed?, heading?}], sorted by t):
- * linear between the fixes around it. null before the first fix or after the last: the
- * device is not shown where it was not seen. Speed (m/s) is the fixes' own when they
- * carry one, else distance over time; heading likewise.
+ * linear between the fixes around it. null before the first fix (the device is not shown
+ * before it was seen); after the last one it stays there, speed 0. Speed (m/s) is the
+ * fixes' own when they carry one, else distance over time; heading likewise.
  */
 export function interpolate(track, tMs) {
   const i = indexAt(track, tMs);
-  if (i < 0 || (i === track.length - 1 && tMs > track[i].t)) return null;
+  if (i < 0) return null;
   const a = track[i];
+  if (i === track.length - 1 && tMs > a.t) {
+    const prev = i > 0 ? track[i - 1] : null;
+    const heading = a.heading ?? (prev ? bearing([prev.lat, prev.lon], [a.lat, a.lon]) : null);
+    return { lat: a.lat, lon: a.lon, speed: 0, heading, index: i };
+  }
   const b = track[Math.min(i + 1, track.length - 1)];
   if (a === b || b.t === a.t) {
     const prev = i > 0 ? track[i - 1] : null;
