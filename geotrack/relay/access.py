@@ -27,6 +27,7 @@ from geotrack.schema import DEVICE_PATTERN, Position, Rejection, SubscribeFilter
 from geotrack.schema import SUBSCRIBE_PARAMETERS as _FILTER_PARAMETERS
 
 __all__ = [
+    "BEARER_CHALLENGE",
     "CHALLENGES",
     "PARAMETERS",
     "PUBLISH_PARAMETERS",
@@ -58,17 +59,30 @@ PARAMETERS: Final[Mapping[str, tuple[str, ...]]] = {
 
 #: The challenges a 401 carries: bearer tokens, and Basic with the token as password.
 CHALLENGES: Final = ('Bearer realm="geotrack"', 'Basic realm="geotrack", charset="UTF-8"')
+#: The challenge of a 401 to a request that presented a token other than by Basic auth (a
+#: bearer header or ``?token=``, as the web map does): offering Basic there would make a
+#: browser pop up its password dialog over the page instead of letting it show the reason.
+BEARER_CHALLENGE: Final = ('Bearer realm="geotrack", error="invalid_token"',)
 _DEVICE_RE: Final = re.compile(DEVICE_PATTERN)
 
 
 class Refused(Exception):
     """A request is refused: ``status`` and a one-line ``reason`` to answer with."""
 
-    def __init__(self, status: int, reason: str, challenge: bool = False) -> None:
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        challenge: bool = False,
+        challenges: tuple[str, ...] | None = None,
+    ) -> None:
         self.status = status
         self.reason = reason
-        #: Whether the answer carries WWW-Authenticate (:data:`CHALLENGES`).
-        self.challenge = challenge
+        #: The WWW-Authenticate challenges the answer carries (:data:`CHALLENGES` by default
+        #: when ``challenge``), none otherwise.
+        self.challenges = challenges if challenges is not None else CHALLENGES if challenge else ()
+        #: Whether the answer carries WWW-Authenticate.
+        self.challenge = bool(self.challenges)
         super().__init__(reason)
 
 
@@ -86,16 +100,21 @@ def authorize(
     """
     if tokens is None:
         return None
+    token = presented_token(headers, query)
+    header = headers.get("Authorization") or headers.get("authorization") or ""
+    # Basic is offered to clients that use it or presented nothing, never to a page.
+    by_basic = not token or header.strip().lower().startswith("basic")
+    challenges = CHALLENGES if by_basic else BEARER_CHALLENGE
     try:
-        grant = tokens.check(presented_token(headers, query))
+        grant = tokens.check(token)
     except LinkRefused as exc:
-        raise Refused(401, str(exc), challenge=True) from None
+        raise Refused(401, str(exc), challenges=challenges) from None
     if grant is None:
         raise Refused(
             401,
             "a valid token is required (Authorization: Bearer TOKEN, Basic auth with the "
             "token as password, or ?token=TOKEN)",
-            challenge=True,
+            challenges=challenges,
         )
     allowed = grant.may_publish if role == "publish" else grant.may_subscribe
     if not allowed:

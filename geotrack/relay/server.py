@@ -30,7 +30,6 @@ from websockets.typing import Origin
 from geotrack.auth import Grant
 from geotrack.errors import InvalidParameter, RelayError, StoreError
 from geotrack.relay.access import (
-    CHALLENGES,
     RefusalLog,
     Refused,
     authorize,
@@ -265,9 +264,8 @@ class Relay:
             grant = authorize(self.config.tokens, request.headers, query, role)
         except Refused as refused:
             response = _text_response(connection, HTTPStatus(refused.status), refused.reason)
-            if refused.challenge:
-                for challenge in CHALLENGES:
-                    response.headers["WWW-Authenticate"] = challenge
+            for challenge in refused.challenges:
+                response.headers["WWW-Authenticate"] = challenge
             return response
         admission = _Admission(grant)
         try:

@@ -7,6 +7,7 @@ secret, publishes with an ordinary token, and looks through a link as its holder
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
@@ -23,11 +24,10 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from geotrack.auth import Tokens, expiry_text, sign_share
 from geotrack.relay import Relay
 from geotrack.relay.http import HttpListener
+from tests.factories import PUB, SUB
 from tests.relay_helpers import arun, collect, fix, roundtrip, running_relay, within
 
 SECRET = "a-share-secret-of-at-least-32-characters"
-PUB = "publisher-token-0123456789"
-SUB = "subscriber-token-0123456789"
 TRACKER = "tracker-token-0123456789"
 
 
@@ -287,5 +287,37 @@ def test_without_a_share_secret_links_are_not_accepted(tmp_path: Path) -> None:
                 "this link is not valid: share links are not enabled on this relay\n",
             )
             assert (await get(http, "/api/devices", token))[0] == 401
+
+    arun(main())
+
+
+def test_a_page_presenting_a_token_is_never_offered_basic_auth(tmp_path: Path) -> None:
+    # A Basic challenge on a fetch makes the browser pop its password dialog over the page
+    # (and a headless one never settles the fetch), so the page could not show the reason.
+    bearer_only = ['Bearer realm="geotrack", error="invalid_token"']
+    both = ['Bearer realm="geotrack"', 'Basic realm="geotrack", charset="UTF-8"']
+
+    async def main() -> None:
+        async with serving(tmp_path / "db") as (relay, http):
+            now = int(time.time())
+            expired = sign_share(SECRET, ["bus-12"], now - 5, now - 60)
+            for token in (expired, "wrong-token-0123456789"):
+                async with http.get(
+                    "/api/devices", headers={"Authorization": f"Bearer {token}"}
+                ) as response:
+                    assert response.status == 401
+                    assert response.headers.getall("WWW-Authenticate") == bearer_only
+                async with http.get(f"/api/devices?token={token}") as response:
+                    assert response.headers.getall("WWW-Authenticate") == bearer_only
+                _, _, challenges = await refused(f"{relay.url}/subscribe?token={token}")
+                assert challenges == bearer_only
+            # No token at all, or Basic (OwnTracks, GPSLogger): both are offered, as before.
+            async with http.get("/api/devices") as response:
+                assert response.headers.getall("WWW-Authenticate") == both
+            basic = base64.b64encode(b"user:wrong-token-0123456789").decode()
+            headers = {"Authorization": f"Basic {basic}"}
+            async with http.post("/owntracks", headers=headers, data="{}") as response:
+                assert response.status == 401
+                assert response.headers.getall("WWW-Authenticate") == both
 
     arun(main())
