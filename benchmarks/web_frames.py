@@ -212,11 +212,12 @@ def measure(devices: int, seconds: float, warmup: float, width: int, height: int
                     page = driver.execute_script(
                         """
                         const devices = window.geotrack.devices();
-                        const now = Date.now() / 1000;
+                        const now = Date.now();
                         const ids = Object.keys(devices);
+                        const age = (id) => now - Date.parse(devices[id].ts);
                         return {
                             devices: ids.length,
-                            fresh: ids.filter((id) => now - devices[id].ts < 5).length,
+                            fresh: ids.filter((id) => age(id) < 5000).length,
                             markers: document.querySelectorAll('#map .gt-marker').length,
                             trails: document.querySelectorAll('#map .gt-trail').length,
                             rows: document.querySelectorAll('#devices li[data-device]').length,

@@ -230,7 +230,3 @@ class Page:
     def devices(self) -> dict[str, dict[str, Any]]:
         found = self.js("return window.geotrack.devices()")
         return dict(found or {})
-
-
-def have_page() -> bool:
-    return (ROOT / "geotrack" / "web" / "index.html").exists()

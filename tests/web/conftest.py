@@ -16,7 +16,6 @@ from tests.web.browser import (
     Page,
     WebRelay,
     browser_missing,
-    have_page,
     new_driver,
     web_relay_process,
 )
@@ -60,9 +59,3 @@ def web_relay(tmp_path: Path) -> Iterator[WebRelay]:
 @pytest.fixture
 def page(browser: Any, web_relay: WebRelay) -> Page:
     return Page(browser, web_relay)
-
-
-@pytest.fixture(autouse=True)
-def _page_present() -> None:
-    if not have_page():
-        pytest.skip("geotrack/web/index.html is not there yet (the page is being written)")

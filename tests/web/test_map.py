@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from geotrack.schema import Position, ms_to_ts
+from geotrack.store import open_store
 from tests.web.browser import Page, publish, screenshot_path, web_relay_process
 
 # Three devices a few hundred metres apart in Berlin, far apart on the screen at zoom 15.
@@ -216,16 +218,31 @@ def test_after_the_relay_restarts_the_page_reconnects_and_misses_nothing(
     # The relay is gone (killed): the page says so and keeps trying.
     page.wait(lambda: "reconnecting" in page.text("#status").lower(), "reconnecting")
     assert not page.js("return window.geotrack.connected()")
+    # Positions stored while the page was away (another relay could have taken them): they
+    # reach it only if it asks for what it missed (since=) when it is back.
+    with open_store(f"sqlite:///{db}") as store:
+        store.write(
+            [
+                Position(
+                    device="bus-1",
+                    lat=52.50 + i * 1e-3,
+                    lon=13.40,
+                    ts=ms_to_ts(int((t + i) * 1000)),
+                )
+                for i in range(1, 4)
+            ]
+        )
     with web_relay_process(db, port=ports[0], http_port=ports[1]) as relay:
         page.relay = relay
-        # Published the moment the relay is back, maybe before the page is: since= brings
-        # them all the same.
-        later = [
-            {"device": "bus-1", "lat": 52.50 + i * 1e-3, "lon": 13.40, "ts": t + i}
-            for i in range(1, 5)
-        ]
-        publish(relay.ws_url, [*later, {"device": "late-1", "lat": 52.51, "lon": 13.41, "ts": t}])
         page.wait(lambda: "live" in page.text("#status").lower(), "live again", timeout=20)
+        # And what comes live after that.
+        publish(
+            relay.ws_url,
+            [
+                {"device": "bus-1", "lat": 52.504, "lon": 13.40, "ts": t + 4},
+                {"device": "late-1", "lat": 52.51, "lon": 13.41, "ts": t},
+            ],
+        )
         page.wait(lambda: "late-1" in page.devices(), "late-1")
         page.wait(lambda: abs(page.devices()["bus-1"]["lat"] - 52.504) < 1e-9, "bus-1's last fix")
         trail = trail_points(page, "bus-1")

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.factories import PUB, token_file
+from tests.factories import PUB, SUB, token_file
 from tests.web.browser import Page, WebRelay, publish, web_relay_process
 
 SECRET = "a-share-secret-of-at-least-32-characters-0123"
@@ -67,10 +67,24 @@ def test_an_expired_link_says_when_it_expired(browser: Any, auth_relay: WebRelay
     assert not page.js("return window.geotrack.connected()")
 
 
-def test_without_a_token_the_page_asks_for_one(browser: Any, auth_relay: WebRelay) -> None:
+def test_without_a_token_the_page_asks_for_one_and_says_when_it_is_wrong(
+    browser: Any, auth_relay: WebRelay
+) -> None:
     page = Page(browser, auth_relay).open(wait_live=False)
-    page.wait(
-        lambda: "a valid token is required" in (page.text(".gt-error") + page.text("#status")),
-        "the token message",
-    )
+    page.wait(lambda: page.find("#token-form").is_displayed(), "the token form")
     assert not page.js("return window.geotrack.connected()")
+    page.find("#token-input").send_keys("not-a-token")
+    page.find("#token-input").submit()
+    page.wait(lambda: "a valid token is required" in page.text(".gt-error"), "the refusal")
+    assert "token" in page.text("#status")  # "token needed": the form asks again
+    # Asked again; the right token opens the live map.
+    page.wait(lambda: page.find("#token-form").is_displayed(), "the form again")
+    page.find("#token-input").clear()
+    page.find("#token-input").send_keys(SUB)
+    page.find("#token-input").submit()
+    page.wait(lambda: "live" in page.text("#status").lower(), "live")
+    publish(
+        auth_relay.ws_url, [{"device": "car-7", "lat": 52.5, "lon": 13.4, "ts": time.time()}], PUB
+    )
+    page.wait(lambda: "car-7" in page.devices(), "car-7")
+    assert not [e for e in page.find_all(".gt-error") if e.is_displayed()]
