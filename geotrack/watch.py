@@ -366,7 +366,7 @@ def _snapshot(config: WatchConfig, console: Console) -> None:
         now = time.time()
         board = Board(config.stale)
         board.seed(store.latest(config.devices), now)
-        display = getattr(store, "display_url", config.store)
+        display = store.display_url
     console.print(render(board, now, source=display, live=False))
 
 
@@ -477,11 +477,12 @@ async def _follow_relay(config: WatchConfig, screen: _Screen, stop: threading.Ev
     from geotrack.publishing import client_tls
 
     assert config.url is not None
+    # What is stored from the start on, even before the subscription is open.
+    since = f"{screen.board.started:.3f}"
     positions = subscribe(
         config.url,
         config.devices,
-        # What is stored from the start on, even before the subscription is open.
-        since=f"{screen.board.started:.3f}",
+        since=since,
         token=config.token,
         ssl_context=client_tls(config.url, config.cafile),
         # A dashboard outlives relay restarts: it resubscribes for as long as it runs.
@@ -493,8 +494,10 @@ async def _follow_relay(config: WatchConfig, screen: _Screen, stop: threading.Ev
         try:
             async for batch in positions:
                 screen.add(batch)
+                # Frames already buffered come without a pause: let the redraw in between.
+                await asyncio.sleep(0)
         except RelayError as exc:
-            failure.append(exc)
+            failure.append(_without_since(exc, since))
         else:
             failure.append(RelayError(f"the relay at {config.source} ended the subscription"))
 
@@ -509,3 +512,21 @@ async def _follow_relay(config: WatchConfig, screen: _Screen, stop: threading.Ev
             await receiving
     if failure and not stop.is_set():
         raise failure[0]
+
+
+def _without_since(error: RelayError, since: str) -> RelayError:
+    """The error without the ``since=`` watch added to the URL: it means nothing to a person."""
+    from geotrack.client import RelayUnreachable
+
+    def clean(text: str) -> str:
+        return (
+            text.replace(f"?since={since}&", "?")
+            .replace(f"?since={since}", "")
+            .replace(f"&since={since}", "")
+        )
+
+    if f"since={since}" not in str(error):
+        return error
+    if isinstance(error, RelayUnreachable):
+        return RelayUnreachable(clean(error.url), error.reason)
+    return type(error)(clean(str(error)))

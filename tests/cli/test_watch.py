@@ -9,6 +9,7 @@ complete frame is what the screen shows.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import pty
@@ -31,6 +32,7 @@ from geotrack.schema import Position
 from geotrack.store import open_store
 from tests.cli_helpers import env, geotrack, only_error
 from tests.conftest import free_port
+from tests.factories import PUB, SUB, token_file
 from tests.relay_helpers import relay_process
 
 # The child makes the pty its controlling terminal, then becomes `geotrack`.
@@ -240,6 +242,54 @@ def test_rows_are_cut_to_the_terminal_height(tmp_path: Path, relay: int) -> None
         assert lines[-1].strip() == "… 23 more devices"  # 12 - title, status, header, rule, more
         term.type(b"\x03")
         assert term.wait() == 0
+
+
+def test_a_relay_with_auth_takes_a_subscribe_token(tmp_path: Path) -> None:
+    port = free_port()
+    tokens = token_file(tmp_path / "tokens.toml")
+    with relay_process(f"sqlite:///{tmp_path / 'g.db'}", port, "--auth", str(tokens)):
+        url = f"ws://127.0.0.1:{port}"
+        wrong = "wrong-token-0123456789"
+        with terminal("watch", "--url", url, "--token", wrong, "-d", "a", cwd=tmp_path) as t:
+            assert t.wait() == 1
+            after = plain(t.output.rsplit(b"\x1b[?1049l", 1)[-1]).strip()
+            assert after.startswith(f"Error: {url}/subscribe?device=a refused the connection: ")
+            assert "HTTP 401" in after and "\n" not in after, after
+            assert "wrong-token" not in after
+        with terminal("watch", "--url", url, "--token", SUB, cwd=tmp_path) as term:
+            term.wait_for(lambda s: "waiting for positions" in s)
+
+            async def send() -> None:
+                async with Publisher(url, token=PUB) as publisher:
+                    await (await publisher.send([fix("bus-12")]))
+
+            asyncio.run(asyncio.wait_for(send(), 20))
+            term.wait_for(lambda s: "bus-12" in s)
+            term.type(b"\x03")
+            assert term.wait() == 0
+
+
+def test_a_restarted_relay_is_resubscribed_to_missing_nothing(tmp_path: Path) -> None:
+    port = free_port()
+    store = f"sqlite:///{tmp_path / 'g.db'}"
+    first = contextlib.ExitStack()
+    first.enter_context(relay_process(store, port))
+    with first, terminal("watch", "--url", f"ws://127.0.0.1:{port}", cwd=tmp_path) as term:
+        term.wait_for(lambda s: "waiting for positions" in s)
+        publish(port, fix("before"))
+        term.wait_for(lambda s: "before" in s)
+        first.close()  # the relay is killed: the connection drops
+        frame = term.wait_for(lambda s: "resubscribing" in s)
+        assert re.search(r"\d\d:\d\d:\d\d: subscription lost", plain(frame))
+        with relay_process(store, port):
+            # Stored at once, most likely before watch is back: the resubscription's
+            # since= brings it.
+            publish(port, fix("after"))
+            screen = plain(term.wait_for(lambda s: "after" in s))
+            assert screen.startswith("2 devices (2 live, 0 stale) · 2 fixes")
+            assert "resubscribing" not in screen
+            term.type(b"\x03")
+            assert term.wait() == 0
 
 
 def test_an_unreachable_relay_is_one_error_line(tmp_path: Path) -> None:
