@@ -1,6 +1,6 @@
 // The page: settings from the relay, the map, then live positions, history and tracking.
 
-import { askToken, authHeaders, initialToken, refusal } from "./auth.js";
+import { askToken, authHeaders, initialToken, publishRefusal, refusal } from "./auth.js";
 import { History } from "./history.js";
 import { Live } from "./live.js";
 import { Subscription, wsBase } from "./protocol.js";
@@ -97,7 +97,15 @@ async function main() {
   };
 
   const token = await obtainToken(config);
-  if (config.auth && !token) return;
+  if (config.auth && !token) {
+    // A link with a token that may publish but not view (a phone's, docs/operations.md):
+    // the refusal stays shown and the map empty, but "Track this device" works.
+    const tracker = initialToken();
+    if (tracker && !(await publishRefusal(tracker))) {
+      new Tracker({ base: wsBase(config), token: tracker });
+    }
+    return;
+  }
   showError("");
   const base = wsBase(config);
   const startMs = Date.now() + config.clockOffsetMs;
