@@ -307,7 +307,9 @@ class WatchConfig:
     once: bool = False
 
     def __post_init__(self) -> None:
-        if (self.url is None) == (self.store is None):
+        if self.url is None and self.store is None:
+            raise InvalidParameter("--store", "follow a relay (--url) or a store (--store)")
+        if self.url is not None and self.store is not None:
             raise InvalidParameter("--url", "follow a relay (--url) or a store (--store), not both")
         if self.url is not None:
             scheme = urlsplit(self.url).scheme
@@ -322,7 +324,7 @@ class WatchConfig:
         if not self.stale > 0:
             raise InvalidParameter("--stale", "must be more than 0")
         if not 0.1 <= self.refresh <= 60:
-            raise InvalidParameter("--refresh", "must be within 0.1..60 (redraws a second)")
+            raise InvalidParameter("refresh", "must be within 0.1..60 (redraws a second)")
 
     @property
     def source(self) -> str:

@@ -190,7 +190,8 @@ def test_fix_times_of_another_day_show_the_date() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "says"),
     [
-        ({}, "--url: follow a relay (--url) or a store (--store), not both"),
+        ({}, "--store: follow a relay (--url) or a store (--store)"),
+        ({"store": "sqlite:///x.db", "refresh": 0}, "refresh: must be within 0.1..60"),
         ({"url": "ws://x", "store": "sqlite:///x.db"}, "not both"),
         ({"url": "http://127.0.0.1:8765"}, "--url: must start with ws:// or wss://"),
         ({"store": "sqlite:///x.db", "stale": 0}, "--stale: must be more than 0"),
