@@ -59,7 +59,14 @@ from geotrack.relay.http_devices import parse_osmand, parse_owntracks
 from geotrack.relay.metrics import Family, exposition
 from geotrack.relay.publishers import RateLimiter
 from geotrack.relay.server import Relay
-from geotrack.relay.webmap import CACHE_CONTROL, WEB_DIR, map_config, static_file
+from geotrack.relay.webmap import (
+    CACHE_CONTROL,
+    NOT_BUILT,
+    WEB_DIR,
+    leaflet_built,
+    map_config,
+    static_file,
+)
 from geotrack.schema import (
     Position,
     Rejection,
@@ -189,6 +196,8 @@ class HttpListener:
             self._executor.shutdown(wait=False)
             raise bind_error(exc, self.host, self._port, "the HTTP listener") from None
         self._runner = runner
+        if not leaflet_built():
+            log.warning("the web map at / cannot work: %s", NOT_BUILT)
 
     async def stop(self) -> None:
         """Stop accepting, let requests in progress finish (bounded), release threads."""

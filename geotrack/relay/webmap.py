@@ -16,9 +16,11 @@ from geotrack.relay.config import DEFAULT_TILES, OSM_ATTRIBUTION, RelayConfig
 
 __all__ = [
     "CACHE_CONTROL",
+    "NOT_BUILT",
     "STALE_AFTER_S",
     "WEB_DIR",
     "MapConfig",
+    "leaflet_built",
     "map_config",
     "static_file",
 ]
@@ -29,6 +31,9 @@ WEB_DIR: Final = Path(__file__).resolve().parents[1] / "web"
 STALE_AFTER_S: Final = 120
 #: Browsers revalidate every file (Last-Modified): an upgraded relay serves its new page.
 CACHE_CONTROL: Final = "no-cache"
+
+#: What the page says, and the relay logs, when the build found no npm (setup.py).
+NOT_BUILT: Final = "the map library was not built: install Node.js and npm, then reinstall geotrack"
 
 #: What /static may serve, by suffix, with its Content-Type; anything else is a 404.
 _TYPES: Final[dict[str, str]] = {
@@ -73,6 +78,11 @@ def map_config(config: RelayConfig, ws_port: int, version: str, *, auth: bool) -
         version=version,
     )
     return msgspec.json.encode(body)
+
+
+def leaflet_built(root: Path = WEB_DIR) -> bool:
+    """Whether the build copied Leaflet into ``root``/vendor (it needs npm)."""
+    return (root / "vendor" / "leaflet" / "leaflet.js").is_file()
 
 
 def static_file(relative: str, root: Path = WEB_DIR) -> tuple[Path, str] | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import subprocess
 import sys
 import urllib.request
@@ -25,7 +26,7 @@ from geotrack.errors import InvalidParameter
 from geotrack.relay import Relay, RelayConfig
 from geotrack.relay.config import DEFAULT_TILES
 from geotrack.relay.http import HttpListener
-from geotrack.relay.webmap import WEB_DIR, static_file
+from geotrack.relay.webmap import WEB_DIR, leaflet_built, static_file
 from tests.cli_helpers import geotrack
 from tests.conftest import free_port
 from tests.factories import SUB, stored, tokens
@@ -248,3 +249,23 @@ def test_serve_help_names_the_tiles_option(tmp_path: Path) -> None:
     assert "--tiles TEMPLATE" in text
     assert "or 'none' for a plain background" in text
     assert "geotrack serve --http-port 8080 --tiles none" in text
+
+
+def test_without_leaflet_the_relay_runs_and_says_why_the_map_cannot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A build without npm: the relay still serves everything, and its log says what to do."""
+    assert not leaflet_built(tmp_path)
+    monkeypatch.setattr("geotrack.relay.http.leaflet_built", lambda: False)
+
+    async def main() -> None:
+        with caplog.at_level(logging.WARNING, "geotrack.http"):
+            async with serving(tmp_path / "db") as (_, http):
+                assert (await get(http, "/"))[0] == 200
+                assert (await get(http, "/healthz"))[0] == 200
+
+    arun(main())
+    assert [r.getMessage() for r in caplog.records] == [
+        "the web map at / cannot work: the map library was not built: install Node.js and "
+        "npm, then reinstall geotrack"
+    ]

@@ -75,7 +75,8 @@ async function seed(live, token) {
 
 async function main() {
   if (typeof window.L === "undefined") {
-    fail(NOT_BUILT);
+    showError(NOT_BUILT);
+    setStatus("map not built", "error");
     return;
   }
   let config;
