@@ -173,11 +173,11 @@ def relay(tmp_path: Path) -> Iterator[int]:
 
 def test_a_device_appears_then_goes_stale_and_ctrl_c_exits_0(tmp_path: Path, relay: int) -> None:
     with terminal(
-        "watch", "--url", f"ws://127.0.0.1:{relay}/subscribe", "--stale", "1s", cwd=tmp_path
+        "watch", "--url", f"ws://127.0.0.1:{relay}/subscribe", "--stale", "2s", cwd=tmp_path
     ) as term:
         screen = plain(term.wait_for(lambda s: "waiting for positions" in s))
         assert screen.startswith("0 devices · 0 fixes")
-        assert f"ws://127.0.0.1:{relay}/subscribe  stale after 1s · Ctrl-C to quit" in screen
+        assert f"ws://127.0.0.1:{relay}/subscribe  stale after 2s · Ctrl-C to quit" in screen
 
         publish(relay, fix("bike-7", speed=5.0, heading=90.0))
         frame = term.wait_for(lambda s: "bike-7" in s and "1 live" in s)
@@ -186,7 +186,7 @@ def test_a_device_appears_then_goes_stale_and_ctrl_c_exits_0(tmp_path: Path, rel
         assert re.search(r"52\.52000\s+13\.40500\s+18\s+90° E\s+1\s+1\s*$", line), line
         assert not row(frame, "bike-7").startswith(b"\x1b[2m")
 
-        # Nothing more arrives: after a second it is stale, and dimmed.
+        # Nothing more arrives: two seconds later it is stale, and dimmed.
         frame = term.wait_for(lambda s: "(0 live, 1 stale)" in s)
         assert row(frame, "bike-7").startswith(b"\x1b[2m")
 
@@ -195,6 +195,22 @@ def test_a_device_appears_then_goes_stale_and_ctrl_c_exits_0(tmp_path: Path, rel
         tail = term.output.rsplit(b"\x1b[?1049l", 1)
         assert len(tail) == 2, "the screen is given back"
         assert b"Traceback" not in term.output and b"Error" not in tail[1]
+
+
+def test_what_is_stored_before_the_subscription_opens_is_shown(tmp_path: Path, relay: int) -> None:
+    """The first frame is drawn before the subscription is open: a fix stored then counts."""
+    with terminal("watch", "--url", f"ws://127.0.0.1:{relay}", cwd=tmp_path) as term:
+        term.wait_for(lambda s: "waiting for positions" in s)
+        # Held still right after its first frame: it has not subscribed yet (it imports
+        # the client then), and the fix is stored meanwhile.
+        term.proc.send_signal(signal.SIGSTOP)
+        try:
+            publish(relay, fix("early"))
+        finally:
+            term.proc.send_signal(signal.SIGCONT)
+        term.wait_for(lambda s: "early" in s, timeout=10)
+        term.type(b"\x03")
+        assert term.wait() == 0
 
 
 def test_most_recent_first_and_only_the_devices_asked_for(tmp_path: Path, relay: int) -> None:
