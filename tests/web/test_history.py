@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+# T0_S, 2025-11-25T12:00:00Z: history, long past the live view's staleness.
+from tests.factories import T0_S
 from tests.web.browser import Page, publish, screenshot_path
 
-# 2025-11-25T12:00:00Z: history, long past the live view's staleness.
-T0_S = 1_764_072_000
 SECONDS = 60
 
 
@@ -124,11 +124,25 @@ def test_the_slider_moves_the_markers_and_all_devices_play_together(
     page.open()
     state = load_history(page, "")  # empty: every device
     assert len(page.find_all("#map path.gt-history-track")) == 3
-    # Half way along the slider: every marker at its 30th second.
-    set_input(page, "#slider", str(state["start_ms"] + 30_000))
-    page.wait(lambda: playback(page)["t_ms"] == state["start_ms"] + 30_000, "the cursor")
-    assert "2025-11-25T12:00:30" in page.text("#playback-time")
+    # A quarter along the slider: every marker at its 15th second.
+    set_input(page, "#slider", str(state["start_ms"] + 15_000))
+    page.wait(lambda: playback(page)["t_ms"] == state["start_ms"] + 15_000, "the cursor")
+    assert "2025-11-25T12:00:15" in page.text("#playback-time")
     page.wait(lambda: len(page.find_all("#map .gt-playback-marker")) == 3, "three markers")
+    # Each moving marker's arrow points along its track (bearing from the fixes around it).
+    turned = page.js(
+        """
+        const found = {};
+        for (const m of document.querySelectorAll('#map .gt-playback-marker')) {
+            const t = new DOMMatrix(getComputedStyle(m.querySelector('.gt-arrow')).transform);
+            const angle = (Math.atan2(t.b, t.a) * 180) / Math.PI;
+            found[m.getAttribute('data-device')] = (angle + 360) % 360;
+        }
+        return found;
+        """
+    )
+    for device, want in {"walker": 42.5, "runner": 163.0, "cyclist": 296.3}.items():
+        assert abs(turned[device] - want) < 1.5, (device, turned)
     page.js(
         "window.geotrack.map.fitBounds(arguments[0], {animate: false, padding: [40, 40]})",
         [[52.5170, 13.4000], [52.5265, 13.4160]],

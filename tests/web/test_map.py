@@ -117,6 +117,16 @@ def test_markers_sit_where_the_positions_are_with_a_list_row_and_a_trail(
     for device, (lat, lon) in PLACES.items():
         # Markers move on the next animation frame: wait for them to settle.
         page.wait(lambda d=device, a=lat, o=lon: marker_offset(page, d, a, o) < 3, device)
+    # Heading 90: every arrow turned to the east.
+    turned = page.js(
+        """
+        return [...document.querySelectorAll('#map .gt-marker .gt-arrow')].map((arrow) => {
+            const t = new DOMMatrix(getComputedStyle(arrow).transform);
+            return Math.round((Math.atan2(t.b, t.a) * 180) / Math.PI);
+        });
+        """
+    )
+    assert turned == [90, 90, 90], turned
     rows = row_texts(page)
     assert set(rows) == set(PLACES)
     for device, row in rows.items():
