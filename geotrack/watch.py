@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import threading
 import time
@@ -250,7 +251,7 @@ def render(
     if status:
         info.append(f"  {status}", style="yellow")
     elif live:
-        info.append(f"  stale after {_duration(board.stale)} · Ctrl-C to quit", style="dim")
+        info.append(f"  stale after {_duration(board.stale)} · q or Ctrl-C to quit", style="dim")
 
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, expand=False)
     table.add_column("device", no_wrap=True, max_width=32)
@@ -353,7 +354,7 @@ def watch(
         raise NotATerminal
     stop = stop if stop is not None else threading.Event()
     screen = _Screen(config, console)
-    with _stopping_on_signals(stop), screen.live():
+    with _stopping_on_signals(stop), _quitting_on_q(stop), screen.live():
         if config.url is not None:
             asyncio.run(_follow_relay(config, screen, stop))
         else:
@@ -455,6 +456,56 @@ def _stopping_on_signals(stop: threading.Event) -> Iterator[None]:
     finally:
         for s, handler in before.items():
             signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def _quitting_on_q(stop: threading.Event) -> Iterator[None]:
+    """While watching, q quits as Ctrl-C does, and keys typed are not echoed over the table.
+
+    Only when standard input is a terminal (and one termios knows); Ctrl-C keeps working
+    (the terminal still turns it into SIGINT). The terminal's settings are put back after.
+    """
+    try:
+        import select
+        import termios
+    except ImportError:  # Windows
+        yield
+        return
+    fd = 0
+    try:
+        before = termios.tcgetattr(fd) if os.isatty(fd) else None
+    except termios.error:
+        before = None
+    if before is None:
+        yield
+        return
+    quiet = list(before)
+    quiet[3] &= ~(termios.ECHO | termios.ICANON)  # lflags: no echo, a key at a time
+    quiet[6] = list(before[6])
+    quiet[6][termios.VMIN], quiet[6][termios.VTIME] = 1, 0
+    termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    done = threading.Event()
+
+    def read_keys() -> None:
+        while not done.is_set():
+            ready, _, _ = select.select([fd], [], [], 0.1)
+            if ready:
+                try:
+                    key = os.read(fd, 32)
+                except OSError:
+                    return
+                if not key or b"q" in key.lower():  # keys typed fast come together
+                    stop.set()
+                    return
+
+    reader = threading.Thread(target=read_keys, name="geotrack-watch-keys", daemon=True)
+    reader.start()
+    try:
+        yield
+    finally:
+        done.set()
+        reader.join(1)
+        termios.tcsetattr(fd, termios.TCSANOW, before)
 
 
 def _follow_store(config: WatchConfig, screen: _Screen, stop: threading.Event) -> None:

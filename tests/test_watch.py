@@ -139,7 +139,7 @@ def test_the_header_has_totals_and_the_rate() -> None:
     board.add([pos("a", 1)], NOW + 1)
     screen = text(board, NOW + 1, source="ws://127.0.0.1:8765/subscribe")
     assert screen.startswith("2 devices (2 live, 0 stale) · 3 fixes · 3.0/s · 12:00:01 UTC\n")
-    assert "ws://127.0.0.1:8765/subscribe  stale after 2m · Ctrl-C to quit" in screen
+    assert "ws://127.0.0.1:8765/subscribe  stale after 2m · q or Ctrl-C to quit" in screen
     empty = text(Board(started=NOW), NOW)
     assert empty.startswith("0 devices · 0 fixes · 0.0/s")
     assert "waiting for positions…" in empty

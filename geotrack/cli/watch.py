@@ -72,7 +72,7 @@ def watch(
     Follows the store's change feed (--store; it must exist, nothing is created), showing
     each device's last fix from the start, or a relay (--url; reconnects, missing nothing).
     stdout must be a terminal: use --once for a table in a pipe, or `geotrack tail` for a
-    stream. Ctrl-C quits (exit code 0).
+    stream. q or Ctrl-C quits (exit code 0).
 
     Examples:
 

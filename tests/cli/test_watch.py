@@ -66,7 +66,7 @@ class Terminal:
             start_new_session=True,
         )
         os.close(slave)
-        self._fd = master
+        self.fd = master
         self._out = bytearray()
         self._changed = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -75,7 +75,7 @@ class Terminal:
     def _read(self) -> None:
         while True:
             try:
-                data = os.read(self._fd, 65536)
+                data = os.read(self.fd, 65536)
             except OSError:  # EIO: the child closed its end
                 data = b""
             with self._changed:
@@ -116,7 +116,7 @@ class Terminal:
         return frame
 
     def type(self, data: bytes) -> None:
-        os.write(self._fd, data)
+        os.write(self.fd, data)
 
     def wait(self, timeout: float = 15) -> int:
         code = self.proc.wait(timeout)
@@ -128,7 +128,7 @@ class Terminal:
             self.proc.kill()
         self.proc.wait(10)
         self._reader.join(5)
-        os.close(self._fd)
+        os.close(self.fd)
 
 
 @contextmanager
@@ -177,7 +177,7 @@ def test_a_device_appears_then_goes_stale_and_ctrl_c_exits_0(tmp_path: Path, rel
     ) as term:
         screen = plain(term.wait_for(lambda s: "waiting for positions" in s))
         assert screen.startswith("0 devices · 0 fixes")
-        assert f"ws://127.0.0.1:{relay}/subscribe  stale after 2s · Ctrl-C to quit" in screen
+        assert f"ws://127.0.0.1:{relay}/subscribe  stale after 2s · q or Ctrl-C to quit" in screen
 
         publish(relay, fix("bike-7", speed=5.0, heading=90.0))
         frame = term.wait_for(lambda s: "bike-7" in s and "1 live" in s)
@@ -211,6 +211,20 @@ def test_what_is_stored_before_the_subscription_opens_is_shown(tmp_path: Path, r
         term.wait_for(lambda s: "early" in s, timeout=10)
         term.type(b"\x03")
         assert term.wait() == 0
+
+
+def test_q_quits_and_the_terminal_is_given_back_as_it_was(tmp_path: Path, relay: int) -> None:
+    with terminal("watch", "--url", f"ws://127.0.0.1:{relay}", cwd=tmp_path) as term:
+        term.wait_for(lambda s: "waiting for positions" in s)
+        lflags = termios.tcgetattr(term.fd)[3]
+        assert not lflags & termios.ECHO, "keys typed are not echoed over the table"
+        term.type(b"x")  # any other key does nothing
+        term.wait_for(lambda s: "waiting for positions" in s)
+        assert term.proc.poll() is None
+        term.type(b"q")
+        assert term.wait() == 0
+        assert termios.tcgetattr(term.fd)[3] & termios.ECHO
+        assert termios.tcgetattr(term.fd)[3] & termios.ICANON
 
 
 def test_most_recent_first_and_only_the_devices_asked_for(tmp_path: Path, relay: int) -> None:
