@@ -229,11 +229,14 @@ def render(
     now: float,
     *,
     height: int | None = None,
+    width: int | None = None,
     source: str = "",
     status: str = "",
     live: bool = True,
 ) -> RenderableType:
     """The board as a title, a status line and a table fitting in ``height`` lines.
+
+    ``width`` is the terminal's: the columns are closer together in a narrow one.
 
     When the devices do not fit, the last line says how many more there are. ``live``
     False leaves out what only watching measures (rates, totals): a snapshot.
@@ -253,17 +256,28 @@ def render(
     elif live:
         info.append(f"  stale after {_duration(board.stale)} · q or Ctrl-C to quit", style="dim")
 
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, expand=False)
-    table.add_column("device", no_wrap=True, max_width=32)
-    table.add_column("last fix (UTC)", no_wrap=True)
-    table.add_column("age", justify="right", no_wrap=True)
-    table.add_column("lat", justify="right", no_wrap=True)
-    table.add_column("lon", justify="right", no_wrap=True)
-    table.add_column("km/h", justify="right", no_wrap=True)
-    table.add_column("heading", no_wrap=True)
+    # Numbers keep their width in a narrow terminal; the device id gives way (…).
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+        # Two spaces between columns, one where that is what makes them fit (80 columns).
+        padding=(0, 1) if width is None or width >= 100 else (0, 0),
+        expand=False,
+    )
+    # Wrapping allowed makes it the column rich narrows first; an id has no spaces, so it
+    # is cut with an ellipsis rather than wrapped.
+    table.add_column("device", min_width=6, max_width=32, overflow="ellipsis")
+    table.add_column("last fix", no_wrap=True, min_width=8)
+    table.add_column("age", justify="right", no_wrap=True, min_width=5)
+    table.add_column("lat", justify="right", no_wrap=True, min_width=9)
+    table.add_column("lon", justify="right", no_wrap=True, min_width=10)
+    table.add_column("km/h", justify="right", no_wrap=True, min_width=4)
+    table.add_column("heading", no_wrap=True, min_width=7)
     if live:
-        table.add_column("/min", justify="right", no_wrap=True)
-        table.add_column("total", justify="right", no_wrap=True)
+        table.add_column("/min", justify="right", no_wrap=True, min_width=4)
+        table.add_column("total", justify="right", no_wrap=True, min_width=5)
 
     room = len(rows) if height is None else max(1, height - _HEADER_LINES - _TABLE_LINES)
     shown = rows if len(rows) <= room else rows[: room - 1]
@@ -418,6 +432,7 @@ class _Screen:
             self.board,
             time.time(),
             height=self._console.size.height,
+            width=self._console.size.width,
             source=self.source,
             status=self.status,
         )

@@ -26,9 +26,9 @@ from tests.factories import T0_S, pos
 NOW = float(T0_S)
 
 
-def text(board: Board, now: float, **kwargs: object) -> str:
-    """What a person sees of the board on an 100-column terminal, colors aside."""
-    console = Console(width=100, record=True, color_system=None, file=io.StringIO())
+def text(board: Board, now: float, columns: int = 100, **kwargs: object) -> str:
+    """What a person sees of the board on a terminal ``columns`` wide, colors aside."""
+    console = Console(width=columns, record=True, color_system=None, file=io.StringIO())
     console.print(render(board, now, **kwargs))  # type: ignore[arg-type]
     return console.export_text()
 
@@ -155,6 +155,18 @@ def test_rows_are_cut_to_the_height_with_a_count_of_the_rest() -> None:
     shown = [line.split()[0] for line in lines if line.startswith("d0")]
     assert shown == [f"d{k:03}" for k in range(49, 34, -1)]  # the most recent 15
     assert "more" not in text(board, NOW + 60, height=60)
+
+
+def test_on_80_columns_numbers_stay_whole_and_long_ids_give_way() -> None:
+    board = Board(started=NOW)
+    long_id = "a-very-long-device-identifier-01"
+    board.add([pos(long_id, 0, lat=-45.123456, lon=-170.123456, speed=30.0, heading=300.0)], NOW)
+    screen = text(board, NOW + 86400, columns=80, width=80)
+    assert max(len(line) for line in screen.splitlines()) <= 80
+    line = row(screen, "a-very-long…")
+    assert line.split()[1:] == [
+        "2025-11-25", "12:00", "1d", "-45.12346", "-170.12346", "108", "300°", "NW", "0", "1"
+    ]  # fmt: skip
 
 
 def test_a_snapshot_leaves_out_what_only_watching_measures() -> None:
