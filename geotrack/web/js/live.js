@@ -1,19 +1,36 @@
 // Live positions: one marker per device (arrow by heading, id label), a trail of its last
-// positions, and the device list. Positions are applied once per animation frame.
+// positions, and the device list.
+//
+// Positions are applied once per animation frame, never one DOM update per message:
+// markers move at the next frame; trails and list rows, which cost a repaint of the trail
+// layer or a layout of the list, are redrawn at most every half second (every 2 s with
+// more than 200 devices on the map), for every device that moved meanwhile at once. That keeps 1,000 devices at one fix per second
+// smooth (docs/benchmarks.md).
 
 import { ARROW_HTML, FrameBatcher, formatAge, formatSpeed, formatTime } from "./geo.js";
 
 const TRAIL_LENGTH = 100;
+const SLOW_EVERY_MS = 500;
+const SLOW_EVERY_MS_CROWDED = 2000;
+// Above this many devices on the map, id labels show from this zoom on only: a thousand
+// overlapping labels are unreadable, and painting them costs frames. Hovering a marker
+// still shows its id.
+const CROWDED = 200;
+const LABELS_FROM_ZOOM = 16;
 
 export class Live {
   constructor(map, { staleAfterS, clockOffsetMs, schedule = (f) => requestAnimationFrame(f) }) {
     this.map = map;
     this.staleAfterMs = staleAfterS * 1000;
     this.clockOffsetMs = clockOffsetMs;
+    this.schedule = schedule;
     this.devices = new Map();
     this.filter = "";
     this.following = null;
     this.fitted = false;
+    this.listDirty = new Set(); // rows and trails to redraw at the next slow pass
+    this.slowPending = false;
+    this.lastSlowMs = 0;
     this.list = document.getElementById("devices");
     this.count = document.getElementById("device-count");
     this.batcher = new FrameBatcher((batch) => this.apply(batch), schedule);
@@ -26,7 +43,8 @@ export class Live {
       for (const device of this.devices.values()) this.showOrHide(device);
       this.updateCount();
     });
-    setInterval(() => this.tick(), 1000);
+    setInterval(() => schedule(() => this.tick()), 1000);
+    map.on("zoomend", () => this.updateCrowding());
   }
 
   /** Take positions as they arrive; the map and list change at the next frame. */
@@ -51,10 +69,18 @@ export class Live {
       if (device.trail.length > TRAIL_LENGTH) device.trail.shift();
       changed.add(device);
     }
-    for (const device of changed) this.render(device);
+    for (const device of changed) {
+      device.marker.setLatLng([device.lat, device.lon]);
+      this.styleMarker(device);
+      this.listDirty.add(device);
+    }
     if (added) {
+      for (const device of changed) this.showOrHide(device);
       this.sortList();
       this.updateCount();
+      this.slow(); // a new device shows its row and trail at once
+    } else if (changed.size) {
+      this.scheduleSlow();
     }
     if (!this.fitted && changed.size) {
       this.fitted = true; // once: after that the view is the user's
@@ -62,6 +88,26 @@ export class Live {
     }
     const followed = this.following && this.devices.get(this.following);
     if (followed && changed.has(followed)) this.map.panTo([followed.lat, followed.lon]);
+  }
+
+  scheduleSlow() {
+    if (this.slowPending) return;
+    this.slowPending = true;
+    const every = (this.shownCount || 0) > CROWDED ? SLOW_EVERY_MS_CROWDED : SLOW_EVERY_MS;
+    const wait = Math.max(0, this.lastSlowMs + every - performance.now());
+    setTimeout(() => this.schedule(() => this.slow()), wait);
+  }
+
+  /** Redraw the trails and rows of the devices that moved since the last pass. */
+  slow() {
+    this.slowPending = false;
+    this.lastSlowMs = performance.now();
+    const now = Date.now() + this.clockOffsetMs;
+    for (const device of this.listDirty) {
+      device.trailLine.setLatLngs(device.trail);
+      this.updateRow(device, now);
+    }
+    this.listDirty.clear();
   }
 
   create(id) {
@@ -72,50 +118,66 @@ export class Live {
       iconAnchor: [11, 11],
     });
     const marker = L.marker([0, 0], { icon, keyboard: false, title: id });
-    marker.on("add", () => {
-      const el = marker.getElement();
-      el.setAttribute("data-device", id);
-      el.querySelector(".gt-label").textContent = id;
-      this.styleMarker(device);
-    });
-    marker.on("click", () => this.follow(id));
-    const trail = L.polyline([], { className: "gt-trail", interactive: false });
+    const trailLine = L.polyline([], { className: "gt-trail", interactive: false });
     const li = document.createElement("li");
     li.dataset.device = id;
     li.innerHTML = `<span class="id"></span><span class="speed"></span><span class="time"></span><span class="age"></span>`;
     li.querySelector(".id").textContent = id;
-    const device = { id, marker, trailLine: trail, li, trail: [], tsMs: -Infinity, shown: false, stale: false };
+    const device = {
+      id,
+      marker,
+      trailLine,
+      li,
+      cells: {
+        time: li.querySelector(".time"),
+        age: li.querySelector(".age"),
+        speed: li.querySelector(".speed"),
+      },
+      shown: { time: "", age: "", speed: "", heading: undefined },
+      trail: [],
+      tsMs: -Infinity,
+      visible: false,
+      stale: false,
+    };
+    marker.on("add", () => {
+      const el = marker.getElement();
+      el.setAttribute("data-device", id);
+      el.querySelector(".gt-label").textContent = id;
+      device.shown.heading = undefined;
+      this.styleMarker(device);
+    });
+    marker.on("click", () => this.follow(id));
     this.devices.set(id, device);
     return device;
-  }
-
-  render(device) {
-    device.marker.setLatLng([device.lat, device.lon]);
-    device.trailLine.setLatLngs(device.trail);
-    this.showOrHide(device);
-    this.styleMarker(device);
-    this.updateRow(device, Date.now() + this.clockOffsetMs);
   }
 
   styleMarker(device) {
     const el = device.marker.getElement();
     if (!el) return;
-    const arrow = el.firstChild;
-    const known = device.heading != null;
-    arrow.classList.toggle("gt-no-heading", !known);
-    arrow.style.transform = known ? `rotate(${device.heading}deg)` : "";
+    const heading = device.heading ?? null;
+    if (heading !== device.shown.heading) {
+      device.shown.heading = heading;
+      const arrow = el.firstChild;
+      arrow.classList.toggle("gt-no-heading", heading == null);
+      arrow.style.transform = heading == null ? "" : `rotate(${heading}deg)`;
+    }
     el.classList.toggle("gt-stale", device.stale);
   }
 
   updateRow(device, nowMs) {
-    const li = device.li;
-    li.querySelector(".time").textContent = formatTime(device.tsMs);
-    li.querySelector(".age").textContent = formatAge(nowMs - device.tsMs);
-    li.querySelector(".speed").textContent = formatSpeed(device.speed);
+    const set = (cell, text) => {
+      if (device.shown[cell] !== text) {
+        device.shown[cell] = text;
+        device.cells[cell].textContent = text;
+      }
+    };
+    set("time", formatTime(device.tsMs));
+    set("age", formatAge(nowMs - device.tsMs));
+    set("speed", formatSpeed(device.speed));
     const stale = nowMs - device.tsMs > this.staleAfterMs;
     if (stale !== device.stale) {
       device.stale = stale;
-      li.classList.toggle("stale", stale);
+      device.li.classList.toggle("stale", stale);
       this.styleMarker(device);
     }
   }
@@ -127,14 +189,14 @@ export class Live {
   showOrHide(device) {
     const show = this.matches(device.id);
     device.li.hidden = !show;
-    if (show && !device.shown) {
+    if (show && !device.visible) {
       device.trailLine.addTo(this.map);
       device.marker.addTo(this.map);
-    } else if (!show && device.shown) {
+    } else if (!show && device.visible) {
       device.marker.remove();
       device.trailLine.remove();
     }
-    device.shown = show;
+    device.visible = show;
   }
 
   sortList() {
@@ -146,8 +208,15 @@ export class Live {
 
   updateCount() {
     const total = this.devices.size;
-    const shown = [...this.devices.values()].filter((d) => d.shown).length;
-    this.count.textContent = shown === total ? `${total} devices` : `${shown} of ${total}`;
+    const shown = [...this.devices.values()].filter((d) => d.visible).length;
+    this.count.textContent = shown === total ? `${total} device${total === 1 ? "" : "s"}` : `${shown} of ${total}`;
+    this.shownCount = shown;
+    this.updateCrowding();
+  }
+
+  updateCrowding() {
+    const crowded = (this.shownCount || 0) > CROWDED && this.map.getZoom() < LABELS_FROM_ZOOM;
+    this.map.getContainer().classList.toggle("gt-crowded", crowded);
   }
 
   follow(id) {
@@ -167,9 +236,9 @@ export class Live {
     for (const device of this.devices.values()) this.updateRow(device, now);
   }
 
-  /** Fit the map to every device once, when the first positions are in. */
+  /** Fit the map to the devices shown. */
   fitAll() {
-    const points = [...this.devices.values()].filter((d) => d.shown).map((d) => [d.lat, d.lon]);
+    const points = [...this.devices.values()].filter((d) => d.visible).map((d) => [d.lat, d.lon]);
     if (points.length) this.map.fitBounds(points, { padding: [40, 40], maxZoom: 15 });
   }
 
