@@ -216,7 +216,7 @@ def _mark_differences(
 def nx27017_backend(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
     """Store contract backend: a fresh database on the session's nx-27017."""
     server = nx27017_server(request)
-    if request.node.module.__name__.endswith("test_store_contract"):
+    if request.node.module.__name__.endswith("store.test_contract"):
         # run=False: the failure is a 10-second wait for changes that never come.
         _mark_differences(request, NX27017_DIFFERENCES, strict=True, run=False)
     database = fresh_database()
@@ -240,7 +240,7 @@ def live_backend(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory
         admin = MongoClient(uri, serverSelectionTimeoutMS=10_000)
         config.stash[_LIVE_KEY] = admin
         config.add_cleanup(admin.close)
-    if request.node.module.__name__.endswith("test_store_contract"):
+    if request.node.module.__name__.endswith("store.test_contract"):
         _mark_differences(request, LIVE_DIFFERENCES, strict=False, raises=StoreError)
     database = fresh_database()
     url = with_database(uri, database)

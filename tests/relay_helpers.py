@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from geotrack.relay import Relay, RelayConfig
 from geotrack.store import Store, open_store
+from tests.factories import T0_S
 
 T = TypeVar("T")
 
@@ -55,6 +57,34 @@ async def subscriber(relay: Relay, query: str = "", **kwargs: Any) -> ClientConn
 
 async def within(awaitable: Awaitable[T], seconds: float = 10.0) -> T:
     return await asyncio.wait_for(awaitable, seconds)
+
+
+def fix(device: str = "car-1", i: int = 0, **extra: Any) -> dict[str, Any]:
+    """The ``i``-th fix of ``device`` as a publisher sends it (``ts`` in Unix seconds)."""
+    return {
+        "device": device,
+        "lat": 52.5 + i * 1e-4,
+        "lon": 13.4 + i * 1e-4,
+        "ts": T0_S + i,
+        **extra,
+    }
+
+
+async def roundtrip(ws: Any, frame: Any) -> dict[str, Any]:
+    """Send ``frame`` (JSON-encoded unless text or bytes already) and read the one reply."""
+    await ws.send(frame if isinstance(frame, str | bytes) else json.dumps(frame))
+    reply: dict[str, Any] = json.loads(await within(ws.recv()))
+    return reply
+
+
+async def collect(ws: Any, n: int, seconds: float = 10.0) -> list[dict[str, Any]]:
+    """At least ``n`` positions a subscriber receives, each frame a non-empty array."""
+    got: list[dict[str, Any]] = []
+    while len(got) < n:
+        frame = json.loads(await within(ws.recv(), seconds))
+        assert isinstance(frame, list) and frame, "subscribers get non-empty arrays"
+        got.extend(frame)
+    return got
 
 
 @contextlib.contextmanager

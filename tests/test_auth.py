@@ -21,11 +21,11 @@ from geotrack.auth import (
     verify_share,
 )
 from geotrack.errors import InvalidParameter
+from tests.factories import SUB, token_file
 
 SECRET = "s" * 40
 OTHER = "o" * 40
 NOW = 1_796_000_000  # 2026-11-30T00:53:20Z
-SUB = "subscriber-token-0123456789"
 
 
 def b64(data: bytes) -> str:
@@ -195,8 +195,7 @@ def test_share_expires_relative_to_now() -> None:
 
 
 def test_share_without_a_secret_says_how_to_add_one(tmp_path: Path) -> None:
-    path = tmp_path / "tokens.toml"
-    path.write_text(f'[[token]]\nname = "s"\ntoken = "{SUB}"\nrole = "subscribe"\n')
+    path = token_file(tmp_path / "tokens.toml", [{"name": "s", "token": SUB, "role": "subscribe"}])
     with pytest.raises(InvalidParameter) as info:
         Tokens.load(path).share(["bus-12"], 60)
     message = str(info.value)

@@ -13,17 +13,13 @@ import trustme
 
 from geotrack.client import Backoff, Publisher, RelayUnreachable, endpoint, subscribe
 from geotrack.errors import RelayError
-from geotrack.schema import Position, ms_to_ts
+from geotrack.schema import Position
 from geotrack.store import open_store
 from tests.conftest import free_port
+from tests.factories import pos
 from tests.relay_helpers import arun, running_relay
 
-T0 = 1_764_072_000_000
 FAST = Backoff(base=0.02, cap=0.2, give_up_after=20)
-
-
-def pos(device: str, i: int) -> Position:
-    return Position(device=device, lat=1.0 + i * 1e-5, lon=2.0, ts=ms_to_ts(T0 + i * 1000))
 
 
 def test_endpoint_urls() -> None:

@@ -26,8 +26,8 @@ from websockets.sync.client import connect
 
 from geotrack.schema import Position, ms_to_ts, ts_to_ms
 from geotrack.sources.simulate import Simulation
-from geotrack.store import open_store
 from tests.conftest import free_port
+from tests.factories import stored
 from tests.relay_helpers import Lines, relay_process
 
 # The simulated stream every CLI test publishes: 10 cars reporting 10 times a second,
@@ -111,11 +111,6 @@ def wait_stored(db: Path, at_least: int, publisher: subprocess.Popen[str]) -> in
     return n
 
 
-def stored(db: Path) -> list[Position]:
-    with open_store(f"sqlite:///{db}") as store:
-        return sorted(store.query(), key=lambda p: p.key)
-
-
 def assert_exactly_the_simulation(positions: list[Position], count: int = COUNT) -> None:
     """``positions`` are those the CLI generated, each once, equal field by field."""
     keys = [p.key for p in positions]
@@ -161,7 +156,7 @@ def test_kill_9_twice_in_a_stream_loses_nothing_and_stores_nothing_twice(tmp_pat
     # Each frame is acked once; what a killed relay stored but never acked came back as
     # duplicates on the resend.
     assert stored_ + duplicates == COUNT
-    assert_exactly_the_simulation(stored(db))
+    assert_exactly_the_simulation(stored(db, sort=True))
 
 
 # The client API's subscriber, as a user would run it: one ``device ts`` line per position.
@@ -255,8 +250,8 @@ def test_subscribers_across_a_kill_9_miss_nothing_and_get_nothing_twice(tmp_path
             assert stored_count(db) < COUNT
             assert pub.poll() is None
             finished(pub, pub_out)
-        assert_exactly_the_simulation(stored(db))
-        keys = {p.key for p in stored(db)}
+        assert_exactly_the_simulation(stored(db, sort=True))
+        keys = {p.key for p in stored(db, sort=True)}
         wait_lines(api_out, lambda ls: len(ls) >= COUNT)
         wait_lines(
             raw_out, lambda ls: len(connections(ls)) == 2 and len(connections(ls)[-1]) >= COUNT
@@ -347,7 +342,7 @@ def test_failed_writes_are_never_acked_and_the_resend_recovers(
     # Every position acked exactly once, none acked that is not stored: an ack for a failed
     # write would have kept its positions from being resent, and they would be missing.
     assert (sent, stored_ + duplicates, rejected) == (COUNT, COUNT, 0)
-    assert_exactly_the_simulation([p for p in stored(db) if p.device != "after"])
+    assert_exactly_the_simulation([p for p in stored(db, sort=True) if p.device != "after"])
 
 
 # -- SIGTERM ---------------------------------------------------------------------------------
@@ -407,7 +402,7 @@ def test_sigterm_in_a_stream_exits_0_and_keeps_everything_it_acked(tmp_path: Pat
             assert relays.proc.wait(timeout=30) == 0
             stopping = relays.logs[-1].join()
             # The relay is gone and nothing else writes: what it acked must be here now.
-            at_exit = {p.key for p in stored(db)}
+            at_exit = {p.key for p in stored(db, sort=True)}
             assert len(at_exit) < total
             assert pub.poll() is None
             relays.start()
@@ -422,4 +417,4 @@ def test_sigterm_in_a_stream_exits_0_and_keeps_everything_it_acked(tmp_path: Pat
     assert {script_position(i).key for s in first for i in range(s, s + frame)} <= at_exit
     assert "closed the connection (code 1001: relay shutting down)" in err
     assert re.search(r"stopped: \d+ stored", "\n".join(stopping))
-    assert stored(db) == sorted(map(script_position, range(total)), key=lambda p: p.key)
+    assert stored(db, sort=True) == sorted(map(script_position, range(total)), key=lambda p: p.key)

@@ -31,10 +31,10 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from geotrack.schema import Position, ms_to_ts
 from geotrack.store import open_store
 from tests.conftest import free_port
+from tests.factories import T0
 from tests.relay_helpers import arun, relay_process
 
 MIB = 1 << 20
-T0 = 1_764_072_000_000
 #: The relay's handshake timeout here: slowloris sockets must be cut off after it.
 HANDSHAKE_TIMEOUT = 1.0
 

@@ -11,7 +11,7 @@ from geotrack.errors import InvalidParameter
 from geotrack.store import Change, open_store
 from geotrack.store.mongo import encode_cursor
 from geotrack.tail import follow, parse_since, resume_command
-from tests.test_store_contract import pos
+from tests.factories import pos
 
 NOW = 1_764_072_000_000  # 2025-11-25T12:00:00Z
 SQLITE = "sqlite:///geotrack.db"

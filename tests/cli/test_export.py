@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from geotrack.store import open_store
-from tests.cli.test_tail import run
-from tests.test_store_contract import pos
+from tests.cli_helpers import geotrack
+from tests.factories import pos
 
 
 @pytest.fixture
@@ -23,48 +23,50 @@ def stored(tmp_path: Path) -> Path:
 
 def test_nothing_matched_is_said_on_stderr_with_what_the_store_holds(stored: Path) -> None:
     # An age counts back from now; these fixes are from 2025.
-    result = run("export", "--since", "2h", cwd=stored)
+    result = geotrack("export", "--since", "2h", cwd=stored)
     assert (result.returncode, result.stdout) == (0, "")
     assert result.stderr == (
         f"0 positions matched (the latest fix stored is {pos('walk', 4).time}, from walk): "
         "check --since and --until\n"
     )
-    result = run("export", "--device", "bus", "--until", "2020-01-01T00:00:00Z", cwd=stored)
+    result = geotrack("export", "--device", "bus", "--until", "2020-01-01T00:00:00Z", cwd=stored)
     assert (result.returncode, result.stdout) == (0, "")
     assert result.stderr.startswith(
         f"0 positions matched (the latest fix of bus stored is {pos('bus', 1).time}"
     )
-    result = run("export", "-d", "nobody", "-d", "ghost", cwd=stored)
+    result = geotrack("export", "-d", "nobody", "-d", "ghost", cwd=stored)
     assert result.returncode == 0
     assert result.stderr == (
         "0 positions matched: no device nobody or ghost in the store (it has bus, walk)\n"
     )
     # To a file: a valid empty document is written, and the same line is said.
-    result = run("export", "--since", "2h", "-o", "none.csv", cwd=stored)
+    result = geotrack("export", "--since", "2h", "-o", "none.csv", cwd=stored)
     assert result.returncode == 0
     assert result.stderr.startswith("0 positions matched (")
     assert (
         stored / "none.csv"
     ).read_bytes() == b"device,ts,lat,lon,alt,speed,heading,acc,attrs\r\n"
     # --quiet is quiet.
-    result = run("export", "--since", "2h", "-q", cwd=stored)
+    result = geotrack("export", "--since", "2h", "-q", cwd=stored)
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
 
 
 def test_an_empty_store_says_so(tmp_path: Path) -> None:
     open_store(f"sqlite:///{tmp_path / 'geotrack.db'}").close()
-    result = run("export", cwd=tmp_path)
+    result = geotrack("export", cwd=tmp_path)
     assert (result.returncode, result.stdout) == (0, "")
     assert result.stderr == "0 positions matched: the store is empty\n"
 
 
 def test_a_match_still_says_how_many_and_only_to_a_file(stored: Path) -> None:
-    result = run("export", "-d", "bus", "-o", "bus.ndjson", cwd=stored)
+    result = geotrack("export", "-d", "bus", "-o", "bus.ndjson", cwd=stored)
     assert result.returncode == 0
     assert result.stderr == "exported 2 positions to bus.ndjson (ndjson)\n"
-    result = run("export", "-d", "bus", cwd=stored)
+    result = geotrack("export", "-d", "bus", cwd=stored)
     assert result.stderr == "" and len(result.stdout.splitlines()) == 2
-    result = run("export", "-d", "bus", "--until", pos("bus", 0).ts, "-o", "one.csv", cwd=stored)
+    result = geotrack(
+        "export", "-d", "bus", "--until", pos("bus", 0).ts, "-o", "one.csv", cwd=stored
+    )
     assert result.stderr == "exported 1 position to one.csv (csv)\n"
 
 
@@ -90,7 +92,7 @@ def test_bad_options_are_one_line_before_the_store_is_opened(
 ) -> None:
     (tmp_path / "afile").write_text("x")
     # No store here: each option error must come first, and nothing is created.
-    result = run("export", *args, cwd=tmp_path)
+    result = geotrack("export", *args, cwd=tmp_path)
     assert result.returncode == 1
     assert result.stdout == ""
     (line,) = result.stderr.splitlines()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli import geotrack
+from tests.cli_helpers import geotrack
 
 COMMANDS = ["serve", "publish", "tail", "export"]
 

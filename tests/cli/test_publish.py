@@ -17,19 +17,19 @@ import pytest
 import trustme
 from websockets.asyncio.server import ServerConnection, serve
 
-from tests.conftest import free_port
-from tests.relay_helpers import Lines, relay_process
-from tests.test_cli import (
+from tests.cli_helpers import (
     SUMMARY,
     WALK,
-    _env,
-    _fake_relay_publish,
     background,
+    env,
+    fake_relay_publish,
     geotrack,
     short_gpx,
     source,
-    stored,
 )
+from tests.conftest import free_port
+from tests.factories import stored
+from tests.relay_helpers import Lines, relay_process
 
 
 def _numbers(err: str) -> tuple[int, int, int, int]:
@@ -238,7 +238,7 @@ def test_rejection_summary_counts_what_it_does_not_show(tmp_path: Path) -> None:
         rejected = [{"index": i, "error": "lat: not here"} for i in range(n)]
         return {"type": "ack", "stored": 0, "duplicates": 0, "rejected": rejected}
 
-    result = _fake_relay_publish(tmp_path, answer, WALK, "--speed", "0", "--batch", "10")
+    result = fake_relay_publish(tmp_path, answer, WALK, "--speed", "0", "--batch", "10")
     assert result.returncode == 1, result.stderr
     lines = result.stderr.splitlines()
     assert _numbers(lines[0]) == (120, 0, 0, 120)
@@ -294,12 +294,12 @@ def test_warnings_are_not_wrapped_when_stderr_is_not_a_terminal(tmp_path: Path) 
         assert line.startswith("warning:") or SUMMARY.match(line), result.stderr
 
 
-def _with_env(env: dict[str, str], *args: str | Path, cwd: Path) -> CompletedProcess[str]:
+def _with_env(extra_env: dict[str, str], *args: str | Path, cwd: Path) -> CompletedProcess[str]:
     """``geotrack ARGS`` with these environment variables set."""
     return subprocess.run(
         [sys.executable, "-m", "geotrack", *map(str, args)],
         cwd=cwd,
-        env={**_env(), **env},
+        env={**env(), **extra_env},
         capture_output=True,
         text=True,
         timeout=60,

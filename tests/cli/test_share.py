@@ -16,32 +16,17 @@ import pytest
 from geotrack.auth import Tokens
 from geotrack.cli.share import link_for
 from geotrack.errors import InvalidParameter
+from tests.cli_helpers import geotrack
 from tests.conftest import free_port
+from tests.factories import PUB, token_entries, token_file
 from tests.relay_helpers import relay_process, wait_listening
 
 SECRET = "a-share-secret-of-at-least-32-characters"
-PUB = "publisher-token-0123456789"
 
 
-def geotrack(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GEOTRACK_")}
-    return subprocess.run(
-        [sys.executable, "-m", "geotrack", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=60,
-        env={**env, "PYTHONUNBUFFERED": "1"},
-    )
-
-
-def token_file(path: Path, secret: str | None = SECRET) -> Path:
-    text = f'[[token]]\nname = "pub"\ntoken = "{PUB}"\nrole = "publish"\n'
-    if secret is not None:
-        text += f'\n[share]\nsecret = "{secret}"\n'
-    path.write_text(text, encoding="utf-8")
-    return path
+def pub_token_file(path: Path, secret: str | None = SECRET) -> Path:
+    """A token file with the standard publish grant only, and ``secret`` to sign share links."""
+    return token_file(path, [token_entries()[0]], share_secret=secret)
 
 
 def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
@@ -54,7 +39,7 @@ def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def test_share_prints_a_link_that_works_against_a_relay(tmp_path: Path) -> None:
-    auth = token_file(tmp_path / "tokens.toml")
+    auth = pub_token_file(tmp_path / "tokens.toml")
     port, http_port = free_port(), free_port()
     result = geotrack(
         "share",
@@ -69,6 +54,7 @@ def test_share_prints_a_link_that_works_against_a_relay(tmp_path: Path) -> None:
         "--url",
         f"http://127.0.0.1:{http_port}/",
         cwd=tmp_path,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     link = result.stdout.strip()
@@ -117,19 +103,21 @@ def test_share_prints_a_link_that_works_against_a_relay(tmp_path: Path) -> None:
     ],
 )
 def test_bad_inputs_are_one_error_line(tmp_path: Path, args: list[str], error: str) -> None:
-    token_file(tmp_path / "tokens.toml")
-    line = one_error_line(geotrack("share", *args, cwd=tmp_path))
+    pub_token_file(tmp_path / "tokens.toml")
+    line = one_error_line(geotrack("share", *args, cwd=tmp_path, timeout=60))
     assert error in line
 
 
 def test_a_file_without_a_secret_gets_a_line_to_paste(tmp_path: Path) -> None:
-    auth = token_file(tmp_path / "tokens.toml", secret=None)
-    line = one_error_line(geotrack("share", "--auth", "tokens.toml", "-d", "b", cwd=tmp_path))
+    auth = pub_token_file(tmp_path / "tokens.toml", secret=None)
+    line = one_error_line(
+        geotrack("share", "--auth", "tokens.toml", "-d", "b", cwd=tmp_path, timeout=60)
+    )
     # The brackets are shown as they are (they once vanished as rich markup).
     assert line.startswith("Error: --auth: tokens.toml has no [share] secret to sign links with")
     secret = line.split('secret = "')[1].split('"', maxsplit=1)[0]
     auth.write_text(auth.read_text() + f'\n[share]\nsecret = "{secret}"\n', encoding="utf-8")
-    result = geotrack("share", "--auth", "tokens.toml", "-d", "b", cwd=tmp_path)
+    result = geotrack("share", "--auth", "tokens.toml", "-d", "b", cwd=tmp_path, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("http://127.0.0.1:5055/?token=gts1.")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shlex
 import signal
 import subprocess
@@ -16,34 +15,9 @@ from pathlib import Path
 import pytest
 
 from geotrack.store import open_store
+from tests.cli_helpers import PREEXEC, env, geotrack
+from tests.factories import pos
 from tests.relay_helpers import Lines
-from tests.test_store_contract import pos
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GEOTRACK_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-# A child inherits an ignored SIGINT (pytest started in the background): give it back.
-_PREEXEC = _default_sigint if signal.getsignal(signal.SIGINT) == signal.SIG_IGN else None
-
-
-def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "geotrack", *args],
-        cwd=cwd,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
 
 
 @contextlib.contextmanager
@@ -53,11 +27,11 @@ def tail(*args: str, cwd: Path) -> Iterator[tuple[subprocess.Popen[str], Lines]]
         proc = subprocess.Popen(
             [sys.executable, "-m", "geotrack", "tail", *args],
             cwd=cwd,
-            env=_env(),
+            env=env(),
             stdout=subprocess.PIPE,
             stderr=stderr,
             text=True,
-            preexec_fn=_PREEXEC,  # noqa: PLW1509 - only when SIGINT is ignored
+            preexec_fn=PREEXEC,  # noqa: PLW1509 - only when SIGINT is ignored
         )
     assert proc.stdout is not None
     try:
@@ -93,7 +67,7 @@ def test_a_store_that_does_not_exist_is_refused_and_not_created(
     tmp_path: Path, command: str
 ) -> None:
     typo = tmp_path / "typo.db"
-    result = run(command, "--store", f"sqlite:///{typo}", cwd=tmp_path)
+    result = geotrack(command, "--store", f"sqlite:///{typo}", cwd=tmp_path)
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr == (
@@ -106,7 +80,7 @@ def test_a_store_that_does_not_exist_is_refused_and_not_created(
 def test_an_empty_file_is_no_store_either(tmp_path: Path) -> None:
     # What the old tail and export left behind for a mistyped --store.
     (tmp_path / "typo.db").touch()
-    result = run("tail", "--store", "sqlite:///typo.db", cwd=tmp_path)
+    result = geotrack("tail", "--store", "sqlite:///typo.db", cwd=tmp_path)
     assert result.returncode == 1
     assert "Error: no store at" in result.stderr and "nothing has been stored" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["typo.db"]
@@ -119,7 +93,7 @@ def test_a_bad_since_is_reported_before_the_store_is_looked_at(tmp_path: Path) -
         ("sqlite:abc", "--since: 'sqlite:abc' is not a SQLite cursor"),
         ("mongo:AAAA", "is a cursor of a MongoDB store, and the store is SQLite"),
     ]:
-        result = run("tail", "--since", since, cwd=tmp_path)
+        result = geotrack("tail", "--since", since, cwd=tmp_path)
         assert result.returncode == 1
         (line,) = result.stderr.splitlines()
         assert says in line, line

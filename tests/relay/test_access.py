@@ -7,7 +7,6 @@ import logging
 
 import pytest
 
-from geotrack.auth import Tokens
 from geotrack.errors import InvalidParameter
 from geotrack.relay.access import (
     PARAMETERS,
@@ -20,20 +19,7 @@ from geotrack.relay.access import (
     enforce_devices,
 )
 from geotrack.schema import Position, Rejection
-
-PUB = "publisher-token-0123456789"
-SUB = "subscriber-token-0123456789"
-BUS = "bus-only-token-0123456789"
-
-
-def tokens() -> Tokens:
-    return Tokens.from_entries(
-        [
-            {"name": "pub", "token": PUB, "role": "publish"},
-            {"name": "sub", "token": SUB, "role": "subscribe"},
-            {"name": "bus", "token": BUS, "role": "both", "devices": ["bus-*"]},
-        ]
-    )
+from tests.factories import BUS, PUB, SUB, tokens
 
 
 def test_without_tokens_anyone_may_do_anything() -> None:
@@ -43,21 +29,21 @@ def test_without_tokens_anyone_may_do_anything() -> None:
 def test_a_missing_or_unknown_token_is_401_with_a_challenge() -> None:
     for headers, query in (({}, {}), ({"Authorization": "Bearer nope"}, {})):
         with pytest.raises(Refused) as info:
-            authorize(tokens(), headers, query, "subscribe")
+            authorize(tokens(bus_role="both"), headers, query, "subscribe")
         assert info.value.status == 401 and info.value.challenge
 
 
 def test_a_token_without_the_role_is_403_naming_the_token_never_showing_it() -> None:
     with pytest.raises(Refused) as info:
-        authorize(tokens(), {}, {"token": [SUB]}, "publish")
+        authorize(tokens(bus_role="both"), {}, {"token": [SUB]}, "publish")
     assert (info.value.status, info.value.reason) == (403, "token 'sub' may not publish")
     assert SUB not in str(info.value)
-    grant = authorize(tokens(), {"Authorization": f"Bearer {PUB}"}, {}, "publish")
+    grant = authorize(tokens(bus_role="both"), {"Authorization": f"Bearer {PUB}"}, {}, "publish")
     assert grant is not None and grant.name == "pub"
 
 
 def test_device_grants_reject_by_index_and_keep_the_rest() -> None:
-    grant = authorize(tokens(), {}, {"token": [BUS]}, "publish")
+    grant = authorize(tokens(bus_role="both"), {}, {"token": [BUS]}, "publish")
     fixes = [Position(device=d, lat=1, lon=2, ts=1) for d in ("bus-1", "car-1", "bus-2")]
     kept, rejected = enforce_devices(grant, [0, 2, 3], fixes, [Rejection(1, "lat: bad")])
     assert [p.device for p in kept] == ["bus-1", "bus-2"]

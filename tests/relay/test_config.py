@@ -10,6 +10,7 @@ import pytest
 
 from geotrack.errors import InvalidParameter
 from geotrack.relay import RelayConfig
+from tests.factories import token_file
 
 
 @pytest.mark.parametrize(
@@ -48,8 +49,9 @@ def test_files_are_loaded_or_refused_in_one_line(tmp_path: Path) -> None:
         RelayConfig(certfile=tmp_path / "missing.pem")
     with pytest.raises(InvalidParameter, match=r"^--auth: cannot read"):
         RelayConfig(auth=tmp_path / "tokens.toml")
-    tokens = tmp_path / "tokens.toml"
-    tokens.write_text('[[token]]\nname = "a"\ntoken = "0123456789abcdef0"\nrole = "both"\n')
+    tokens = token_file(
+        tmp_path / "tokens.toml", [{"name": "a", "token": "0123456789abcdef0", "role": "both"}]
+    )
     config = RelayConfig(auth=tokens)
     assert config.tokens is not None and len(config.tokens) == 1
 

@@ -7,13 +7,12 @@ import json
 
 from geotrack.relay.fanout import CLOSE_TOO_SLOW, MAX_FRAME_POSITIONS, Hub, Subscriber, frames_of
 from geotrack.schema import Position, SubscribeFilter, encode_position
+from tests.factories import T0_S
 from tests.relay_helpers import arun
-
-T0 = 1_764_072_000
 
 
 def fix(device: str = "car-1", i: int = 0, lon: float = 13.4) -> Position:
-    return Position(device=device, lat=52.5, lon=lon, ts=T0 + i)
+    return Position(device=device, lat=52.5, lon=lon, ts=T0_S + i)
 
 
 def framer(payload: bytes) -> bytes:

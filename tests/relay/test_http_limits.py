@@ -15,9 +15,9 @@ from geotrack.auth import Tokens
 from geotrack.relay import Relay
 from geotrack.relay.http import HttpListener
 from geotrack.store import open_store
+from tests.factories import T0_S
 from tests.relay_helpers import arun, running_relay
 
-T0 = 1_764_072_000
 A = "device-a-token-0123456789"
 B = "device-b-token-0123456789"
 
@@ -35,7 +35,7 @@ async def serving(db: Path, **config: Any) -> AsyncIterator[tuple[Relay, HttpLis
 
 def osmand(device: str, i: int, token: str | None = None) -> str:
     auth = f"&token={token}" if token else ""
-    return f"/?id={device}&timestamp={T0 + i}&lat=52.5&lon=13.4{auth}"
+    return f"/?id={device}&timestamp={T0_S + i}&lat=52.5&lon=13.4{auth}"
 
 
 def stored(db: Path) -> int:

@@ -15,10 +15,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from geotrack.auth import Tokens
+from tests.factories import PUB, SUB
 from tests.relay_helpers import arun, running_relay, subscriber
 
-PUB = "publisher-token-0123456789"
-SUB = "subscriber-token-0123456789"
 WRONG = "wrong-token-that-must-never-be-logged"
 
 

@@ -16,9 +16,8 @@ from geotrack.relay.http import HttpListener
 from geotrack.relay.metrics import exposition
 from geotrack.store import ChangeFeed, open_store
 from geotrack.store.base import Change
+from tests.factories import T0_S
 from tests.relay_helpers import arun, publisher, running_relay, subscriber
-
-T0 = 1_764_072_000
 
 
 class StuckThenFailing(ChangeFeed):
@@ -56,7 +55,7 @@ def test_a_failed_replay_of_a_dropped_subscriber_counts_one_drop(tmp_path: Path)
             sub = await subscriber(relay, "since=10m")
             async with await publisher(relay) as pub:
                 for i in range(3):  # held during the replay: 3 > 2 drops the subscriber
-                    await pub.send(f'{{"device": "a", "lat": 1, "lon": 2, "ts": {T0 + i}}}')
+                    await pub.send(f'{{"device": "a", "lat": 1, "lon": 2, "ts": {T0_S + i}}}')
                     await asyncio.wait_for(pub.recv(), 5)
             release.set()  # now the replay fails
             with contextlib.suppress(ConnectionClosed):

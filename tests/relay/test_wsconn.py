@@ -22,8 +22,8 @@ from websockets.frames import Frame, Opcode
 
 from geotrack.relay.wsconn import text_frame
 from geotrack.schema import Position
-from tests.relay_helpers import arun, publisher, running_relay, subscriber, within
-from tests.test_relay import T0, fix
+from tests.factories import T0_S
+from tests.relay_helpers import arun, fix, publisher, running_relay, subscriber, within
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
@@ -257,7 +257,7 @@ def test_fan_out_to_a_connection_aborted_a_moment_ago_skips_it(tmp_path: Path, l
             (victim,) = [c for c in relay._server.connections if c.remote_address[1] == port]
             victim.transport.abort()
             # Same callback, before connection_lost runs: the fan-out must skip it.
-            relay.hub.publish([Position(device="abort", lat=1.0, lon=2.0, ts=T0)])
+            relay.hub.publish([Position(device="abort", lat=1.0, lon=2.0, ts=T0_S)])
             await pub.send(json.dumps(fix("after", 1)))
             assert json.loads(await within(pub.recv()))["stored"] == 1
             got = json.loads(await within(kept.recv()))

@@ -21,7 +21,7 @@ from geotrack.export.gpx import write_gpx
 from geotrack.schema import MAX_ATTRS, Position, ms_to_ts, ts_to_ms
 from geotrack.sources.gpx import GT_NAMESPACE, Track, read_gpx
 
-SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 T0 = 1_780_000_000_000
 GPX = "{http://www.topografix.com/GPX/1/1}"
 GT = "{" + GT_NAMESPACE + "}"

@@ -7,15 +7,11 @@ import contextlib
 import csv
 import io
 import json
-import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,109 +20,33 @@ import gpxpy
 import msgspec
 import pytest
 from websockets.asyncio.client import connect
-from websockets.asyncio.server import ServerConnection, serve
 
 from geotrack.client import Publisher
 from geotrack.export.csv import HEADER
 from geotrack.schema import Position
 from geotrack.sources.gpx import Track, read_gpx
 from geotrack.store import open_store
-from tests.conftest import SAMPLES, free_port
+from tests.cli_helpers import (
+    DRIVE,
+    SUMMARY,
+    WALK,
+    background,
+    fake_relay_publish,
+    geotrack,
+    only_error,
+    positions,
+    short_gpx,
+    source,
+)
+from tests.conftest import free_port
+from tests.factories import stored
 from tests.relay_helpers import Lines, arun, relay_process
 
-WALK = SAMPLES / "walk.gpx"  # 120 points 5 s apart, with <ele> and Garmin extensions
-DRIVE = SAMPLES / "drive.gpx"  # 200 points 2 s apart at .250 s, speed, heading, acc, attrs
-SUMMARY = re.compile(
-    r"^(\d+) sent, (\d+) stored, (\d+) duplicates?, (\d+) rejected in (\d+\.\d) s$", re.M
-)
 RESUME = re.compile(r"^resume with: geotrack tail (?:\S+ )*--since (sqlite:\d+)$", re.M)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-# -- running the command ----------------------------------------------------------------------
-
-
-def _env() -> dict[str, str]:
-    # Options must come from the command line here, not from the developer's shell.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GEOTRACK_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-# A child inherits an ignored SIGINT (pytest started in the background by a script): give
-# the children the default back, or Ctrl-C could not be tested.
-_PREEXEC = _default_sigint if signal.getsignal(signal.SIGINT) == signal.SIG_IGN else None
-
-
-def geotrack(*args: str | Path, cwd: Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    """Run ``geotrack ARGS`` to completion (killed after ``timeout`` seconds)."""
-    return subprocess.run(
-        [sys.executable, "-m", "geotrack", *map(str, args)],
-        cwd=cwd,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-    def join(self, timeout: float = 10) -> list[str]:
-        self._thread.join(timeout)
-        with self._changed:
-            return list(self.lines)
-
-
-@dataclass
-class Child:
-    """A ``geotrack`` command running in the background."""
-
-    proc: subprocess.Popen[str]
-    out: Lines  # its stdout, line by line
-    err_path: Path  # where its stderr goes
-
-    @property
-    def returncode(self) -> int | None:
-        return self.proc.returncode
-
-    def stop(self, sig: int = signal.SIGINT, timeout: float = 15) -> str:
-        """Send ``sig``, wait for the exit; returns what the process wrote to stderr."""
-        self.proc.send_signal(sig)
-        return self.stderr(timeout)
-
-    def stderr(self, timeout: float = 15) -> str:
-        """What the process wrote to stderr, once it has exited."""
-        self.proc.wait(timeout=timeout)
-        return self.err_path.read_text(encoding="utf-8")
-
-
-@contextlib.contextmanager
-def background(*args: str | Path, cwd: Path) -> Iterator[Child]:
-    """``geotrack ARGS`` started in ``cwd``; killed on the way out if still running."""
-    err_path = cwd / f"stderr-{time.monotonic_ns()}.txt"
-    with open(err_path, "w", encoding="utf-8") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "geotrack", *map(str, args)],
-            cwd=cwd,
-            env=_env(),
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-            preexec_fn=_PREEXEC,  # noqa: PLW1509 - only when SIGINT is ignored
-        )
-    assert proc.stdout is not None
-    child = Child(proc, Lines(proc.stdout), err_path)
-    try:
-        yield child
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
-        child.out.join()
-        proc.stdout.close()
+# -- a relay to publish to ------------------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -147,47 +67,6 @@ def publish(url: str, *args: str | Path, cwd: Path) -> tuple[int, ...]:
     assert m is not None, result.stderr
     sent, stored, dups, rejected = (int(g) for g in m.groups()[:4])
     return sent, stored, dups, rejected
-
-
-def stored(db: Path) -> list[Position]:
-    with open_store(f"sqlite:///{db}") as store:
-        return list(store.query())
-
-
-def positions(line_list: list[str]) -> list[Position]:
-    return [msgspec.json.decode(line, type=Position) for line in line_list]
-
-
-def only_error(result: subprocess.CompletedProcess[str]) -> str:
-    """The single ``Error:`` line of a failed command (which must show no traceback)."""
-    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr + result.stdout
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("Error: "), lines[0]
-    return lines[0]
-
-
-def short_gpx(path: Path, points: int = 26, step_s: int = 2) -> Path:
-    """A small GPX track, ``points`` fixes ``step_s`` apart, with elevations."""
-    start = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
-    rows = "\n".join(
-        f'<trkpt lat="{48.85 + i * 1e-4:.7f}" lon="{2.35 + i * 1e-4:.7f}"><ele>{30 + i}</ele>'
-        f"<time>{(start + timedelta(seconds=i * step_s)).isoformat()}</time></trkpt>"
-        for i in range(points)
-    )
-    path.write_text(
-        '<?xml version="1.0" encoding="UTF-8"?>\n'
-        '<gpx version="1.1" creator="test" xmlns="http://www.topografix.com/GPX/1/1">'
-        f"<trk><name>short</name><trkseg>\n{rows}\n</trkseg></trk></gpx>\n",
-        encoding="utf-8",
-    )
-    return path
-
-
-def source(path: Path) -> list[Position]:
-    (track,) = read_gpx(path)
-    return track.positions
 
 
 # -- the README flow: serve, tail, publish ------------------------------------------------------
@@ -317,44 +196,6 @@ def test_rejections_through_the_publisher_api(tmp_path: Path) -> None:
     assert len(stored(tmp_path / "geotrack.db")) == 3
 
 
-def _fake_relay_publish(
-    tmp_path: Path, answer: Callable[[int], dict[str, Any]], *args: str | Path
-) -> subprocess.CompletedProcess[str]:
-    """``geotrack publish ARGS`` against a relay that answers each frame with ``answer(n)``."""
-
-    async def handler(ws: ServerConnection) -> None:
-        async for message in ws:
-            frame = json.loads(message)
-            await ws.send(json.dumps(answer(len(frame) if isinstance(frame, list) else 1)))
-
-    async def main() -> subprocess.CompletedProcess[str]:
-        async with serve(handler, "127.0.0.1", 0) as server:
-            port = next(iter(server.sockets)).getsockname()[1]
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "geotrack",
-                "publish",
-                "--url",
-                f"ws://127.0.0.1:{port}",
-                *map(str, args),
-                cwd=tmp_path,
-                env=_env(),
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-            try:
-                out, err = await asyncio.wait_for(proc.communicate(), 30)
-            finally:
-                if proc.returncode is None:
-                    proc.kill()
-                    await proc.wait()
-            assert proc.returncode is not None
-            return subprocess.CompletedProcess([], proc.returncode, out.decode(), err.decode())
-
-    return arun(main(), timeout=60)
-
-
 def test_publish_exits_1_with_a_summary_when_positions_are_rejected(tmp_path: Path) -> None:
     # A relay that rejects the first position of every frame (as a relay with a stricter
     # schema would): the CLI must report it, whatever our own relay accepts.
@@ -362,7 +203,7 @@ def test_publish_exits_1_with_a_summary_when_positions_are_rejected(tmp_path: Pa
         rejected = [{"index": 0, "error": "lat: too far north for this relay"}]
         return {"type": "ack", "stored": n - 1, "duplicates": 0, "rejected": rejected}
 
-    result = _fake_relay_publish(tmp_path, answer, WALK, "--speed", "0", "--batch", "10")
+    result = fake_relay_publish(tmp_path, answer, WALK, "--speed", "0", "--batch", "10")
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     lines = result.stderr.splitlines()
@@ -378,7 +219,7 @@ def test_publish_exits_1_when_the_relay_answers_error_frames(tmp_path: Path) -> 
     def answer(n: int) -> dict[str, Any]:
         return {"type": "error", "error": "frame is not valid JSON: pretend"}
 
-    result = _fake_relay_publish(tmp_path, answer, WALK, "--speed", "0", "--batch", "60")
+    result = fake_relay_publish(tmp_path, answer, WALK, "--speed", "0", "--batch", "60")
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     lines = result.stderr.splitlines()

@@ -10,19 +10,7 @@ from geotrack.errors import InvalidParameter, StoreError
 from geotrack.schema import Position, ms_to_ts, ts_to_ms
 from geotrack.store import Store, open_store
 from tests.conftest import StoreFactory
-
-T0 = 1_764_072_000_000  # 2025-11-25T12:00:00Z
-
-
-def pos(device: str = "car-1", i: int = 0, **extra: object) -> Position:
-    fields: dict[str, object] = {
-        "device": device,
-        "lat": 52.5 + i * 1e-4,
-        "lon": 13.4 + i * 1e-4,
-        "ts": ms_to_ts(T0 + i * 1000),
-    }
-    fields.update(extra)
-    return Position(**fields)  # type: ignore[arg-type]
+from tests.factories import T0, pos
 
 
 def test_write_reports_new_and_duplicates(store: Store) -> None:

@@ -18,22 +18,17 @@ from geotrack.auth import Tokens
 from geotrack.client import Publisher
 from geotrack.schema import Position
 from geotrack.store import open_store
-from tests.relay_helpers import arun, publisher, running_relay, subscriber, within
-from tests.test_relay import collect, fix, roundtrip
-
-PUB = "publisher-token-0123456789"
-SUB = "subscriber-token-0123456789"
-BUS = "bus-only-token-0123456789"
-
-
-def tokens() -> Tokens:
-    return Tokens.from_entries(
-        [
-            {"name": "pub", "token": PUB, "role": "publish"},
-            {"name": "sub", "token": SUB, "role": "subscribe"},
-            {"name": "bus", "token": BUS, "role": "both", "devices": ["bus-*"]},
-        ]
-    )
+from tests.factories import BUS, PUB, SUB, tokens
+from tests.relay_helpers import (
+    arun,
+    collect,
+    fix,
+    publisher,
+    roundtrip,
+    running_relay,
+    subscriber,
+    within,
+)
 
 
 async def refused(url: str, **kwargs: Any) -> tuple[int, str]:
@@ -47,7 +42,7 @@ async def refused(url: str, **kwargs: Any) -> tuple[int, str]:
 
 def test_without_a_valid_token_the_handshake_gets_401(tmp_path: Path) -> None:
     async def main() -> None:
-        async with running_relay(tmp_path / "db", tokens=tokens()) as relay:
+        async with running_relay(tmp_path / "db", tokens=tokens(bus_role="both")) as relay:
             for url in (relay.url + "/publish", relay.url + "/subscribe"):
                 status, body = await refused(url)
                 assert status == 401 and "token" in body
@@ -61,7 +56,7 @@ def test_without_a_valid_token_the_handshake_gets_401(tmp_path: Path) -> None:
 
 def test_roles_are_enforced_with_403(tmp_path: Path) -> None:
     async def main() -> None:
-        async with running_relay(tmp_path / "db", tokens=tokens()) as relay:
+        async with running_relay(tmp_path / "db", tokens=tokens(bus_role="both")) as relay:
             status, body = await refused(f"{relay.url}/publish?token={SUB}")
             assert (status, body.strip()) == (403, "token 'sub' may not publish")
             status, _ = await refused(f"{relay.url}/subscribe?token={PUB}")
@@ -74,7 +69,7 @@ def test_tokens_by_header_or_query_and_device_grants(tmp_path: Path) -> None:
     db = tmp_path / "db"
 
     async def main() -> None:
-        async with running_relay(db, tokens=tokens()) as relay:
+        async with running_relay(db, tokens=tokens(bus_role="both")) as relay:
             sub = await connect(
                 relay.url + "/subscribe",
                 additional_headers={"Authorization": f"Bearer {SUB}"},
@@ -101,7 +96,7 @@ def test_tokens_are_never_logged(tmp_path: Path, caplog: pytest.LogCaptureFixtur
     caplog.set_level("DEBUG")
 
     async def main() -> None:
-        async with running_relay(tmp_path / "db", tokens=tokens()) as relay:
+        async with running_relay(tmp_path / "db", tokens=tokens(bus_role="both")) as relay:
             async with await connect(f"{relay.url}/publish?token={PUB}") as ws:
                 await roundtrip(ws, fix())
             await refused(f"{relay.url}/publish?token=guessed-token-0123456789")

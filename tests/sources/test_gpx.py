@@ -19,9 +19,9 @@ from geotrack.errors import InvalidParameter, SourceError
 from geotrack.schema import DEVICE_PATTERN, Position, ms_to_ts, ts_to_ms
 from geotrack.sources.gpx import Track, read_gpx, schedule
 
-SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 # The shared data sits beside the repository, whatever the repository's directory is called.
-SHARED_GPX = Path(__file__).resolve().parents[2] / "shared" / "data" / "gpx"
+SHARED_GPX = Path(__file__).resolve().parents[3] / "shared" / "data" / "gpx"
 GARMIN = SHARED_GPX / "garmin_gpxtpx.gpx"
 needs_garmin = pytest.mark.skipif(
     not GARMIN.exists(), reason=f"real-world GPX not found at {GARMIN} (shared/ not beside repo)"

@@ -1,6 +1,6 @@
 """The HTTP listener (docs/http.md) against a real relay and store on loopback.
 
-Device requests are the ones real clients send (sources in tests/test_http_devices.py).
+Device requests are the ones real clients send (sources in tests/relay/test_http_devices.py).
 Every test checks what lands in the store; a WebSocket subscriber sees HTTP-ingested
 positions exactly as it sees published ones.
 """
@@ -31,19 +31,19 @@ from geotrack.relay.http import CONTENT_TYPES, HttpListener
 from geotrack.schema import Position, encode_position
 from geotrack.store import Store, open_store
 from tests.conftest import free_port
+from tests.device_requests import TRACCAR_JSON
+from tests.factories import BUS, PUB, SUB, T0_S, stored, tokens
 from tests.relay_helpers import (
     arun,
+    collect,
     publisher,
     relay_process,
+    roundtrip,
     running_relay,
     subscriber,
     wait_listening,
     within,
 )
-from tests.test_http_devices import TRACCAR_JSON
-from tests.test_relay import collect, roundtrip
-
-T0 = 1_764_072_000  # 2025-11-25T12:00:00Z
 
 # Traccar Client (Android) posts its query string with an empty body.
 TRACCAR_CLIENT = (
@@ -72,11 +72,6 @@ async def serving(
                 yield relay, listener, http
         finally:
             await listener.stop()
-
-
-def stored(db: Path) -> list[Position]:
-    with open_store(f"sqlite:///{db}") as store:
-        return list(store.query())
 
 
 async def call(
@@ -235,13 +230,13 @@ def test_owntracks_http_mode(tmp_path: Path) -> None:
 def test_rest_answers_the_websocket_ack_for_the_same_frame(tmp_path: Path) -> None:
     frames: list[Any] = [
         [
-            {"device": "a", "lat": 1, "lon": 2, "ts": T0},
+            {"device": "a", "lat": 1, "lon": 2, "ts": T0_S},
             {"device": "a", "lat": 1, "lon": 2, "ts": "2025-11-25T12:00:00Z"},  # same key
-            {"device": "a", "lat": 95, "lon": 2, "ts": T0 + 1},
-            {"device": "a", "lat": 1, "lon": 2, "ts": T0 + 2, "colour": "red"},
-            {"device": "b", "lat": 1, "lon": 2, "ts": T0, "speed": 1.5, "attrs": {"k": 1}},
+            {"device": "a", "lat": 95, "lon": 2, "ts": T0_S + 1},
+            {"device": "a", "lat": 1, "lon": 2, "ts": T0_S + 2, "colour": "red"},
+            {"device": "b", "lat": 1, "lon": 2, "ts": T0_S, "speed": 1.5, "attrs": {"k": 1}},
         ],
-        {"device": "a", "lat": 1, "lon": 2, "ts": T0},  # a lone object, now a duplicate
+        {"device": "a", "lat": 1, "lon": 2, "ts": T0_S},  # a lone object, now a duplicate
         "hello",  # not JSON: an error frame
         [],  # an empty batch: an error frame
     ]
@@ -270,9 +265,9 @@ def test_devices_list_their_last_fix(tmp_path: Path) -> None:
     async def main() -> None:
         async with serving(tmp_path / "db") as (_, _, http):
             frame = [
-                {"device": "b", "lat": 1, "lon": 2, "ts": T0 + 5},
-                {"device": "a", "lat": 1, "lon": 2, "ts": T0 + 9, "speed": 2.0},
-                {"device": "a", "lat": 3, "lon": 4, "ts": T0},
+                {"device": "b", "lat": 1, "lon": 2, "ts": T0_S + 5},
+                {"device": "a", "lat": 1, "lon": 2, "ts": T0_S + 9, "speed": 2.0},
+                {"device": "a", "lat": 3, "lon": 4, "ts": T0_S},
             ]
             await call(http, "POST", "/api/positions", json=frame)
             status, ctype, body = await call(http, "GET", "/api/devices")
@@ -315,7 +310,7 @@ def many(devices: int = 3, per_device: int = 2000) -> list[Position]:
             device=f"car-{d}",
             lat=52.5 + i * 1e-5,
             lon=13.4 + d * 1e-3,
-            ts=T0 + i,
+            ts=T0_S + i,
             speed=float(i % 30),
             attrs={"seq": i} if i % 7 == 0 else None,
         )
@@ -349,11 +344,13 @@ def test_history_streams_in_every_export_format(tmp_path: Path, fmt: str) -> Non
             # Filters by device and fix time (RFC 3339 or Unix seconds).
             path = (
                 f"/api/positions?format={fmt}&device=car-1&device=car-2"
-                f"&since=2025-11-25T12:10:00Z&until={T0 + 900}"
+                f"&since=2025-11-25T12:10:00Z&until={T0_S + 900}"
             )
             _, _, body = await call(http, "GET", path)
             assert body == expected(
-                devices=["car-1", "car-2"], since_ms=(T0 + 600) * 1000, until_ms=(T0 + 900) * 1000
+                devices=["car-1", "car-2"],
+                since_ms=(T0_S + 600) * 1000,
+                until_ms=(T0_S + 900) * 1000,
             )
 
     arun(main())
@@ -363,7 +360,7 @@ def test_history_defaults_to_ndjson_and_refuses_bad_parameters(tmp_path: Path) -
     async def main() -> None:
         async with serving(tmp_path / "db") as (_, _, http):
             await call(
-                http, "POST", "/api/positions", json={"device": "a", "lat": 1, "lon": 2, "ts": T0}
+                http, "POST", "/api/positions", json={"device": "a", "lat": 1, "lon": 2, "ts": T0_S}
             )
             status, ctype, body = await call(http, "GET", "/api/positions")
             assert (status, ctype) == (200, CONTENT_TYPES["ndjson"])
@@ -429,7 +426,7 @@ def test_a_store_that_cannot_write_gets_503_and_nothing_is_acked(tmp_path: Path)
                     (
                         "POST",
                         "/api/positions",
-                        {"json": {"device": "a", "lat": 1, "lon": 2, "ts": T0}},
+                        {"json": {"device": "a", "lat": 1, "lon": 2, "ts": T0_S}},
                     ),
                 ]
                 for method, path, kwargs in requests:
@@ -485,8 +482,8 @@ def test_metrics_scrape_cleanly(tmp_path: Path) -> None:
                 await roundtrip(
                     ws,
                     [
-                        {"device": "w", "lat": 1, "lon": 2, "ts": T0},
-                        {"device": "w", "lat": 91, "lon": 2, "ts": T0},
+                        {"device": "w", "lat": 1, "lon": 2, "ts": T0_S},
+                        {"device": "w", "lat": 91, "lon": 2, "ts": T0_S},
                     ],
                 )
                 await call(http, "GET", TRACCAR_CLIENT)
@@ -531,20 +528,6 @@ def test_metrics_scrape_cleanly(tmp_path: Path) -> None:
 
 
 # -- auth ------------------------------------------------------------------------------------
-
-PUB = "publisher-token-0123456789"
-SUB = "subscriber-token-0123456789"
-BUS = "bus-only-token-0123456789"
-
-
-def tokens() -> Tokens:
-    return Tokens.from_entries(
-        [
-            {"name": "pub", "token": PUB, "role": "publish"},
-            {"name": "sub", "token": SUB, "role": "subscribe"},
-            {"name": "bus", "token": BUS, "role": "publish", "devices": ["bus-*"]},
-        ]
-    )
 
 
 def basic(user: str, password: str) -> dict[str, str]:
@@ -592,7 +575,7 @@ def test_tokens_guard_every_endpoint_but_health_and_metrics(
 
             # ?token= works, and never lands in attrs.
             status, _, _ = await call(
-                http, "GET", f"/?id=car&lat=1&lon=2&timestamp={T0}&token={PUB}"
+                http, "GET", f"/?id=car&lat=1&lon=2&timestamp={T0_S}&token={PUB}"
             )
             assert status == 200
             # A token limited to bus-*: other devices are refused with 403 ...
@@ -611,9 +594,9 @@ def test_tokens_guard_every_endpoint_but_health_and_metrics(
             assert status == 403
             # ... and REST rejects those positions in the ack, storing the others.
             frame = [
-                {"device": "bus-1", "lat": 1, "lon": 2, "ts": T0},
-                {"device": "car-1", "lat": 1, "lon": 2, "ts": T0},
-                {"device": "bus-2", "lat": 91, "lon": 2, "ts": T0},
+                {"device": "bus-1", "lat": 1, "lon": 2, "ts": T0_S},
+                {"device": "car-1", "lat": 1, "lon": 2, "ts": T0_S},
+                {"device": "bus-2", "lat": 91, "lon": 2, "ts": T0_S},
             ]
             status, _, body = await call(
                 http, "POST", "/api/positions", json=frame, headers=bearer(BUS)

@@ -14,25 +14,17 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from geotrack.store import open_store
 from tests.conftest import StoreFactory
-from tests.relay_helpers import arun, publisher, running_relay, subscriber, within
-
-T0 = 1_764_072_000  # 2025-11-25T12:00:00Z, Unix seconds
-
-
-def fix(device: str = "car-1", i: int = 0, **extra: Any) -> dict[str, Any]:
-    return {"device": device, "lat": 52.5 + i * 1e-4, "lon": 13.4 + i * 1e-4, "ts": T0 + i, **extra}
-
-
-def stored(db: Path) -> list[Any]:
-    with open_store(f"sqlite:///{db}") as store:
-        return list(store.query())
-
-
-async def roundtrip(ws: Any, frame: Any) -> dict[str, Any]:
-    await ws.send(frame if isinstance(frame, str | bytes) else json.dumps(frame))
-    reply: dict[str, Any] = json.loads(await within(ws.recv()))
-    return reply
-
+from tests.factories import T0_S, stored
+from tests.relay_helpers import (
+    arun,
+    collect,
+    fix,
+    publisher,
+    roundtrip,
+    running_relay,
+    subscriber,
+    within,
+)
 
 # -- transport and paths --------------------------------------------------------------
 
@@ -101,7 +93,7 @@ def test_batch_with_invalid_positions_stores_the_valid_ones(tmp_path: Path) -> N
             assert errors[2].startswith("colour:")
 
     arun(main())
-    assert sorted(p.ts_ms // 1000 - T0 for p in stored(db)) == [0, 2, 5]
+    assert sorted(p.ts_ms // 1000 - T0_S for p in stored(db)) == [0, 2, 5]
 
 
 def test_duplicates_are_counted_not_stored_twice(tmp_path: Path) -> None:
@@ -297,21 +289,12 @@ def test_a_lone_invalid_object_is_rejected_at_index_0(tmp_path: Path) -> None:
 # -- subscribing ----------------------------------------------------------------------
 
 
-async def collect(ws: Any, n: int, seconds: float = 10.0) -> list[dict[str, Any]]:
-    got: list[dict[str, Any]] = []
-    while len(got) < n:
-        frame = json.loads(await within(ws.recv(), seconds))
-        assert isinstance(frame, list) and frame, "subscribers get non-empty arrays"
-        got.extend(frame)
-    return got
-
-
 def test_subscribers_get_stored_positions_in_canonical_form(tmp_path: Path) -> None:
     async def main() -> None:
         async with running_relay(tmp_path / "db") as relay:
             sub = await subscriber(relay)
             async with await publisher(relay) as ws:
-                await roundtrip(ws, [fix(i=0, speed=2.0), {**fix(i=1), "ts": T0 + 1.2345}])
+                await roundtrip(ws, [fix(i=0, speed=2.0), {**fix(i=1), "ts": T0_S + 1.2345}])
                 await roundtrip(ws, fix(i=0))  # a duplicate is not delivered again
                 await roundtrip(ws, fix(i=2, lat=200))  # nor is a rejected one
                 await roundtrip(ws, fix(i=3, ts="2025-11-25T14:00:03.5+02:00"))

@@ -19,24 +19,14 @@ from bson import ObjectId, Timestamp
 from mockupdb import MockupDB, OpMsg, go
 
 from geotrack.errors import StoreError
-from geotrack.schema import Position, ms_to_ts
+from geotrack.schema import Position
 from geotrack.store.mongo import DROPPED, MongoChangeFeed, MongoStore, encode_cursor
+from tests.factories import T0, pos
 
 pytestmark = pytest.mark.timeout(30)
 
-T0 = 1_764_072_000_000  # 2025-11-25T12:00:00Z
 NS = "fleet.positions"
 RESUMABLE = ["ResumableChangeStreamError"]
-
-
-def pos(device: str = "car-1", i: int = 0, **extra: Any) -> Position:
-    fields: dict[str, Any] = {
-        "device": device,
-        "lat": 52.5 + i * 1e-4,
-        "lon": 13.4 + i * 1e-4,
-        "ts": ms_to_ts(T0 + i * 1000),
-    }
-    return Position(**fields | extra)
 
 
 def event(token: str, position: Position, origin: str | None = None) -> dict[str, Any]:
