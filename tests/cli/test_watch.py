@@ -15,6 +15,7 @@ import os
 import pty
 import re
 import signal
+import ssl
 import struct
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import trustme
 
 from geotrack.client import Publisher
 from geotrack.schema import Position
@@ -249,15 +251,15 @@ def test_most_recent_first_and_only_the_devices_asked_for(tmp_path: Path, relay:
 def test_the_store_shows_last_fixes_then_follows_its_change_feed(
     tmp_path: Path, relay: int
 ) -> None:
-    publish(relay, fix("parked"))
-    with terminal(
-        "watch", "--store", f"sqlite:///{tmp_path / 'g.db'}", "--stale", "2m", cwd=tmp_path
-    ) as term:
+    publish(relay, fix("parked"), fix("elsewhere"))
+    store = f"sqlite:///{tmp_path / 'g.db'}"
+    with terminal("watch", "--store", store, "-d", "parked", "-d", "moving", cwd=tmp_path) as term:
         screen = plain(term.wait_for(lambda s: "parked" in s))
         assert screen.startswith("1 device (1 live, 0 stale) · 0 fixes")  # known, not heard
-        publish(relay, fix("moving", speed=1.0))
+        publish(relay, fix("moving", speed=1.0), fix("other"))
         screen = plain(term.wait_for(lambda s: "moving" in s))
         assert screen.startswith("2 devices (2 live, 0 stale) · 1 fix")
+        assert "elsewhere" not in screen and "other" not in screen
         term.type(b"\x03")
         assert term.wait() == 0
 
@@ -295,6 +297,31 @@ def test_a_relay_with_auth_takes_a_subscribe_token(tmp_path: Path) -> None:
 
             asyncio.run(asyncio.wait_for(send(), 20))
             term.wait_for(lambda s: "bus-12" in s)
+            term.type(b"\x03")
+            assert term.wait() == 0
+
+
+def test_a_wss_relay_with_the_ca_in_cafile(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    certfile, keyfile, cafile = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    certfile.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    cert.private_key_pem.write_to_path(str(keyfile))
+    ca.cert_pem.write_to_path(str(cafile))
+    port = free_port()
+    tls = ("--certfile", str(certfile), "--keyfile", str(keyfile))
+    with relay_process(f"sqlite:///{tmp_path / 'g.db'}", port, *tls):
+        url = f"wss://127.0.0.1:{port}"
+        with terminal("watch", "--url", url, "--cafile", str(cafile), cwd=tmp_path) as term:
+            term.wait_for(lambda s: "waiting for positions" in s)
+
+            async def send() -> None:
+                context = ssl.create_default_context(cafile=str(cafile))
+                async with Publisher(url, ssl_context=context) as publisher:
+                    await (await publisher.send([fix("secure-1")]))
+
+            asyncio.run(asyncio.wait_for(send(), 20))
+            term.wait_for(lambda s: "secure-1" in s)
             term.type(b"\x03")
             assert term.wait() == 0
 
