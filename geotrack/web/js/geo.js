@@ -142,6 +142,24 @@ export class FrameBatcher {
   }
 }
 
+/**
+ * Put `point` (taken at time `t`) into `points` at its place in time (`times` holds the
+ * points' times, ascending), keeping at most `max` (the newest). false, changing nothing,
+ * for a time already there or one older than all of a full list.
+ */
+export function insertByTime(times, points, t, point, max) {
+  let i = times.length;
+  while (i > 0 && times[i - 1] > t) i--;
+  if ((i > 0 && times[i - 1] === t) || (i === 0 && times.length >= max)) return false;
+  times.splice(i, 0, t);
+  points.splice(i, 0, point);
+  if (times.length > max) {
+    times.shift();
+    points.shift();
+  }
+  return true;
+}
+
 /** Device ids from the history input: comma or space separated, empty = all. */
 export function parseDeviceList(text) {
   return [...new Set(text.split(/[\s,]+/).filter(Boolean))];

@@ -29,11 +29,13 @@ export class History {
     });
   }
 
+  /** Open or close the panel; closing it takes the tracks off the map. */
   toggle() {
     const panel = $("history");
     panel.hidden = !panel.hidden;
     $("history-toggle").setAttribute("aria-expanded", String(!panel.hidden));
     $("history-toggle").classList.toggle("active", !panel.hidden);
+    if (panel.hidden && this.tracks.size) this.show(new Map());
   }
 
   async load() {
@@ -64,6 +66,8 @@ export class History {
     this.layer.clearLayers();
     this.markers.clear();
     this.tracks = tracks;
+    // The live markers step back while tracks are shown.
+    this.map.getContainer().classList.toggle("gt-history-on", tracks.size > 0);
     let start = Infinity;
     let end = -Infinity;
     let points = 0;
@@ -90,8 +94,9 @@ export class History {
     }
     const info = $("history-info");
     if (!points) {
-      info.textContent = "no positions in that range";
+      info.textContent = tracks.size || $("history").hidden ? "" : "no positions in that range";
       Object.assign(this.state, { t_ms: 0, start_ms: 0, end_ms: 0 });
+      $("playback-time").textContent = $("playback-speed").textContent = "–";
       $("play").disabled = $("slider").disabled = true;
       return;
     }

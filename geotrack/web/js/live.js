@@ -7,7 +7,7 @@
 // more than 200 devices on the map), for every device that moved meanwhile at once. That keeps 1,000 devices at one fix per second
 // smooth (docs/benchmarks.md).
 
-import { ARROW_HTML, FrameBatcher, formatAge, formatSpeed, formatTime } from "./geo.js";
+import { ARROW_HTML, FrameBatcher, formatAge, formatSpeed, formatTime, insertByTime } from "./geo.js";
 
 const TRAIL_LENGTH = 100;
 const SLOW_EVERY_MS = 500;
@@ -62,11 +62,20 @@ export class Live {
         device = this.create(p.device);
         added = true;
       } else if (tsMs <= device.tsMs) {
-        continue; // a replayed or late fix: the marker shows the newest one
+        // A replayed or late fix: the marker shows the newest one; the trail takes it in
+        // its place (the replay after the first fixes from /api/devices draws the trails).
+        if (insertByTime(device.trailTimes, device.trail, tsMs, [p.lat, p.lon], TRAIL_LENGTH)) {
+          this.listDirty.add(device);
+        }
+        continue;
       }
       Object.assign(device, { lat: p.lat, lon: p.lon, tsMs, speed: p.speed, heading: p.heading });
       device.trail.push([p.lat, p.lon]);
-      if (device.trail.length > TRAIL_LENGTH) device.trail.shift();
+      device.trailTimes.push(tsMs);
+      if (device.trail.length > TRAIL_LENGTH) {
+        device.trail.shift();
+        device.trailTimes.shift();
+      }
       changed.add(device);
     }
     for (const device of changed) {
@@ -74,6 +83,7 @@ export class Live {
       this.styleMarker(device);
       this.listDirty.add(device);
     }
+    if (!changed.size && this.listDirty.size) this.scheduleSlow();
     if (added) {
       for (const device of changed) this.showOrHide(device);
       this.sortList();
@@ -135,6 +145,7 @@ export class Live {
       },
       shown: { time: "", age: "", speed: "", heading: undefined },
       trail: [],
+      trailTimes: [],
       tsMs: -Infinity,
       visible: false,
       stale: false,

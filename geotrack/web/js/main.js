@@ -7,6 +7,7 @@ import { Subscription, wsBase } from "./protocol.js";
 import { Tracker } from "./track.js";
 
 const $ = (id) => document.getElementById(id);
+const TRAIL_REPLAY_MS = 60 * 1000;
 const NOT_BUILT = "the map library was not built: install Node.js and npm, then reinstall geotrack";
 
 function setStatus(text, kind) {
@@ -126,8 +127,9 @@ async function main() {
       return Boolean(reason);
     },
   });
-  // What was stored between the seed and the socket opening comes as a replay.
-  subscription.start(startMs);
+  // What was stored in the last minute comes as a replay: it draws the trails, and
+  // nothing stored between the seed and the socket opening is missed.
+  subscription.start(startMs - TRAIL_REPLAY_MS);
   history = new History(map, { token, clockOffsetMs: config.clockOffsetMs, onError: showError });
   new Tracker({ base, token });
 }

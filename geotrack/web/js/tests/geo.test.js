@@ -10,6 +10,7 @@ import {
   formatAge,
   formatSpeed,
   indexAt,
+  insertByTime,
   interpolate,
   parseDeviceList,
   parseUtcInput,
@@ -133,4 +134,16 @@ test("a browser fix becomes a Position, leaving out what the browser does not kn
   fix.coords.heading = 90;
   assert.equal(position("p", fix).speed, 3);
   assert.equal(position("p", fix).heading, 90);
+});
+
+test("a late fix goes into the trail at its place in time, once", () => {
+  const times = [10, 20, 40];
+  const points = ["a", "b", "d"];
+  assert.equal(insertByTime(times, points, 30, "c", 4), true);
+  assert.deepEqual([times, points], [[10, 20, 30, 40], ["a", "b", "c", "d"]]);
+  assert.equal(insertByTime(times, points, 30, "c again", 4), false); // a duplicate
+  assert.equal(insertByTime(times, points, 5, "too old", 4), false); // full, and older than all
+  assert.equal(insertByTime(times, points, 15, "a2", 4), true); // the oldest drops out
+  assert.deepEqual([times, points], [[15, 20, 30, 40], ["a2", "b", "c", "d"]]);
+  assert.equal(insertByTime([], [], 1, "x", 4), true);
 });
