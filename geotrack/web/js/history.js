@@ -17,7 +17,9 @@ export class History {
     this.lastFrame = null;
 
     const now = Date.now() + clockOffsetMs;
-    $("history-to").value = utcInputValue(now);
+    // Left as it is, "to" means "until now", whenever the tracks are loaded.
+    this.defaultTo = utcInputValue(now);
+    $("history-to").value = this.defaultTo;
     $("history-from").value = utcInputValue(now - 3600 * 1000);
     $("history-toggle").addEventListener("click", () => this.toggle());
     $("history-load").addEventListener("click", () => this.load());
@@ -44,7 +46,8 @@ export class History {
     const from = parseUtcInput($("history-from").value);
     const to = parseUtcInput($("history-to").value);
     if (!Number.isNaN(from)) params.set("since", new Date(from).toISOString());
-    if (!Number.isNaN(to)) params.set("until", new Date(to).toISOString());
+    const untilNow = $("history-to").value === this.defaultTo;
+    if (!Number.isNaN(to) && !untilNow) params.set("until", new Date(to).toISOString());
     const info = $("history-info");
     info.textContent = "loading…";
     let text;
