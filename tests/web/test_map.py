@@ -146,6 +146,34 @@ def test_markers_sit_where_the_positions_are_with_a_list_row_and_a_trail(
     )
     assert [tuple(p) for p in trail[-3:]] == [PLACES["bus-12"], *moves]
     assert page.find_all("#map path.gt-trail"), "the trail is drawn (SVG path)"
+
+    # For the screenshot: the car and the walker go on a few steps, heading where they go.
+    steps = [
+        [
+            {
+                "device": "car-7",
+                "lat": 52.5230 - i * 3e-4,
+                "lon": 13.4120 + i * 4e-4,
+                "ts": t + 2 + i,
+                "speed": 12.5,
+                "heading": 138.0,
+            },
+            {
+                "device": "walker",
+                "lat": 52.5170 + i * 1e-4,
+                "lon": 13.3990 - i * 3e-4,
+                "ts": t + 2 + i,
+                "speed": 1.4,
+                "heading": 298.0,
+            },
+        ]
+        for i in range(1, 6)
+    ]
+    for frame in steps:
+        publish(page.relay.ws_url, frame)
+    page.wait(lambda: len(trail_points(page, "walker")) >= 6, "the walker's trail")
+    page.wait(lambda: page.devices()["car-7"]["heading"] == 138.0, "the car's heading")
+    time.sleep(0.6)  # trails are redrawn at most twice a second
     page.driver.save_screenshot(str(screenshot_path(tmp_path, "live-map.png")))
 
 
