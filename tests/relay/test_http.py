@@ -171,7 +171,8 @@ def test_osmand_bad_requests_get_400_with_a_one_line_reason(tmp_path: Path) -> N
                     {"data": b"id=\xff", "headers": {}},
                     "body: a form body must be UTF-8",
                 ),
-                ("GET", "/", {}, "id: required"),
+                # GET / with no parameters at all is the web map (tests/relay/test_http_web.py).
+                ("GET", "/?timestamp=1764072000", {}, "id: required"),
             ]
             for method, path, kwargs, reason in cases:
                 status, ctype, body = await call(http, method, path, **kwargs)
