@@ -8,10 +8,11 @@ watchPosition reports it as a phone's would.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
-from tests.factories import stored
-from tests.web.browser import Page
+from tests.factories import BUS, stored, token_file
+from tests.web.browser import Page, web_relay_process
 
 
 def locate(page: Page, lat: float, lon: float) -> None:
@@ -61,3 +62,32 @@ def test_track_this_device_publishes_the_browsers_positions_to_the_store(
     # The device id is remembered for next time.
     page.open()
     assert page.find("#track-device").get_attribute("value") == "phone-1"
+
+
+def test_a_phones_publish_token_tracks_its_own_devices_only(browser: Any, tmp_path: Path) -> None:
+    """A publish-only token (bus-*) cannot view the map, but tracks as bus-3, not car-1."""
+    tokens = token_file(tmp_path / "tokens.toml")
+    with web_relay_process(tmp_path / "geotrack.db", "--auth", str(tokens)) as relay:
+        browser.execute_cdp_cmd(
+            "Browser.grantPermissions",
+            {"origin": relay.page_url.rstrip("/"), "permissions": ["geolocation"]},
+        )
+        page = Page(browser, relay).open(f"token={BUS}", wait_live=False)
+        locate(page, 52.5200, 13.4050)
+        page.wait(lambda: "may not subscribe" in page.text(".gt-error"), "why it cannot view")
+        assert not page.js("return window.geotrack.connected()")
+
+        page.find("#track-device").send_keys("car-1")
+        page.find("#track-me").click()
+        page.wait(lambda: "car-1" in page.text("#track-status"), "car-1 refused")
+        refused = page.text("#track-status")
+        assert acked(page) == 0 and "may not publish as 'car-1'" in refused, refused
+        page.find("#track-me").click()
+
+        page.find("#track-device").clear()
+        page.find("#track-device").send_keys("bus-3")
+        page.find("#track-me").click()
+        page.wait(lambda: acked(page) >= 1, "bus-3 acked")
+        page.find("#track-me").click()
+    devices = {p.device for p in stored(tmp_path / "geotrack.db")}
+    assert devices == {"bus-3"}, (devices, refused)
