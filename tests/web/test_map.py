@@ -285,3 +285,69 @@ def test_after_the_relay_restarts_the_page_reconnects_and_misses_nothing(
         page.wait(lambda: abs(page.devices()["bus-1"]["lat"] - 52.504) < 1e-9, "bus-1's last fix")
         trail = trail_points(page, "bus-1")
         assert [round(p[0], 6) for p in trail] == [52.5, 52.501, 52.502, 52.503, 52.504]
+
+
+# Installed before the page's own scripts: counts markers and trails moved inside an
+# animation frame callback and outside one.
+_FRAME_PROBE = """
+window.__moves = {inFrame: 0, outside: 0};
+let inFrame = false;
+const raf = window.requestAnimationFrame.bind(window);
+window.requestAnimationFrame = (callback) => raf((t) => {
+    inFrame = true;
+    try { callback(t); } finally { inFrame = false; }
+});
+const count = () => { window.__moves[inFrame ? 'inFrame' : 'outside'] += 1; };
+let leaflet;
+Object.defineProperty(window, 'L', {
+    configurable: true,
+    get() { return leaflet; },
+    set(value) {
+        leaflet = value;
+        for (const [cls, name] of [[value.Marker, 'setLatLng'], [value.Polyline, 'setLatLngs']]) {
+            const original = cls.prototype[name];
+            cls.prototype[name] = function (...args) {
+                if (this._map) count();
+                return original.apply(this, args);
+            };
+        }
+    },
+});
+"""
+
+
+def test_positions_reach_the_map_in_animation_frames_only(page: Page) -> None:
+    """However many frames arrive, markers and trails change in animation frames only."""
+    added = page.driver.execute_cdp_cmd(
+        "Page.addScriptToEvaluateOnNewDocument", {"source": _FRAME_PROBE}
+    )
+    try:
+        page.open()
+        t = now_s()
+        for i in range(10):
+            publish(
+                page.relay.ws_url,
+                [
+                    {
+                        "device": f"dev-{d}",
+                        "lat": 52.5 + d * 1e-3,
+                        "lon": 13.4 + i * 1e-4,
+                        "ts": t + i,
+                    }
+                    for d in range(50)
+                ],
+            )
+        page.wait(
+            lambda: (
+                len(page.devices()) == 50
+                and all(abs(d["lon"] - (13.4 + 9e-4)) < 1e-9 for d in page.devices().values())
+            ),
+            "the 50 devices at their last fix",
+        )
+        time.sleep(1.2)  # trails are redrawn twice a second, or every 2 s when crowded
+        moves = page.js("return window.__moves")
+        assert moves["inFrame"] >= 50 and moves["outside"] == 0, moves
+    finally:
+        page.driver.execute_cdp_cmd(
+            "Page.removeScriptToEvaluateOnNewDocument", {"identifier": added["identifier"]}
+        )
