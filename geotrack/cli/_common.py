@@ -108,11 +108,12 @@ app = _App(
         "Realtime position ingestion and replay over WebSocket.\n\n"
         "Devices (or `geotrack publish`) stream positions to a relay (`geotrack serve`), "
         "which stores them and pushes them at once to every subscriber; stored tracks can "
-        "be followed live (`geotrack tail`) and exported (`geotrack export`).\n\n"
-        "Quick start, in three terminals:\n\n"
-        "  geotrack serve\n\n"
-        "  geotrack tail\n\n"
-        "  geotrack publish --gpx samples/walk.gpx --speed 50"
+        "be followed live (`geotrack tail`, `geotrack watch`, the web map) and exported "
+        "(`geotrack export`); `geotrack share` makes read-only links to the map.\n\n"
+        "Quick start, in three terminals (the map is then at http://127.0.0.1:5055/):\n\n"
+        "  geotrack serve --http-port 5055\n\n"
+        "  geotrack watch --store sqlite:///geotrack.db\n\n"
+        "  geotrack publish --simulate 20 --profile bike --duration 10m"
     ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,

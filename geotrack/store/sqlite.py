@@ -83,7 +83,7 @@ def _path_from_url(url: str) -> tuple[Path, dict[str, list[str]]]:
 # skips ``Position.__post_init__``, which re-checked every field and re-parsed ``ts`` and
 # took most of an export's time: a copy of this template does not run it (the constructor,
 # ``structs.replace`` and decoding do), then every field is set from the row.
-# tests/test_export.py checks that the result equals the validated Position.
+# tests/export/test_export.py checks that the result equals the validated Position.
 _TEMPLATE: Final = Position(device="-", lat=0.0, lon=0.0, ts="1970-01-01T00:00:00.000Z")
 _copy_template: Final[Callable[[], Position]] = _TEMPLATE.__copy__  # type: ignore[attr-defined]
 _SECOND_TEXT: Final = tuple(f"{second:02d}." for second in range(60))
