@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from geotrack.auth import sign_share
 from tests.factories import PUB, SUB, token_file
 from tests.web.browser import Page, WebRelay, publish, web_relay_process
 
@@ -28,9 +29,6 @@ def auth_relay(tmp_path: Path) -> Iterator[WebRelay]:
 
 
 def share_token(devices: list[str], expires: float) -> str:
-    sign_share = pytest.importorskip("geotrack.auth").__dict__.get("sign_share")
-    if sign_share is None:
-        pytest.skip("geotrack.auth.sign_share is not there yet (share links are being written)")
     issued = min(time.time() - 60, expires - 3600)
     token: str = sign_share(SECRET, devices, int(expires), int(issued))
     return token
