@@ -22,8 +22,10 @@ from geotrack.errors import GeotrackError, InvalidParameter
 from geotrack.store import Store, open_store
 
 __all__ = [
+    "CafileOption",
     "DeviceOption",
     "StoreOption",
+    "TokenOption",
     "app",
     "configure_logging",
     "err",
@@ -139,6 +141,23 @@ DeviceOption = Annotated[
     list[str] | None,
     typer.Option(
         "--device", "-d", help="Only this device (repeat for several).", show_default=False
+    ),
+]
+TokenOption = Annotated[
+    str | None,
+    typer.Option(
+        envvar="GEOTRACK_TOKEN",
+        help="Token for a relay started with --auth.",
+        show_default=False,
+    ),
+]
+CafileOption = Annotated[
+    Path | None,
+    typer.Option(
+        metavar="FILE",
+        help="CA certificate (PEM) to trust for a wss:// relay, instead of the system's "
+        "(which SSL_CERT_FILE or SSL_CERT_DIR can name).",
+        show_default=False,
     ),
 ]
 

@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 
 from geotrack._text import plural
-from geotrack.cli._common import app, err, errors, event_loop_factory
+from geotrack.cli._common import CafileOption, TokenOption, app, err, errors, event_loop_factory
 from geotrack.errors import InvalidParameter
 from geotrack.schema import MAX_BATCH, BBox, parse_duration
 
@@ -100,23 +100,8 @@ def publish(
         int, typer.Option(help=f"Most positions per frame (1..{MAX_BATCH}).")
     ] = MAX_BATCH,
     window: Annotated[int, typer.Option(help="Frames in flight before waiting for acks.")] = 32,
-    token: Annotated[
-        str | None,
-        typer.Option(
-            envvar="GEOTRACK_TOKEN",
-            help="Token for a relay started with --auth.",
-            show_default=False,
-        ),
-    ] = None,
-    cafile: Annotated[
-        Path | None,
-        typer.Option(
-            metavar="FILE",
-            help="CA certificate (PEM) to trust for a wss:// relay, instead of the system's "
-            "(which SSL_CERT_FILE or SSL_CERT_DIR can name).",
-            show_default=False,
-        ),
-    ] = None,
+    token: TokenOption = None,
+    cafile: CafileOption = None,
     retry_for: Annotated[
         str,
         typer.Option(

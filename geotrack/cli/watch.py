@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from geotrack.cli._common import DeviceOption, StoreOption, app, errors
+from geotrack.cli._common import CafileOption, DeviceOption, StoreOption, TokenOption, app, errors
 from geotrack.schema import parse_duration
 from geotrack.store import DEFAULT_STORE
 
@@ -37,22 +36,8 @@ def watch(
             help="Dim a device after this long without a fix (90s, 2m, 1h).",
         ),
     ] = "2m",
-    token: Annotated[
-        str | None,
-        typer.Option(
-            envvar="GEOTRACK_TOKEN",
-            help="Token for a relay started with --auth (a subscribe token).",
-            show_default=False,
-        ),
-    ] = None,
-    cafile: Annotated[
-        Path | None,
-        typer.Option(
-            metavar="FILE",
-            help="CA certificate (PEM) to trust for a wss:// relay, instead of the system's.",
-            show_default=False,
-        ),
-    ] = None,
+    token: TokenOption = None,
+    cafile: CafileOption = None,
     once: Annotated[
         bool,
         typer.Option(
