@@ -43,11 +43,10 @@ import time
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from geotrack.errors import GeotrackError, InvalidParameter
+from geotrack.errors import InvalidParameter, LinkExpired, LinkInvalid
 from geotrack.schema import DEVICE_PATTERN
 
 __all__ = [
@@ -56,13 +55,9 @@ __all__ = [
     "MIN_SECRET_LENGTH",
     "SHARE_PREFIX",
     "Grant",
-    "LinkExpired",
-    "LinkInvalid",
-    "LinkRefused",
     "Role",
     "ShareLink",
     "Tokens",
-    "expiry_text",
     "new_secret",
     "presented_token",
     "sign_share",
@@ -256,26 +251,6 @@ def presented_token(headers: Mapping[str, str], query: Mapping[str, list[str]]) 
 # -- share links ------------------------------------------------------------------------
 
 
-class LinkRefused(GeotrackError):
-    """A share token does not open anything; the message says why, for the person holding it."""
-
-
-class LinkInvalid(LinkRefused):
-    """A share token that does not verify: mistyped, cut short, or its secret was rotated."""
-
-    def __init__(self, detail: str = "it was mistyped, or revoked by a new secret") -> None:
-        self.detail = detail
-        super().__init__(f"this link is not valid: {detail}")
-
-
-class LinkExpired(LinkRefused):
-    """A genuine share token past its expiry (``expires``, Unix seconds)."""
-
-    def __init__(self, expires: int) -> None:
-        self.expires = expires
-        super().__init__(f"this link expired at {expiry_text(expires)}")
-
-
 @dataclass(frozen=True, slots=True)
 class ShareLink:
     """What a verified share token says: the devices it shows and its validity."""
@@ -292,11 +267,6 @@ class ShareLink:
 def new_secret() -> str:
     """A fresh random ``[share]`` secret."""
     return secrets.token_urlsafe(32)
-
-
-def expiry_text(seconds: int) -> str:
-    """A link's expiry (Unix seconds) as people read it: RFC 3339, ``2026-12-01T10:00:00Z``."""
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def sign_share(secret: str, devices: Iterable[str], expires: int, issued: int) -> str:

@@ -13,21 +13,32 @@ these into ``Error: ...`` lines and exit codes.
     ├── StoreError           the store cannot be opened, read or written
     │   ├── UnsupportedStore the store URL names no backend we have
     │   └── StoreNotFound    a command that only reads names a store that does not exist
-    └── RelayError           a relay cannot be reached or refused us
+    ├── RelayError           a relay cannot be reached or refused us
+    ├── LinkRefused          a share link opens nothing (the message says why)
+    │   ├── LinkInvalid      mistyped, cut short, or revoked by a new secret
+    │   └── LinkExpired      genuine, past its expiry
+    └── NotATerminal         the live view was asked for where stdout is not a terminal
 """
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 __all__ = [
     "FrameError",
     "GeotrackError",
     "InvalidParameter",
     "InvalidPosition",
+    "LinkExpired",
+    "LinkInvalid",
+    "LinkRefused",
+    "NotATerminal",
     "RelayError",
     "SourceError",
     "StoreError",
     "StoreNotFound",
     "UnsupportedStore",
+    "expiry_text",
 ]
 
 
@@ -100,3 +111,39 @@ class StoreNotFound(StoreError):
 
 class RelayError(GeotrackError):
     """A relay cannot be reached, refused the connection, or broke the protocol."""
+
+
+class LinkRefused(GeotrackError):
+    """A share token does not open anything; the message says why, for the person holding it."""
+
+
+class LinkInvalid(LinkRefused):
+    """A share token that does not verify: mistyped, cut short, or its secret was rotated."""
+
+    def __init__(self, detail: str = "it was mistyped, or revoked by a new secret") -> None:
+        self.detail = detail
+        super().__init__(f"this link is not valid: {detail}")
+
+
+class LinkExpired(LinkRefused):
+    """A genuine share token past its expiry (``expires``, Unix seconds)."""
+
+    def __init__(self, expires: int) -> None:
+        self.expires = expires
+        super().__init__(f"this link expired at {expiry_text(expires)}")
+
+
+class NotATerminal(GeotrackError):
+    """The live view was asked for where stdout is not a terminal."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "geotrack watch draws a live table on a terminal, and stdout is not one: "
+            "use --once for one table of each device's last fix, or `geotrack tail --json` "
+            "for a stream of positions"
+        )
+
+
+def expiry_text(seconds: int) -> str:
+    """A link's expiry (Unix seconds) as people read it: RFC 3339, ``2026-12-01T10:00:00Z``."""
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -36,13 +36,12 @@ from rich.table import Table
 from rich.text import Text
 
 from geotrack._text import plural
-from geotrack.errors import GeotrackError, InvalidParameter, RelayError
+from geotrack.errors import InvalidParameter, NotATerminal, RelayError
 from geotrack.schema import Position
 
 __all__ = [
     "Board",
     "DeviceState",
-    "NotATerminal",
     "WatchConfig",
     "format_age",
     "format_heading",
@@ -60,17 +59,6 @@ _TABLE_LINES: Final = 2
 _HEADER_LINES: Final = 2
 
 _COMPASS: Final = ("N", "NE", "E", "SE", "S", "SW", "W", "NW")
-
-
-class NotATerminal(GeotrackError):
-    """The live view was asked for where stdout is not a terminal."""
-
-    def __init__(self) -> None:
-        super().__init__(
-            "geotrack watch draws a live table on a terminal, and stdout is not one: "
-            "use --once for one table of each device's last fix, or `geotrack tail --json` "
-            "for a stream of positions"
-        )
 
 
 class _Counts:

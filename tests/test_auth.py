@@ -13,14 +13,11 @@ from geotrack.auth import (
     MAX_SHARE_DEVICES,
     MAX_SHARE_SECONDS,
     SHARE_PREFIX,
-    LinkExpired,
-    LinkInvalid,
     Tokens,
-    expiry_text,
     sign_share,
     verify_share,
 )
-from geotrack.errors import InvalidParameter
+from geotrack.errors import InvalidParameter, LinkExpired, LinkInvalid, expiry_text
 from tests.factories import SUB, token_file
 
 SECRET = "s" * 40

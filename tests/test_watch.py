@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from geotrack.errors import InvalidParameter, StoreNotFound
+from geotrack.errors import InvalidParameter, NotATerminal, StoreNotFound
 from geotrack.watch import (
     Board,
-    NotATerminal,
     WatchConfig,
     format_age,
     format_heading,

@@ -74,7 +74,8 @@ def share(
 
       `geotrack share --auth tokens.toml -d bus-12 -d bus-14 --expires 7d --url https://map.example.com/`
     """
-    from geotrack.auth import Tokens, expiry_text
+    from geotrack.auth import Tokens
+    from geotrack.errors import expiry_text
     from geotrack.schema import parse_duration
 
     with errors():

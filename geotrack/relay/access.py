@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Final, Literal
 
-from geotrack.auth import Grant, LinkRefused, Tokens, presented_token
-from geotrack.errors import InvalidParameter, RelayError
+from geotrack.auth import Grant, Tokens, presented_token
+from geotrack.errors import InvalidParameter, LinkRefused, RelayError
 from geotrack.schema import DEVICE_PATTERN, Position, Rejection, SubscribeFilter
 from geotrack.schema import SUBSCRIBE_PARAMETERS as _FILTER_PARAMETERS
 

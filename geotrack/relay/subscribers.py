@@ -16,8 +16,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 
-from geotrack.auth import Grant, LinkExpired
-from geotrack.errors import StoreError
+from geotrack.auth import Grant
+from geotrack.errors import LinkExpired, StoreError
 from geotrack.relay.fanout import Subscriber
 from geotrack.relay.publishers import CLOSE_GOING_AWAY, CLOSE_STORE_FAILED, close_reason
 from geotrack.relay.wsconn import RelayConnection, close_text, text_frame

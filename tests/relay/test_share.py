@@ -21,7 +21,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from geotrack.auth import Tokens, expiry_text, sign_share
+from geotrack.auth import Tokens, sign_share
+from geotrack.errors import expiry_text
 from geotrack.relay import Relay
 from geotrack.relay.http import HttpListener
 from tests.factories import PUB, SUB
