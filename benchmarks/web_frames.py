@@ -219,7 +219,10 @@ def measure(devices: int, seconds: float, warmup: float, width: int, height: int
                             devices: ids.length,
                             fresh: ids.filter((id) => age(id) < 5000).length,
                             markers: document.querySelectorAll('#map .gt-marker').length,
-                            trails: document.querySelectorAll('#map .gt-trail').length,
+                            // Trails on a canvas have no element: the page says what it drew.
+                            trails: window.geotrack.trail
+                                ? ids.filter((id) => window.geotrack.trail(id)?.length).length
+                                : document.querySelectorAll('#map .gt-trail').length,
                             rows: document.querySelectorAll('#devices li[data-device]').length,
                         };
                         """

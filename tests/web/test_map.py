@@ -60,32 +60,35 @@ def marker_offset(page: Page, device: str, lat: float, lon: float) -> float:
 
 
 def trail_points(page: Page, device: str) -> list[list[float]]:
-    """The points of the ``gt-trail`` polyline drawn for ``device`` ([lat, lon] each)."""
-    points = page.js(
-        """
-        const [device, lat, lon] = arguments;
-        const found = [];
-        window.geotrack.map.eachLayer((layer) => {
-            const name = layer.options && layer.options.className || '';
-            if (name.split(' ').includes('gt-trail') && layer.getLatLngs) {
-                const lls = layer.getLatLngs().flat();
-                found.push(lls.map((ll) => [ll.lat, ll.lng]));
-            }
-        });
-        return found;
-        """,
-        device,
+    """The points of the trail drawn for ``device`` ([lat, lon] each).
+
+    Trails are drawn on a canvas, with no DOM element each: the page gives the points of the
+    polyline it drew (``window.geotrack.trail``).
+    """
+    points = page.js("return window.geotrack.trail(arguments[0])", device)
+    return [list(p) for p in points or []]
+
+
+def trail_painted_at(page: Page, lat: float, lon: float) -> bool:
+    """Whether the trails' canvas has a painted pixel where ``lat, lon`` is on the map."""
+    return bool(
+        page.js(
+            """
+            const [lat, lon] = arguments;
+            const canvas = document.querySelector('#map .leaflet-gtTrails-pane canvas');
+            if (!canvas) return false;
+            const map = window.geotrack.map;
+            const p = map.latLngToContainerPoint([lat, lon]);
+            const m = map.getContainer().getBoundingClientRect();
+            const c = canvas.getBoundingClientRect();
+            const x = Math.round(((m.left + p.x - c.left) * canvas.width) / c.width);
+            const y = Math.round(((m.top + p.y - c.top) * canvas.height) / c.height);
+            return canvas.getContext('2d').getImageData(x, y, 1, 1).data[3] > 0;
+            """,
+            lat,
+            lon,
+        )
     )
-    # The trail of a device ends where the device is now: pick it by its last point.
-    last = page.devices()[device]
-    for trail in points:
-        if (
-            trail
-            and abs(trail[-1][0] - last["lat"]) < 1e-9
-            and abs(trail[-1][1] - last["lon"]) < 1e-9
-        ):
-            return [list(p) for p in trail]
-    return []
 
 
 def row_texts(page: Page) -> dict[str, dict[str, str]]:
@@ -145,7 +148,13 @@ def test_markers_sit_where_the_positions_are_with_a_list_row_and_a_trail(
         lambda: len(trail_points(page, "bus-12")) >= 3 and trail_points(page, "bus-12"), "a trail"
     )
     assert [tuple(p) for p in trail[-3:]] == [PLACES["bus-12"], *moves]
-    assert page.find_all("#map path.gt-trail"), "the trail is drawn (SVG path)"
+    # Drawn on the trails' canvas: painted halfway along its last segment.
+    page.wait(
+        lambda: trail_painted_at(
+            page, (moves[0][0] + moves[1][0]) / 2, (moves[0][1] + moves[1][1]) / 2
+        ),
+        "the trail painted on the canvas",
+    )
 
     # For the screenshot: the car and the walker go on a few steps, heading where they go.
     steps = [

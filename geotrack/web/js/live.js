@@ -1,5 +1,6 @@
 // Live positions: one marker per device (arrow by heading, id label), a trail of its last
-// positions, and the device list.
+// positions, and the device list. Trails are drawn on a canvas (no DOM element each):
+// window.geotrack.trail(id) gives their points.
 //
 // Positions are applied once per animation frame, never one DOM update per message:
 // markers move at the next frame; trails and list rows, which cost a repaint of the trail
@@ -10,6 +11,7 @@
 import { ARROW_HTML, FrameBatcher, formatAge, formatSpeed, formatTime, insertByTime } from "./geo.js";
 
 const TRAIL_LENGTH = 100;
+const TRAIL_COLOUR = "#93b1f3"; // opaque: cheaper to paint than translucent, a thousand at a time
 const SLOW_EVERY_MS = 500;
 const SLOW_EVERY_MS_CROWDED = 2000;
 // Above this many devices on the map, id labels show from this zoom on only: a thousand
@@ -21,6 +23,10 @@ const LABELS_FROM_ZOOM = 16;
 export class Live {
   constructor(map, { staleAfterS, clockOffsetMs, schedule = (f) => requestAnimationFrame(f) }) {
     this.map = map;
+    // Trails are drawn on one canvas, in a pane of their own under the markers and the
+    // history tracks: a thousand SVG paths cost the browser far more to restyle and paint.
+    map.createPane("gtTrails").style.zIndex = 350;
+    this.trailRenderer = L.canvas({ pane: "gtTrails" });
     this.staleAfterMs = staleAfterS * 1000;
     this.clockOffsetMs = clockOffsetMs;
     this.schedule = schedule;
@@ -128,7 +134,15 @@ export class Live {
       iconAnchor: [11, 11],
     });
     const marker = L.marker([0, 0], { icon, keyboard: false, title: id });
-    const trailLine = L.polyline([], { className: "gt-trail", interactive: false });
+    const trailLine = L.polyline([], {
+      className: "gt-trail",
+      renderer: this.trailRenderer,
+      interactive: false,
+      color: TRAIL_COLOUR,
+      weight: 3,
+      opacity: 1,
+      fill: false,
+    });
     const li = document.createElement("li");
     li.dataset.device = id;
     li.innerHTML = `<span class="id"></span><span class="speed"></span><span class="time"></span><span class="age"></span>`;
@@ -251,6 +265,13 @@ export class Live {
   fitAll() {
     const points = [...this.devices.values()].filter((d) => d.visible).map((d) => [d.lat, d.lon]);
     if (points.length) this.map.fitBounds(points, { padding: [40, 40], maxZoom: 15 });
+  }
+
+  /** The points of the trail drawn for ``id`` ([lat, lon] each), or null. */
+  trail(id) {
+    const device = this.devices.get(id);
+    if (!device || !device.visible) return null;
+    return device.trailLine.getLatLngs().map((ll) => [ll.lat, ll.lng]);
   }
 
   snapshot() {

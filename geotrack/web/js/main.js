@@ -94,6 +94,7 @@ async function main() {
   window.geotrack = {
     map,
     devices: () => live.snapshot(),
+    trail: (id) => live.trail(id),
     connected: () => Boolean(subscription?.connected),
     playback: () => (history ? history.snapshot() : null),
   };
