@@ -201,7 +201,8 @@ def format_heading(heading: float | None) -> str:
     """``275° W``: degrees and the nearest of eight compass points."""
     if heading is None:
         return ""
-    return f"{heading:3.0f}° {_COMPASS[round(heading / 45) % 8]}"
+    # 359.6 rounds to 360: a compass says 0.
+    return f"{round(heading) % 360:3d}° {_COMPASS[round(heading / 45) % 8]}"
 
 
 def _format_time(ms: int, now: float) -> str:

@@ -190,6 +190,7 @@ def test_headings() -> None:
     assert format_heading(0) == "  0° N"
     assert format_heading(359) == "359° N"
     assert format_heading(135.2) == "135° SE"
+    assert format_heading(359.7) == "  0° N"  # not "360° N"
 
 
 def test_fix_times_of_another_day_show_the_date() -> None:
