@@ -12,11 +12,14 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Literal, TypeVar
 
+import aiohttp
 from websockets.asyncio.client import ClientConnection, connect
 
+from geotrack.auth import Tokens
 from geotrack.relay import Relay, RelayConfig
+from geotrack.relay.http import HttpListener
 from geotrack.store import Store, open_store
 from tests.factories import T0_S
 
@@ -44,6 +47,31 @@ async def running_relay(
         await relay.stop()
         if own:
             store.close()
+
+
+@contextlib.asynccontextmanager
+async def running_http(
+    db: Path | str,
+    store: Store | None = None,
+    *,
+    http_tokens: Tokens | Literal["relay"] | None = "relay",
+    **config: Any,
+) -> AsyncIterator[tuple[Relay, HttpListener, aiohttp.ClientSession]]:
+    """A relay, its HTTP listener on a free port, and a client session for the listener.
+
+    The listener checks ``http_tokens``: by default the relay's own (``tokens=`` in
+    ``config``); given apart, the WebSocket side can stay open while HTTP is guarded.
+    """
+    async with running_relay(db, store, **config) as relay:
+        tokens = relay.config.tokens if http_tokens == "relay" else http_tokens
+        listener = HttpListener(relay, "127.0.0.1", 0, tokens, shutdown_timeout=5)
+        await listener.start()
+        try:
+            timeout = aiohttp.ClientTimeout(total=20)
+            async with aiohttp.ClientSession(listener.url, timeout=timeout) as http:
+                yield relay, listener, http
+        finally:
+            await listener.stop()
 
 
 async def publisher(relay: Relay, **kwargs: Any) -> ClientConnection:

@@ -39,6 +39,7 @@ from tests.relay_helpers import (
     publisher,
     relay_process,
     roundtrip,
+    running_http,
     running_relay,
     subscriber,
     wait_listening,
@@ -63,15 +64,8 @@ async def serving(
     db: Path, store: Store | None = None, tokens: Tokens | None = None
 ) -> AsyncIterator[tuple[Relay, HttpListener, aiohttp.ClientSession]]:
     """A relay on a free port, its HTTP listener on another, and a client session."""
-    async with running_relay(db, store) as relay:
-        listener = HttpListener(relay, "127.0.0.1", 0, tokens, shutdown_timeout=5)
-        await listener.start()
-        try:
-            timeout = aiohttp.ClientTimeout(total=20)
-            async with aiohttp.ClientSession(listener.url, timeout=timeout) as http:
-                yield relay, listener, http
-        finally:
-            await listener.stop()
+    async with running_http(db, store, http_tokens=tokens) as served:
+        yield served
 
 
 async def call(

@@ -16,7 +16,7 @@ from geotrack.relay import Relay
 from geotrack.relay.http import HttpListener
 from geotrack.store import open_store
 from tests.factories import T0_S
-from tests.relay_helpers import arun, running_relay
+from tests.relay_helpers import arun, running_http
 
 A = "device-a-token-0123456789"
 B = "device-b-token-0123456789"
@@ -24,13 +24,8 @@ B = "device-b-token-0123456789"
 
 @contextlib.asynccontextmanager
 async def serving(db: Path, **config: Any) -> AsyncIterator[tuple[Relay, HttpListener]]:
-    async with running_relay(db, **config) as relay:
-        listener = HttpListener(relay, "127.0.0.1", 0, relay.config.tokens, shutdown_timeout=5)
-        await listener.start()
-        try:
-            yield relay, listener
-        finally:
-            await listener.stop()
+    async with running_http(db, **config) as (relay, listener, _):
+        yield relay, listener
 
 
 def osmand(device: str, i: int, token: str | None = None) -> str:

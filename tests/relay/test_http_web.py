@@ -25,12 +25,11 @@ from geotrack.auth import Tokens
 from geotrack.errors import InvalidParameter
 from geotrack.relay import Relay, RelayConfig
 from geotrack.relay.config import DEFAULT_TILES
-from geotrack.relay.http import HttpListener
 from geotrack.relay.webmap import WEB_DIR, leaflet_built, static_file
 from tests.cli_helpers import geotrack
 from tests.conftest import free_port
 from tests.factories import SUB, stored, tokens
-from tests.relay_helpers import arun, relay_process, running_relay, wait_listening
+from tests.relay_helpers import arun, relay_process, running_http, wait_listening
 
 JS = "text/javascript; charset=utf-8"
 
@@ -40,15 +39,8 @@ async def serving(
     db: Path, tokens: Tokens | None = None, **config: Any
 ) -> AsyncIterator[tuple[Relay, aiohttp.ClientSession]]:
     """A relay on a free port, its HTTP listener on another, and a client session for it."""
-    async with running_relay(db, **config) as relay:
-        listener = HttpListener(relay, "127.0.0.1", 0, tokens, shutdown_timeout=5)
-        await listener.start()
-        try:
-            timeout = aiohttp.ClientTimeout(total=20)
-            async with aiohttp.ClientSession(listener.url, timeout=timeout) as http:
-                yield relay, http
-        finally:
-            await listener.stop()
+    async with running_http(db, http_tokens=tokens, **config) as (relay, _, http):
+        yield relay, http
 
 
 async def get(http: aiohttp.ClientSession, path: str | URL) -> tuple[int, dict[str, str], bytes]:

@@ -24,9 +24,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from geotrack.auth import Tokens, sign_share
 from geotrack.errors import expiry_text
 from geotrack.relay import Relay
-from geotrack.relay.http import HttpListener
 from tests.factories import PUB, SUB
-from tests.relay_helpers import arun, collect, fix, roundtrip, running_relay, within
+from tests.relay_helpers import arun, collect, fix, roundtrip, running_http, within
 
 SECRET = "a-share-secret-of-at-least-32-characters"
 TRACKER = "tracker-token-0123456789"
@@ -53,16 +52,8 @@ async def serving(
     db: Path, tokens: Tokens | None = None
 ) -> AsyncIterator[tuple[Relay, aiohttp.ClientSession]]:
     """A relay with ``tokens``, its HTTP listener, and a client session for the listener."""
-    tokens = tokens or table()
-    async with running_relay(db, tokens=tokens) as relay:
-        listener = HttpListener(relay, "127.0.0.1", 0, tokens, shutdown_timeout=5)
-        await listener.start()
-        try:
-            timeout = aiohttp.ClientTimeout(total=20)
-            async with aiohttp.ClientSession(listener.url, timeout=timeout) as http:
-                yield relay, http
-        finally:
-            await listener.stop()
+    async with running_http(db, tokens=tokens or table()) as (relay, _, http):
+        yield relay, http
 
 
 async def publish(relay: Relay, *positions: dict[str, Any]) -> None:
