@@ -14,14 +14,16 @@ format by its content (and its suffix as a tie-breaker).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import tzinfo
 from pathlib import Path
 
-from geotrack.schema import Position
+import msgspec
 
-__all__ = ["Format", "Item", "Notice", "ReadOptions", "Skipped"]
+from geotrack.schema import Position, ms_to_ts, parse_time, ts_to_ms
+
+__all__ = ["Format", "Item", "Notice", "ReadOptions", "Skipped", "parse_start", "shift_to_start"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,3 +82,42 @@ class Format:
     suffixes: tuple[str, ...]
     sniff: Callable[[bytes], bool]
     read: Callable[[Path, ReadOptions], Iterator[Item]]
+
+
+def parse_start(text: str, now_ms: int, name: str = "--start") -> int:
+    """Unix ms of a ``--start`` value: ``now``, an RFC 3339 time, Unix seconds or an age (2h).
+
+    Raises InvalidParameter naming ``name`` for anything else.
+    """
+    if text.strip().lower() == "now":
+        return now_ms
+    return parse_time(text, now_ms, name)
+
+
+def shift_to_start(items: Iterable[Item], start_ms: int) -> Iterator[Item]:
+    """Pass ``items`` through with every position's time moved so the first is ``start_ms``.
+
+    The offset is fixed by the first position met, so the intervals between positions are
+    kept exactly (to the millisecond) and the items stream. A position the shift would
+    carry outside years 0001-9999 becomes a Skipped (``time out of range after --start``).
+    Skips and notices pass unchanged.
+    """
+    offset: int | None = None
+    replace = msgspec.structs.replace
+    for item in items:
+        if isinstance(item, Position):
+            ms = ts_to_ms(item.time)
+            if offset is None:
+                offset = start_ms - ms
+            if not _MIN_MS <= ms + offset <= _MAX_MS:
+                yield Skipped("time out of range after --start", item.time)
+                continue
+            # The canonical text is set directly: the rest of the position was validated.
+            yield replace(item, ts=ms_to_ts(ms + offset))
+        else:
+            yield item
+
+
+# The range of a canonical timestamp (years 0001-9999), in Unix ms.
+_MIN_MS = -62_135_596_800_000
+_MAX_MS = 253_402_300_799_999
