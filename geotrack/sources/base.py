@@ -14,16 +14,36 @@ format by its content (and its suffix as a tie-breaker).
 
 from __future__ import annotations
 
+import contextlib
+import gzip
+import os
 from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import tzinfo
 from pathlib import Path
+from typing import IO, Any, cast
 
 import msgspec
 
 from geotrack.schema import Position, ms_to_ts, parse_time, ts_to_ms
 
-__all__ = ["Format", "Item", "Notice", "ReadOptions", "Skipped", "parse_start", "shift_to_start"]
+__all__ = [
+    "GZIP_MAGIC",
+    "Format",
+    "Item",
+    "Notice",
+    "ReadMeter",
+    "ReadOptions",
+    "Skipped",
+    "metered",
+    "open_binary",
+    "parse_start",
+    "shift_to_start",
+]
+
+#: The first two bytes of a gzip stream.
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,3 +141,70 @@ def shift_to_start(items: Iterable[Item], start_ms: int) -> Iterator[Item]:
 # The range of a canonical timestamp (years 0001-9999), in Unix ms.
 _MIN_MS = -62_135_596_800_000
 _MAX_MS = 253_402_300_799_999
+
+
+class ReadMeter:
+    """How far a reader has got through its file, in bytes of the file on disk.
+
+    A reader that opens its file with :func:`open_binary` inside :func:`metered` is seen
+    here (for a gzip file, the compressed bytes read of the compressed size), so a
+    progress bar can show an ETA without knowing the format.
+    """
+
+    def __init__(self) -> None:
+        self._file: IO[bytes] | None = None
+        self.size = 0
+
+    def watch(self, raw: IO[bytes]) -> None:
+        self._file = raw
+        self.size = os.fstat(raw.fileno()).st_size
+
+    @property
+    def done(self) -> int | None:
+        """Bytes read so far, or None when no file opened with open_binary is watched."""
+        if self._file is None:
+            return None
+        try:
+            return self._file.tell()
+        except (OSError, ValueError):  # closed: read to the end
+            return self.size
+
+
+_meter: ContextVar[ReadMeter | None] = ContextVar("geotrack_read_meter", default=None)
+
+
+@contextlib.contextmanager
+def metered() -> Iterator[ReadMeter]:
+    """Watch the files readers open with :func:`open_binary` in this context."""
+    meter = ReadMeter()
+    token = _meter.set(meter)
+    try:
+        yield meter
+    finally:
+        _meter.reset(token)
+
+
+def open_binary(path: Path) -> IO[bytes]:
+    """Open a file for reading, decompressing it when it is gzip (by content, not name).
+
+    Readers open their file with this: a ``.gz`` of any format then reads like the plain
+    file, and :func:`metered` sees how far the reading has got.
+    """
+    raw = open(path, "rb")  # noqa: SIM115 - returned open, or wrapped and closed with it
+    try:
+        gzipped = raw.read(2) == GZIP_MAGIC
+        raw.seek(0)
+    except BaseException:
+        raw.close()
+        raise
+    meter = _meter.get()
+    if not gzipped:
+        if meter is not None:
+            meter.watch(raw)
+        return raw
+    raw.close()
+    unpacked = gzip.GzipFile(path, "rb")
+    inner: Any = unpacked.fileobj  # the compressed file, which the meter follows
+    if meter is not None and inner is not None:
+        meter.watch(inner)
+    return cast(IO[bytes], unpacked)
