@@ -2,7 +2,8 @@
 
 A store does three things: write a batch of positions idempotently (a position whose
 (device, ts) is already stored is a duplicate, not an error), query stored tracks, and
-follow the stream of newly stored positions from a resumable cursor.
+follow the stream of newly stored positions from a resumable cursor. For retention it
+also deletes old positions, in small batches (:meth:`Store.prune`).
 
 The interface is synchronous: backends wrap blocking drivers (sqlite3, pymongo), and the
 relay calls them from a worker thread so the event loop never waits on the disk.
@@ -18,7 +19,7 @@ from typing import Self
 
 from geotrack.schema import Position
 
-__all__ = ["Change", "ChangeFeed", "Store"]
+__all__ = ["Change", "ChangeFeed", "Pruned", "Store"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +33,17 @@ class Change:
     cursor: str
     position: Position
     origin: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    """One step of a prune: ``count`` positions of ``device`` deleted in one committed batch.
+
+    In a dry run, one step per device: how many positions the prune would delete.
+    """
+
+    device: str
+    count: int
 
 
 class ChangeFeed(ABC):
@@ -67,6 +79,9 @@ class Store(ABC):
 
     #: The URL the store was opened with, credentials removed, for messages and logs.
     display_url: str
+    #: Positions in one batch of :meth:`prune` (the first batch, where a backend sizes
+    #: later ones to a time budget).
+    prune_batch: int = 1000
 
     @abstractmethod
     def write(self, positions: Sequence[Position], origin: str | None = None) -> list[bool]:
@@ -109,6 +124,22 @@ class Store(ABC):
             else:
                 last.append(position)
         return last
+
+    @abstractmethod
+    def prune(
+        self, before_ms: int, devices: Collection[str] = (), *, dry_run: bool = False
+    ) -> Iterator[Pruned]:
+        """Delete the positions whose fix time is before ``before_ms``, in small batches.
+
+        A generator: nothing is deleted until it is iterated, and each step it yields is
+        a batch already committed, so stopping early (closing the generator) keeps what
+        was deleted and loses nothing else. Batches are short and paced so that writers
+        running at the same time (a relay, in this process or another) are delayed by
+        milliseconds at most. ``devices`` narrows the prune (all when empty); with
+        ``dry_run`` nothing is deleted and one step per device says how many would be.
+        Change-feed cursors stay valid across a prune: a feed resumed after one misses
+        nothing stored since and repeats nothing.
+        """
 
     @abstractmethod
     def follow(

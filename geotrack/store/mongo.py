@@ -62,7 +62,7 @@ from pymongo.uri_parser import split_options
 
 from geotrack.errors import GeotrackError, InvalidParameter, StoreError, StoreNotFound
 from geotrack.schema import Position, ms_to_ts, ts_to_ms
-from geotrack.store.base import Change, ChangeFeed, Store
+from geotrack.store.base import Change, ChangeFeed, Pruned, Store
 
 __all__ = ["CURSOR_PREFIX", "MongoChangeFeed", "MongoStore", "decode_cursor"]
 
@@ -529,6 +529,46 @@ class MongoStore(Store):
             self._raise(exc, "opening the change stream")
         start = since if isinstance(since, str) else None
         return MongoChangeFeed(stream, self, self._max_await_ms, start)
+
+    #: Seconds between batches: room for the relay's inserts on a busy primary.
+    prune_pause: float = 0.01
+
+    def prune(
+        self, before_ms: int, devices: Collection[str] = (), *, dry_run: bool = False
+    ) -> Iterator[Pruned]:
+        # Batched deletes by _id rather than a TTL index: docs/storage.md, "Retention".
+        self._check_open()
+        names = sorted(set(devices)) if devices else self.devices()
+        before = DatetimeMS(before_ms)
+        pause = 0.0
+        for device in names:
+            spec: Document = {"device": device, "ts": {"$lt": before}}
+            try:
+                if dry_run:
+                    count = self._positions.count_documents(spec)
+                    if count:
+                        yield Pruned(device, count)
+                    continue
+                while True:
+                    time.sleep(pause)
+                    pause = self.prune_pause
+                    # The oldest first, down the (device, ts) index; each delete is a
+                    # bounded list of _ids, whatever else matches by then.
+                    ids = [
+                        doc["_id"]
+                        for doc in self._positions.find(spec, {"_id": 1})
+                        .sort("ts", ASCENDING)
+                        .limit(self.prune_batch)
+                    ]
+                    if not ids:
+                        break
+                    deleted = self._positions.delete_many({"_id": {"$in": ids}}).deleted_count
+                    if deleted:
+                        yield Pruned(device, deleted)
+                    if len(ids) < self.prune_batch:
+                        break
+            except PyMongoError as exc:
+                self._raise(exc, "pruning")
 
     def is_cursor(self, text: str) -> bool:
         return text.startswith(CURSOR_PREFIX)

@@ -30,7 +30,7 @@ import msgspec
 
 from geotrack.errors import InvalidParameter, StoreError, StoreNotFound
 from geotrack.schema import Position, ms_to_ts, ts_to_ms
-from geotrack.store.base import Change, ChangeFeed, Store
+from geotrack.store.base import Change, ChangeFeed, Pruned, Store
 
 __all__ = ["CURSOR_PREFIX", "SQLiteChangeFeed", "SQLiteStore", "parse_cursor"]
 
@@ -433,6 +433,77 @@ class SQLiteStore(Store):
 
     def is_cursor(self, text: str) -> bool:
         return text.startswith(CURSOR_PREFIX)
+
+    #: Prune pacing: each batch is sized to hold the write lock about this long...
+    prune_hold: float = 0.003
+    #: ...and the next one waits at least this long, or as long as the last one held the
+    #: lock if longer. Writers of another process wait in SQLite's busy handler, which
+    #: sleeps 1, 2, 5, 10, 15, 20, 25 ms between tries: the pause must outlast its steps
+    #: or a writer could keep missing its turn.
+    prune_pause: float = 0.02
+
+    def prune(
+        self, before_ms: int, devices: Collection[str] = (), *, dry_run: bool = False
+    ) -> Iterator[Pruned]:
+        names = sorted(set(devices)) if devices else self.devices()
+        if dry_run:
+            yield from self._count_before(names, before_ms)
+            return
+        # Device by device down the (device, ts) index, oldest first: each batch is an
+        # index range, never a table scan, and its rows go in one short transaction.
+        batch = self.prune_batch
+        pause = 0.0
+        for device in names:
+            while True:
+                time.sleep(pause)
+                deleted, held = self._delete_before(device, before_ms, batch)
+                if deleted:
+                    yield Pruned(device, deleted)
+                pause = max(self.prune_pause, held)
+                if deleted < batch:
+                    break
+                scale = min(2.0, max(0.5, self.prune_hold / max(held, 1e-4)))
+                batch = min(50_000, max(100, round(batch * scale)))
+
+    def _delete_before(self, device: str, before_ms: int, limit: int) -> tuple[int, float]:
+        """Delete up to ``limit`` of ``device``'s oldest positions before ``before_ms``.
+
+        Returns how many went and how long the write lock was held, in seconds.
+        """
+        with self._lock:
+            self._check_open()
+            try:
+                self._writer.execute("BEGIN IMMEDIATE")
+                locked = time.monotonic()
+                try:
+                    deleted = self._writer.execute(
+                        "DELETE FROM positions WHERE seq IN (SELECT seq FROM positions "
+                        "WHERE device = ? AND ts < ? ORDER BY ts LIMIT ?)",
+                        (device, before_ms, limit),
+                    ).rowcount
+                    self._writer.execute("COMMIT")
+                except BaseException:
+                    if self._writer.in_transaction:
+                        self._writer.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise StoreError(f"prune of {self.display_url} failed: {exc}") from None
+            return deleted, time.monotonic() - locked
+
+    def _count_before(self, names: list[str], before_ms: int) -> Iterator[Pruned]:
+        conn = self._reader()
+        try:
+            for device in names:
+                (count,) = conn.execute(
+                    "SELECT COUNT(*) FROM positions WHERE device = ? AND ts < ?",
+                    (device, before_ms),
+                ).fetchone()
+                if count:
+                    yield Pruned(device, count)
+        except sqlite3.Error as exc:
+            raise StoreError(f"query on {self.display_url} failed: {exc}") from None
+        finally:
+            conn.close()
 
     def ping(self) -> None:
         """Raise StoreError unless the file opened is still there and can be written.

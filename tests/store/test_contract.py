@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 
 import pytest
 
 from geotrack.errors import InvalidParameter, StoreError
 from geotrack.schema import Position, ms_to_ts, ts_to_ms
-from geotrack.store import Store, open_store
+from geotrack.store import Pruned, Store, open_store
 from tests.conftest import StoreFactory
 from tests.factories import T0, pos
 
@@ -186,6 +187,77 @@ def test_a_reader_opens_an_existing_store_without_creating(store: Store) -> None
             store.write([pos(i=0)])
             assert [c.position for c in _drain(feed, 1)] == [pos(i=0)]
         assert list(reader.query()) == [pos(i=0)]
+
+
+def _pruned(steps: Iterable[Pruned]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for step in steps:
+        assert step.count > 0
+        counts[step.device] = counts.get(step.device, 0) + step.count
+    return counts
+
+
+def test_prune_deletes_only_fixes_before_the_time(store: Store) -> None:
+    store.write([pos("a", i) for i in range(10)] + [pos("b", i) for i in range(3)])
+    store.write([pos("c", 20)])
+    cut = T0 + 5000  # fixes 0-4 of each device are older
+    assert _pruned(store.prune(cut, dry_run=True)) == {"a": 5, "b": 3}
+    assert len(list(store.query())) == 14  # a dry run deletes nothing
+    assert _pruned(store.prune(cut)) == {"a": 5, "b": 3}
+    assert [(p.device, p.ts_ms - T0) for p in store.query()] == [
+        ("a", i * 1000) for i in range(5, 10)
+    ] + [("c", 20_000)]
+    assert store.devices() == ["a", "c"]
+    assert _pruned(store.prune(cut)) == {}  # nothing left to delete
+
+
+def test_prune_narrows_to_devices(store: Store) -> None:
+    store.write([pos("a", i) for i in range(4)] + [pos("b", i) for i in range(4)])
+    assert _pruned(store.prune(T0 + 2000, devices=["b", "nobody"])) == {"b": 2}
+    assert [(p.device, p.ts_ms - T0) for p in store.query(devices=["a", "b"])] == [
+        ("a", 0), ("a", 1000), ("a", 2000), ("a", 3000), ("b", 2000), ("b", 3000),
+    ]  # fmt: skip
+
+
+def test_prune_goes_in_batches_and_stops_early_keeping_the_rest(store: Store) -> None:
+    store.write([pos("a", i) for i in range(250)])
+    store.prune_batch = 100
+    steps = store.prune(T0 + 10**9)
+    first = next(steps)
+    steps.close()  # stopped after one committed batch: the rest stays
+    remaining = len(list(store.query()))
+    assert first.device == "a" and first.count <= 100
+    assert remaining == 250 - first.count
+
+
+def test_follow_resumes_across_a_prune(store_factory: StoreFactory) -> None:
+    # A feed stopped before a prune resumes after it: nothing stored since (and not
+    # pruned) is missed, nothing is repeated, though the cursor's row is gone.
+    store = store_factory()
+    store.write([pos(i=0)])
+    feed = store.follow()
+    store.write([pos(i=1), pos(i=2)])
+    seen = _drain(feed, 2)
+    resume = feed.cursor
+    feed.close()
+    store.write([pos(i=3)])
+    # Deletes the cursor's own row and every one before it; fix 3 stays.
+    assert _pruned(store.prune(T0 + 3000)) == {"car-1": 3}
+    store.write([pos(i=4)])
+    with store_factory().follow(since=resume) as again:
+        got = _drain(again, 2)
+        store.write([pos(i=5)])
+        got += _drain(again, 1)
+    assert [c.position.ts_ms - T0 for c in seen + got] == [1000, 2000, 3000, 4000, 5000]
+
+
+def test_follow_from_now_after_pruning_everything(store: Store) -> None:
+    store.write([pos(i=0), pos(i=1)])
+    assert _pruned(store.prune(T0 + 10**9)) == {"car-1": 2}
+    assert list(store.query()) == [] and store.latest() == []
+    with store.follow() as feed:
+        store.write([pos(i=1), pos(i=2)])  # fix 1 again: new, since it was pruned
+        assert [c.position for c in _drain(feed, 2)] == [pos(i=1), pos(i=2)]
 
 
 def _drain(feed: object, n: int, timeout: float = 10.0) -> list:  # type: ignore[type-arg]
