@@ -32,16 +32,27 @@ import itertools
 import math
 from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Final
 
 import msgspec
 
 from geotrack._text import plural
+from geotrack.errors import SourceError
 from geotrack.schema import Position, ms_to_ts
-from geotrack.sources.base import Item, Notice, Skipped
+from geotrack.sources.base import Format, Item, Notice, ReadOptions, Skipped
 from geotrack.store import Store
 
-__all__ = ["SAME_TIME", "WINDOW", "Input", "SourceReport", "schedule", "stored_lanes"]
+__all__ = [
+    "SAME_TIME",
+    "WINDOW",
+    "Input",
+    "SourceReport",
+    "file_input",
+    "schedule",
+    "store_input",
+    "stored_lanes",
+]
 
 #: Positions a file's lane holds to put them in time order (about 40 MB at most).
 WINDOW: Final = 100_000
@@ -74,6 +85,8 @@ class SourceReport:
     #: Where each skip reason was first met (``line 12``), when the reader said.
     first_at: dict[str, str] = field(default_factory=dict)
     late: int = 0
+    #: Why reading stopped early (a truncated or broken file), when it did.
+    error: str | None = None
 
     def skip(self, reason: str, where: str = "") -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
@@ -84,12 +97,21 @@ class SourceReport:
     def skips(self) -> int:
         return sum(self.skipped.values())
 
+    @property
+    def failed(self) -> bool:
+        """Points were skipped or the source could not be read to its end: exit code 1."""
+        return bool(self.skipped) or self.error is not None
+
     def lines(self, *, paced: bool = True) -> list[str]:
         """The lines a person reads about this source: skips by reason, positions sent late.
 
         ``paced`` is False at ``--speed 0``, where lateness means nothing.
         """
         lines: list[str] = []
+        if self.error is not None:
+            lines.append(
+                f"{self.name}: stopped reading after {plural(self.found, 'point')}: {self.error}"
+            )
         if self.skipped:
             ranked = sorted(self.skipped.items(), key=lambda kv: (-kv[1], kv[0]))
             parts = [self._reason(reason, n) for reason, n in ranked[:_SHOWN_REASONS]]
@@ -129,6 +151,16 @@ class Input:
         self.ordered = ordered
         self._open = open_lanes
         self._rounds = 0
+        self._primed: list[Iterator[Item]] | None = None
+
+    def prime(self) -> None:
+        """Open the source and read its first item now, so that a file that cannot be read
+        at all raises its SourceError before anything is sent."""
+        lanes = [iter(items) for items in self._open()]
+        self._primed = []
+        for lane in lanes:
+            first = next(lane, None)
+            self._primed.append(lane if first is None else itertools.chain([first], lane))
 
     @classmethod
     def file(cls, name: str, read: Callable[[], Iterable[Item]]) -> Input:
@@ -138,9 +170,21 @@ class Input:
     def lanes(self, notify: Notify) -> list[Iterator[Position]]:
         first = self._rounds == 0
         self._rounds += 1
-        return [self._positions(items, first, notify) for items in self._open()]
+        opened = self._primed if first and self._primed is not None else self._open()
+        self._primed = None
+        return [self._positions(items, first, notify) for items in opened]
 
     def _positions(self, items: Iterable[Item], first: bool, notify: Notify) -> Iterator[Position]:
+        report = self.report
+        try:
+            yield from self._items(items, first, notify)
+        except SourceError as exc:
+            # A truncated or broken file: what was read before is played; the rest is lost
+            # and said so, and the run ends with exit code 1.
+            if first:
+                report.error = exc.reason
+
+    def _items(self, items: Iterable[Item], first: bool, notify: Notify) -> Iterator[Position]:
         report = self.report
         for item in items:
             if isinstance(item, Position):
@@ -155,6 +199,25 @@ class Input:
                 report.skip(item.reason, item.where)
             elif isinstance(item, Notice):
                 notify(f"{report.name}: {item.text}")
+
+
+def file_input(path: Path, fmt: Format, options: ReadOptions) -> Input:
+    """A file read by ``fmt``'s reader with ``options``, named by its path."""
+    return Input.file(str(path), lambda: fmt.read(path, options))
+
+
+def store_input(
+    store: Store,
+    devices: Collection[str] = (),
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+) -> Input:
+    """A store's history (of ``devices``, or all; fix times within the bounds, inclusive)."""
+    return Input(
+        store.display_url,
+        lambda: stored_lanes(store, devices, since_ms, until_ms),
+        ordered=True,
+    )
 
 
 def stored_lanes(

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from geotrack.client import Publisher
+from geotrack.errors import SourceError
 from geotrack.player import play
 from geotrack.schema import Position, ms_to_ts
 from geotrack.sources.base import Item, Notice, Skipped
@@ -199,3 +200,40 @@ def test_a_store_replays_into_a_relay_and_its_store_holds_the_same(
     assert stored(tmp_path / "b.db") == stored(tmp_path / "a.db")
     assert sent == sorted(sent)
     assert sent[0] == 0 and sent[-1] == (29 + (0.666 if as_recorded else 0))
+
+
+def test_a_broken_file_plays_what_was_read_and_says_where_it_stopped() -> None:
+    def truncated() -> Iterator[Item]:
+        yield at("a", T0)
+        yield at("a", T0 + 1000)
+        raise SourceError("f.gpx", "not a valid GPX file: unclosed token: line 9")
+
+    source = Input.file("f.gpx", truncated)
+    assert [o for o, _ in schedule([source])] == [0.0, 1.0]
+    assert source.report.failed
+    assert source.report.lines() == [
+        "f.gpx: stopped reading after 2 points: not a valid GPX file: unclosed token: line 9"
+    ]
+
+
+def test_priming_raises_for_a_file_that_cannot_be_read_at_all() -> None:
+    opened = 0
+
+    def unreadable() -> Iterator[Item]:
+        nonlocal opened
+        opened += 1
+        raise SourceError("f.gpx", "not an XML file")
+        yield  # a generator, as readers are
+
+    with pytest.raises(SourceError, match="not an XML file"):
+        Input.file("f.gpx", unreadable).prime()
+
+    def fine() -> Iterator[Item]:
+        nonlocal opened
+        opened += 1
+        yield at("a", T0)
+
+    source = Input.file("f.ndjson", fine)
+    source.prime()
+    assert [p.device for _, p in schedule([source])] == ["a"]
+    assert opened == 2  # the primed lane is the one played, not a second read
