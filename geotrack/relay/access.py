@@ -29,8 +29,11 @@ from geotrack.schema import SUBSCRIBE_PARAMETERS as _FILTER_PARAMETERS
 __all__ = [
     "BEARER_CHALLENGE",
     "CHALLENGES",
+    "HTTP_FEED_PARAMETERS",
     "PARAMETERS",
+    "POLL_PARAMETERS",
     "PUBLISH_PARAMETERS",
+    "STREAM_PARAMETERS",
     "SUBSCRIBE_PARAMETERS",
     "RefusalLog",
     "Refused",
@@ -55,6 +58,14 @@ SUBSCRIBE_PARAMETERS: Final[tuple[str, ...]] = (*_FILTER_PARAMETERS, "since", "t
 PARAMETERS: Final[Mapping[str, tuple[str, ...]]] = {
     "/publish": PUBLISH_PARAMETERS,
     "/subscribe": SUBSCRIBE_PARAMETERS,
+}
+#: Query parameters of the HTTP live feeds (docs/protocol.md's second table): those of
+#: /subscribe, and how long a long poll may be held.
+POLL_PARAMETERS: Final[tuple[str, ...]] = (*_FILTER_PARAMETERS, "since", "wait", "token")
+STREAM_PARAMETERS: Final[tuple[str, ...]] = SUBSCRIBE_PARAMETERS
+HTTP_FEED_PARAMETERS: Final[Mapping[str, tuple[str, ...]]] = {
+    "/api/positions/poll": POLL_PARAMETERS,
+    "/api/stream": STREAM_PARAMETERS,
 }
 
 #: The challenges a 401 carries: bearer tokens, and Basic with the token as password.

@@ -266,6 +266,8 @@ class Hub:
         self._framer = framer
         self.subscribers: set[Subscriber] = set()
         self.dropped = 0
+        #: Called after every publish (new positions are stored): wakes the HTTP feeds.
+        self.watchers: list[Callable[[], None]] = []
 
     def add(self, subscriber: Subscriber) -> None:
         """Start delivering to a subscriber."""
@@ -281,6 +283,8 @@ class Hub:
 
     def publish(self, positions: Iterable[Position]) -> None:
         """Deliver stored positions to every subscriber whose filter matches."""
+        for watcher in self.watchers:
+            watcher()
         if not self.subscribers:
             return
         items = [(p, encode_position(p)) for p in positions]

@@ -13,6 +13,8 @@ docs/http.md:
     POST /api/positions     a Position or an array of them; answers the WebSocket ack
     GET  /api/positions     history in any export format, streamed
     GET  /api/devices       every device with its last fix
+    GET  /api/positions/poll  long polling; GET /api/stream  Server-Sent Events
+                            (:mod:`geotrack.relay.http_feeds`)
     GET  /healthz           200 when the store answers, else 503
     GET  /metrics           Prometheus text format 0.0.4
 
@@ -56,6 +58,7 @@ from geotrack.relay.access import (
     restrict_devices,
 )
 from geotrack.relay.http_devices import parse_osmand, parse_owntracks
+from geotrack.relay.http_feeds import Feeds
 from geotrack.relay.metrics import Family, exposition
 from geotrack.relay.publishers import RateLimiter
 from geotrack.relay.server import Relay
@@ -144,6 +147,10 @@ class HttpListener:
         # Requests that carry positions, paced per token (or per peer without auth) like
         # a WebSocket publisher's frames; over the rate they are answered 429.
         self._limiters: dict[str, RateLimiter] = {}
+        #: Long polling and Server-Sent Events (GET /api/positions/poll, /api/stream).
+        self.feeds = Feeds(
+            relay.store, relay.hub, relay.id, self._grant, self._viewable, self._store_call
+        )
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -175,8 +182,11 @@ class HttpListener:
         app.router.add_route("POST", "/api/positions", self._post_positions)
         app.router.add_route("GET", "/api/positions", self._get_positions)
         app.router.add_route("GET", "/api/devices", self._devices)
+        app.router.add_get("/api/positions/poll", self.feeds.poll)
+        app.router.add_get("/api/stream", self.feeds.stream)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
+        await self.feeds.start()
         self._executor = ThreadPoolExecutor(4, thread_name_prefix="geotrack-http")
         runner = web.AppRunner(
             app,
@@ -194,6 +204,7 @@ class HttpListener:
         except OSError as exc:
             await runner.cleanup()
             self._executor.shutdown(wait=False)
+            await self.feeds.close()
             raise bind_error(exc, self.host, self._port, "the HTTP listener") from None
         self._runner = runner
         if not leaflet_built():
@@ -201,6 +212,7 @@ class HttpListener:
 
     async def stop(self) -> None:
         """Stop accepting, let requests in progress finish (bounded), release threads."""
+        await self.feeds.close()  # held long polls answer and event streams end, at once
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -408,7 +420,11 @@ class HttpListener:
         except InvalidParameter as exc:
             return _text(400, str(exc))
         devices = self._viewable(request, grant, query.devices)
-        query = msgspec.structs.replace(query, devices=devices)
+        # Short polls that find nothing new cost no store read: 304 for the current ETag.
+        etag = self.feeds.etag(request)
+        if etag is not None and etag in request.headers.getall("If-None-Match", []):
+            return web.Response(status=304, headers={"ETag": etag})
+        query = msgspec.structs.replace(query, devices=devices, etag=etag)
         return await self._stream_export(request, query)
 
     async def _devices(self, request: web.Request) -> web.StreamResponse:
@@ -474,6 +490,8 @@ class HttpListener:
                 "Content-Disposition": (f'inline; filename="positions{EXTENSIONS[query.format]}"'),
             }
         )
+        if query.etag is not None:
+            response.headers["ETag"] = query.etag
         await response.prepare(request)
         return response
 
@@ -577,6 +595,8 @@ class _ExportQuery(msgspec.Struct, frozen=True):
     since_ms: int | None
     until_ms: int | None
     gap_s: float
+    #: The answer's ETag (:meth:`Feeds.etag`), None for none.
+    etag: str | None = None
 
     @classmethod
     def parse(cls, query: MultiMapping[str]) -> _ExportQuery:

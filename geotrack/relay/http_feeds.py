@@ -1,0 +1,551 @@
+"""Live positions over plain HTTP: long polling, Server-Sent Events, cheap short polls.
+
+For clients that cannot open a WebSocket (curl scripts, proxies that strip Upgrade, a
+browser's ``EventSource``), with the filters, cursors, tokens and limits of /subscribe:
+
+    GET /api/positions/poll?since=CURSOR&wait=30   one answer, held until news or ``wait``
+    GET /api/stream                                text/event-stream, ``id:`` = the cursor
+
+Nothing here polls the store per request. One :class:`Tail` reads each commit once, woken
+by the relay's hub right after the commit (the relay's own writes and, through its peer
+follower, every other writer's), and keeps the recent changes in memory with their
+cursors. A request whose cursor is among them is answered from memory, and a request with
+nothing to send waits on one shared future: an idle watcher costs a coroutine and a
+timer, no thread and no store read. A cursor older than the memory (or a time) is
+answered from the store's change feed once, on a worker thread; its answer's cursor then
+lands in memory. Cursors are the store's own, so a watcher can move between /subscribe,
+the feeds and relays sharing the store.
+
+The same tail dates the store's contents for short polls: ``GET /api/positions`` carries
+an ETag that changes with every commit, and ``If-None-Match`` with the current one is
+answered 304 without touching the store (:meth:`Feeds.etag`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import math
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Final, NamedTuple
+
+import msgspec
+from aiohttp import web
+from multidict import MultiMapping
+
+from geotrack.auth import Grant
+from geotrack.errors import InvalidParameter, LinkExpired, StoreError
+from geotrack.relay.access import (
+    POLL_PARAMETERS,
+    STREAM_PARAMETERS,
+    restrict_filter,
+)
+from geotrack.relay.fanout import MAX_FRAME_POSITIONS, Hub
+from geotrack.schema import (
+    Position,
+    SubscribeFilter,
+    encode_batch,
+    encode_position,
+    parse_duration,
+    parse_time,
+)
+from geotrack.store import ChangeFeed, Store
+
+__all__ = [
+    "DEFAULT_WAIT",
+    "KEEPALIVE",
+    "MAX_WAIT",
+    "RECENT",
+    "Feeds",
+    "Tail",
+]
+
+log = logging.getLogger("geotrack.http")
+
+#: Seconds a long poll is held when it does not say (``wait=``), and at most.
+DEFAULT_WAIT: Final = 30.0
+MAX_WAIT: Final = 120.0
+#: Seconds between the comment lines that keep an idle event stream (and proxies) alive.
+KEEPALIVE: Final = 15.0
+#: Changes kept in memory for watchers to catch up from without a store read (~10 s at
+#: 1,000 positions/s, a few MB).
+RECENT: Final = 20_000
+#: The ``retry:`` an event stream advises: milliseconds before EventSource reconnects.
+_RETRY_MS: Final = 2000
+#: Seconds an answer may wait for a commit the tail is reading when its own wait is over.
+_SETTLE: Final = 1.0
+_EVENT_STREAM: Final = "text/event-stream; charset=utf-8"
+
+Authorize = Callable[[web.Request, Any], Grant | None]
+Viewable = Callable[[web.Request, Grant | None, tuple[str, ...]], tuple[str, ...]]
+StoreCall = Callable[..., Awaitable[Any]]
+
+
+class _Entry(NamedTuple):
+    cursor: str
+    position: Position
+    encoded: bytes
+
+
+class _Batch(NamedTuple):
+    """What a watcher gets next: encoded positions and the cursor to resume after them."""
+
+    encoded: list[bytes]
+    cursor: str | None
+
+
+class Tail:
+    """The store's recent changes, read once for every HTTP watcher.
+
+    :meth:`wake` (hooked to the hub, so called after every commit) makes it read the
+    store's change feed on its own thread; waiters of :meth:`changed` wake when it has.
+    """
+
+    def __init__(self, store: Store, keep: int = RECENT) -> None:
+        self._store = store
+        self._keep = keep
+        self._entries: deque[_Entry] = deque()
+        #: Absolute number of the first entry kept.
+        self._base = 0
+        #: Cursor -> how many entries come before it (absolute): where it resumes.
+        self._marks: OrderedDict[str, int] = OrderedDict()
+        self._cursor: str | None = None
+        #: Commits seen (wakes): dates the store's contents for ETags.
+        self.version = 0
+        self._read_version = 0
+        self._pending = asyncio.Event()
+        self._changed: asyncio.Future[None] | None = None
+        self._feed: ChangeFeed | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.closed = False
+
+    @property
+    def cursor(self) -> str | None:
+        """The cursor right after the newest change read (None before the store gave one)."""
+        return self._cursor
+
+    async def start(self) -> None:
+        """Open the change feed at the store's end. Raises StoreError."""
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="geotrack-feeds")
+        loop = asyncio.get_running_loop()
+        self._changed = loop.create_future()
+        self._feed = await loop.run_in_executor(self._executor, self._store.follow)
+        self._mark(await loop.run_in_executor(self._executor, _cursor_of, self._feed))
+        self._task = asyncio.create_task(self._run(), name="geotrack-feeds")
+
+    async def close(self) -> None:
+        """Stop reading and wake every waiter (they answer with what they have)."""
+        self.closed = True
+        self._notify()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._executor is not None:
+            if self._feed is not None:
+                await asyncio.get_running_loop().run_in_executor(self._executor, self._feed.close)
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    def wake(self) -> None:
+        """Something was committed: read it (soon, on the tail's thread)."""
+        self.version += 1
+        self._pending.set()
+
+    def after(self, cursor: str) -> tuple[list[_Entry], str | None] | None:
+        """The changes kept after ``cursor`` and the cursor after them; None if not kept."""
+        mark = self._marks.get(cursor)
+        if mark is None or mark < self._base:
+            return None
+        start = mark - self._base
+        return [self._entries[i] for i in range(start, len(self._entries))], self._cursor
+
+    @property
+    def behind(self) -> bool:
+        """Whether a commit was seen that is not read yet (it is being read)."""
+        return self.version > self._read_version and not self.closed
+
+    def knows(self, cursor: str) -> bool:
+        """Whether ``cursor`` can be resumed from memory."""
+        mark = self._marks.get(cursor)
+        return mark is not None and mark >= self._base
+
+    async def changed(self, seconds: float) -> None:
+        """Wait until the next changes are read, the tail closes, or ``seconds`` pass."""
+        if self.closed or self._changed is None or seconds <= 0:
+            return
+        await asyncio.wait((self._changed,), timeout=seconds)
+
+    async def _run(self) -> None:
+        assert self._feed is not None
+        loop = asyncio.get_running_loop()
+        feed = self._feed
+        while True:
+            await self._pending.wait()
+            self._pending.clear()
+            seen = self.version
+            try:
+                # A change stream (MongoDB) may show a commit a moment after it: wait a
+                # little for it; SQLite's rows are there at once.
+                changes, cursor = await loop.run_in_executor(self._executor, _read, feed, 0.2)
+            except StoreError as exc:
+                log.error("HTTP feeds: reading the store failed: %s; retrying in 1 s", exc)
+                await asyncio.sleep(1)
+                self._pending.set()
+                continue
+            if changes:
+                self._append(changes)
+                self._pending.set()  # more may be waiting (a feed reads a batch at a time)
+            self._mark(cursor)
+            if not changes:
+                self._read_version = seen
+            self._notify()
+
+    def _append(self, changes: list[Any]) -> None:
+        for change in changes:
+            self._entries.append(
+                _Entry(change.cursor, change.position, encode_position(change.position))
+            )
+            self._mark(change.cursor)
+        excess = len(self._entries) - self._keep
+        for _ in range(max(0, excess)):
+            self._entries.popleft()
+            self._base += 1
+        while self._marks and next(iter(self._marks.values())) < self._base:
+            self._marks.popitem(last=False)
+
+    def _mark(self, cursor: str | None) -> None:
+        if cursor is None:
+            return
+        self._cursor = cursor
+        self._marks[cursor] = self._base + len(self._entries)
+        self._marks.move_to_end(cursor)
+
+    def _notify(self) -> None:
+        changed = self._changed
+        if changed is not None and not changed.done():
+            changed.set_result(None)
+        if not self.closed:
+            self._changed = asyncio.get_running_loop().create_future()
+
+
+class _Watch(NamedTuple):
+    """A validated feed request."""
+
+    filter: SubscribeFilter
+    since: str | int | None
+    wait: float
+    expires: float
+
+
+class Feeds:
+    """The request handlers of the feeds, beside an :class:`HttpListener`.
+
+    ``authorize`` checks a request's token for a role (raising the HTTP error),
+    ``viewable`` narrows devices to what the grant may see, ``store_call`` runs a store
+    call on the listener's worker threads.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        hub: Hub,
+        relay_id: str,
+        authorize: Authorize,
+        viewable: Viewable,
+        store_call: StoreCall,
+    ) -> None:
+        self._store = store
+        self._hub = hub
+        self._relay_id = relay_id
+        self._authorize = authorize
+        self._viewable = viewable
+        self._store_call = store_call
+        self.tail = Tail(store)
+        #: Seconds between keep-alive comments on an idle event stream.
+        self.keepalive = KEEPALIVE
+        #: Event streams and long polls being held now.
+        self.watching = 0
+
+    async def start(self) -> None:
+        """Start following the store (raises StoreError)."""
+        await self.tail.start()
+        self._hub.watchers.append(self.tail.wake)
+
+    async def close(self) -> None:
+        """End every held request now: long polls answer, event streams end."""
+        with contextlib.suppress(ValueError):
+            self._hub.watchers.remove(self.tail.wake)
+        await self.tail.close()
+
+    # -- short polling ---------------------------------------------------------------
+
+    def etag(self, request: web.Request) -> str | None:
+        """The ETag of a GET /api/positions answer, or None when it cannot have one.
+
+        It changes with every commit the relay sees (its own and its peers'), with the
+        query and with the credentials; a query with a relative time (``since=10m``)
+        gets none, its answer moves with the clock.
+        """
+        for name in ("since", "until"):
+            for text in request.query.getall(name, []):
+                if _relative(text):
+                    return None
+        scope = "\0".join((request.query_string, request.headers.get("Authorization", ""))).encode()
+        digest = hashlib.blake2s(scope, digest_size=6).hexdigest()
+        return f'"{self._relay_id}-{self.tail.version}-{digest}"'
+
+    # -- long polling ----------------------------------------------------------------
+
+    async def poll(self, request: web.Request) -> web.StreamResponse:
+        """GET /api/positions/poll: the positions after ``since``, held until there are some.
+
+        Without ``since`` it answers at once with no positions and the current cursor,
+        to start from.
+        """
+        watch = self._watch(request, POLL_PARAMETERS, "/api/positions/poll", long_poll=True)
+        if isinstance(watch, web.Response):
+            return watch
+        if watch.since is None:
+            cursor = self.tail.cursor
+            if cursor is None:
+                return _text(503, "the store has not given a cursor yet: retry")
+            return _poll_answer([], cursor)
+        self.watching += 1
+        try:
+            deadline = time.monotonic() + min(watch.wait, watch.expires - time.time())
+            batch = await self._next(watch.since, watch.filter, deadline)
+        except InvalidParameter as exc:
+            return _text(400, str(exc))
+        except StoreError as exc:
+            return _text(503, f"store read failed: {exc}")
+        finally:
+            self.watching -= 1
+        response = _poll_answer(batch.encoded, batch.cursor)
+        if self.tail.closed:
+            response.force_close()
+        return response
+
+    # -- Server-Sent Events ----------------------------------------------------------
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        """GET /api/stream: one event per batch of stored positions, ``id:`` the cursor."""
+        watch = self._watch(request, STREAM_PARAMETERS, "/api/stream", long_poll=False)
+        if isinstance(watch, web.Response):
+            return watch
+        since = watch.since
+        try:
+            if isinstance(since, int):
+                # A time: find where it starts now, so a failure is still a status code.
+                first = await self._next(since, watch.filter, time.monotonic())
+                since = first.cursor
+            else:
+                first = _Batch([], None)
+                if since is None:
+                    since = self.tail.cursor
+                elif not self.tail.knows(since):
+                    # Check a cursor from the store before the 200.
+                    first = await self._catch_up(since, watch.filter)
+                    since = first.cursor
+        except InvalidParameter as exc:
+            return _text(400, str(exc))
+        except StoreError as exc:
+            return _text(503, f"store read failed: {exc}")
+        if since is None:
+            return _text(503, "the store has not given a cursor yet: retry")
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": _EVENT_STREAM,
+                "Cache-Control": "no-cache",
+                # nginx buffers responses unless told not to; an event must not wait.
+                "X-Accel-Buffering": "no",
+            }
+        )
+        self.watching += 1
+        try:
+            await response.prepare(request)
+            await response.write(f"retry: {_RETRY_MS}\n\n".encode())
+            if first.encoded:
+                await response.write(_event(first.encoded, since))
+            else:
+                # An id before any event: a client that reconnects before the first event
+                # resumes here, not at "now".
+                await response.write(f"id: {since}\n\n".encode())
+            await self._stream_into(response, since, watch)
+            await response.write_eof()
+        except (ConnectionResetError, StoreError) as exc:
+            log.debug("event stream to %s ended: %s", request.remote, exc)
+        finally:
+            self.watching -= 1
+        return response
+
+    async def _stream_into(self, response: web.StreamResponse, since: str, watch: _Watch) -> None:
+        while not self.tail.closed:
+            left = watch.expires - time.time()
+            if left <= 0:
+                await response.write(f": {LinkExpired(int(watch.expires))}\n\n".encode())
+                return
+            deadline = time.monotonic() + min(self.keepalive, left)
+            batch = await self._next(since, watch.filter, deadline)
+            if batch.cursor is not None and batch.encoded:
+                since = batch.cursor
+                await response.write(_event(batch.encoded, since))
+            elif not self.tail.closed:
+                if batch.cursor is not None:
+                    since = batch.cursor  # moved past what the filter left out
+                await response.write(b": keep-alive\n\n")
+
+    # -- the shared part -------------------------------------------------------------
+
+    def _watch(
+        self, request: web.Request, accepted: tuple[str, ...], path: str, *, long_poll: bool
+    ) -> _Watch | web.Response:
+        """The request's filter, start and wait; an error answer for bad ones (401/403 raise)."""
+        grant = self._authorize(request, "subscribe")
+        query = request.query
+        try:
+            unknown = sorted(set(query) - set(accepted))
+            if unknown:
+                raise InvalidParameter(
+                    unknown[0],
+                    f"unknown parameter (accepted by {path}: {', '.join(accepted)})",
+                )
+            for name in ("since", "wait", "bbox"):
+                if len(query.getall(name, [])) > 1:
+                    raise InvalidParameter(name, "give it at most once")
+            flt = SubscribeFilter.from_query(
+                {k: query.getall(k) for k in query if k not in ("since", "wait", "token")},
+                others=(),
+            )
+            self._viewable(request, grant, tuple(flt.devices))  # 403 for a device not shown
+            flt = restrict_filter(grant, flt)
+            since = self._since(query, request.headers)
+            wait = _wait(query.get("wait")) if long_poll else 0.0
+        except InvalidParameter as exc:
+            return _text(400, str(exc))
+        expires = grant.expires if grant is not None and grant.expires is not None else math.inf
+        return _Watch(flt, since, wait, expires)
+
+    def _since(self, query: MultiMapping[str], headers: Mapping[str, str]) -> str | int | None:
+        # EventSource resends the last id it saw as Last-Event-ID: it wins over the URL's
+        # since=, which is where the stream started.
+        text = headers.get("Last-Event-ID") or query.get("since")
+        if text is None or not text.strip():
+            return None
+        text = text.strip()
+        if self._store.is_cursor(text):
+            return text
+        return parse_time(text, time.time_ns() // 1_000_000, "since")
+
+    async def _next(self, since: str | int, flt: SubscribeFilter, deadline: float) -> _Batch:
+        """The next positions after ``since`` that pass ``flt``, waiting until ``deadline``.
+
+        Raises InvalidParameter for a cursor the store cannot resume from.
+        """
+        tail = self.tail
+        cursor: str | int = since
+        if tail.behind:
+            # A commit is being read: a client polling right after its publisher's ack
+            # expects to see it. Reading takes milliseconds.
+            await tail.changed(_SETTLE)
+        while True:
+            kept = tail.after(cursor) if isinstance(cursor, str) else None
+            if kept is None:
+                batch = await self._catch_up(cursor, flt)
+            else:
+                batch = _select(kept[0], kept[1], flt)
+            if batch.cursor is not None:
+                cursor = batch.cursor
+            if batch.encoded or tail.closed:
+                return _Batch(batch.encoded, cursor if isinstance(cursor, str) else None)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return _Batch([], cursor if isinstance(cursor, str) else None)
+            await tail.changed(left)
+
+    async def _catch_up(self, since: str | int, flt: SubscribeFilter) -> _Batch:
+        """Read what the store holds after ``since`` (not in memory), on a worker thread."""
+        batch: _Batch = await self._store_call(_read_store, self._store, since, flt)
+        return batch
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _select(entries: list[_Entry], end: str | None, flt: SubscribeFilter) -> _Batch:
+    """The entries ``flt`` passes, at most MAX_FRAME_POSITIONS, and the cursor after them."""
+    encoded: list[bytes] = []
+    for entry in entries:
+        if flt.matches(entry.position):
+            encoded.append(entry.encoded)
+            if len(encoded) == MAX_FRAME_POSITIONS:
+                return _Batch(encoded, entry.cursor)
+    return _Batch(encoded, end)
+
+
+def _read_store(store: Store, since: str | int, flt: SubscribeFilter) -> _Batch:
+    """Run on a worker thread: the changes after ``since`` from a change feed of its own."""
+    with store.follow(since, tuple(flt.devices)) as feed:
+        changes = feed.poll(0)
+        encoded: list[bytes] = []
+        for change in changes:
+            if flt.matches(change.position):
+                encoded.append(encode_position(change.position))
+                if len(encoded) == MAX_FRAME_POSITIONS:
+                    return _Batch(encoded, change.cursor)
+        return _Batch(encoded, _cursor_of(feed))
+
+
+def _read(feed: ChangeFeed, timeout: float) -> tuple[list[Any], str | None]:
+    changes = feed.poll(timeout)
+    return changes, _cursor_of(feed)
+
+
+def _cursor_of(feed: ChangeFeed) -> str | None:
+    try:
+        return feed.cursor
+    except StoreError:  # a change stream that has not given a resume token yet
+        return None
+
+
+def _relative(text: str) -> bool:
+    """Whether a time parameter is an age (``10m``), which means another time each second."""
+    try:
+        return parse_time(text, 0) != parse_time(text, 1)
+    except InvalidParameter:
+        return False
+
+
+def _wait(text: str | None) -> float:
+    if text is None:
+        return DEFAULT_WAIT
+    seconds = parse_duration(text, "wait")
+    if not 0 <= seconds <= MAX_WAIT:
+        raise InvalidParameter("wait", f"must be 0 to {MAX_WAIT:g} seconds, got {text!r}")
+    return seconds
+
+
+def _poll_answer(encoded: list[bytes], cursor: str | None) -> web.Response:
+    cursor_json = b"null" if cursor is None else _json_string(cursor)
+    body = b'{"cursor":' + cursor_json + b',"positions":' + encode_batch(encoded) + b"}"
+    return web.Response(
+        body=body, content_type="application/json", headers={"Cache-Control": "no-store"}
+    )
+
+
+def _event(encoded: list[bytes], cursor: str) -> bytes:
+    return b"id: " + cursor.encode() + b"\ndata: " + encode_batch(encoded) + b"\n\n"
+
+
+def _json_string(text: str) -> bytes:
+    return msgspec.json.encode(text)
+
+
+def _text(status: int, text: str) -> web.Response:
+    return web.Response(status=status, text=text.replace("\n", " ").strip() + "\n")
