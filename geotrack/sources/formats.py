@@ -16,7 +16,14 @@ from geotrack.sources.base import Format
 __all__ = ["MODULES", "formats"]
 
 #: The reader modules, each with a ``FORMAT``. Add a reader by adding its module here.
-MODULES: Final[tuple[str, ...]] = ()
+MODULES: Final[tuple[str, ...]] = (
+    # JSON: the specific shapes before generic GeoJSON, which an Overland batch also is.
+    "geotrack.sources.overland",
+    "geotrack.sources.google",
+    "geotrack.sources.geojson",
+    "geotrack.sources.owntracks_rec",
+    "geotrack.sources.fit",
+)
 
 
 @cache
