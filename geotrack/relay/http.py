@@ -83,6 +83,8 @@ from geotrack.schema import (
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
+    from geotrack.relay.mqtt import MqttBridge
+
 __all__ = ["CONTENT_TYPES", "HttpListener"]
 
 log = logging.getLogger("geotrack.http")
@@ -147,6 +149,8 @@ class HttpListener:
         # Requests that carry positions, paced per token (or per peer without auth) like
         # a WebSocket publisher's frames; over the rate they are answered 429.
         self._limiters: dict[str, RateLimiter] = {}
+        #: The relay's MQTT brokers (``--mqtt``), shown in /healthz and /metrics.
+        self.mqtt: list[MqttBridge] = []
         #: Long polling and Server-Sent Events (GET /api/positions/poll, /api/stream).
         self.feeds = Feeds(
             relay.store, relay.hub, relay.id, self._grant, self._viewable, self._store_call
@@ -525,7 +529,8 @@ class HttpListener:
             return _text(503, f"store unreachable: {exc}")
         except TimeoutError:
             return _text(503, f"store unreachable: no answer within {HEALTH_TIMEOUT:g} s")
-        return _text(200, "ok")
+        # A broker down is reported, not a 503: positions still come by the other ways.
+        return _text(200, "\n".join(["ok", *(bridge.health() for bridge in self.mqtt)]))
 
     async def _metrics(self, request: web.Request) -> web.StreamResponse:
         body = exposition(self.families())
@@ -583,7 +588,13 @@ class HttpListener:
         )
         for (route, method, status), count in sorted(self.requests.items()):
             requests.add(count, route=route, method=method, code=str(status))
-        return [positions, connections, latency, drops, delivered, peers, frame_errors, requests]
+        families = [positions, connections, latency, drops, delivered, peers, frame_errors]
+        families.append(requests)
+        if self.mqtt:
+            from geotrack.relay.mqtt import mqtt_families
+
+            families.extend(mqtt_families(self.mqtt))
+        return families
 
 
 # -- helpers ---------------------------------------------------------------------------------

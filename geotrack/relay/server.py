@@ -17,6 +17,7 @@ import logging
 import time
 import uuid
 import weakref
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -118,6 +119,9 @@ class Relay:
         self.id = f"relay-{uuid.uuid4().hex[:12]}"
         self.counters = Counters()
         self.hub = Hub(text_frame)
+        #: Called after each commit with the positions it newly stored, after the fan-out
+        #: (``--mqtt-publish`` forwards them); an exception is logged, not raised.
+        self.stored_hooks: list[Callable[[list[Position]], None]] = []
         #: Refused handshakes and requests (both transports), logged at a bounded rate.
         self.refusals = RefusalLog(log, self.config.refusals_logged, self.config.refusal_interval)
         # One commit's new positions all go to every subscriber at once: a commit larger
@@ -377,6 +381,11 @@ class Relay:
 
     def _fan_out(self, positions: list[Position]) -> None:
         self.hub.publish(positions)
+        for hook in self.stored_hooks:
+            try:
+                hook(positions)
+            except Exception:
+                log.exception("a stored-positions hook failed")
 
     async def _follow_peers(self, feed: ChangeFeed) -> None:
         """Deliver what other relays sharing the store stored (scale-out)."""
