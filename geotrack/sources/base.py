@@ -95,6 +95,10 @@ class Format:
     file's items and raises :class:`~geotrack.errors.SourceError` (one line, naming the
     file and what was wrong) when the file cannot be read at all; a truncated file yields
     what it could read before raising, so nothing valid is lost.
+
+    ``gzip`` says the reader opens its file with :func:`open_binary`, which unpacks gzip
+    as it reads; for a reader that does not, :mod:`geotrack.sources.formats` unpacks a
+    gzip file to a temporary file first.
     """
 
     name: str
@@ -102,6 +106,7 @@ class Format:
     suffixes: tuple[str, ...]
     sniff: Callable[[bytes], bool]
     read: Callable[[Path, ReadOptions], Iterator[Item]]
+    gzip: bool = False
 
 
 def parse_start(text: str, now_ms: int, name: str = "--start") -> int:
