@@ -101,6 +101,66 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    mqtt: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="URL",
+            help="Take positions from an MQTT broker (repeat for several): "
+            "mqtt[s]://[USER:PASS@]HOST[:PORT][/FILTER], FILTER by default owntracks/# "
+            "(OwnTracks in MQTT mode, device USER:DEVICE from owntracks/USER/DEVICE). "
+            "Subscribed at QoS 1 in a persistent session: messages sent while the relay "
+            "is down arrive when it is back, and each is acked only once stored. "
+            "Example: --mqtt 'mqtts://geotrack:secret@broker.example.org'. "
+            "See docs/mqtt.md.",
+            show_default=False,
+        ),
+    ] = None,
+    mqtt_json_filter: Annotated[
+        str | None,
+        typer.Option(
+            metavar="FILTER",
+            help="Also take geotrack's own JSON (a position or an array, as on /publish) "
+            "from topics matching this filter on every --mqtt broker, e.g. geotrack/in/#.",
+            show_default=False,
+        ),
+    ] = None,
+    mqtt_retained: Annotated[
+        bool,
+        typer.Option(
+            "--mqtt-retained",
+            help="Also store retained messages (the broker's last message per topic, "
+            "replayed at every subscription; usually positions already stored).",
+        ),
+    ] = False,
+    mqtt_client_id: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ID",
+            help="Client id of the relay's session on the brokers. Default: derived from "
+            "the host name, --store and --port, so it is the same after a restart. Give "
+            "each relay its own.",
+            show_default=False,
+        ),
+    ] = None,
+    mqtt_publish: Annotated[
+        str | None,
+        typer.Option(
+            metavar="TEMPLATE",
+            help="Publish every position this relay stores (from any transport) to the "
+            "--mqtt brokers, on a topic made from {device}, e.g. geotrack/{device}: for "
+            "Home Assistant or Node-RED.",
+            show_default=False,
+        ),
+    ] = None,
+    cafile: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            help="CA certificate (PEM) to trust for mqtts:// brokers, instead of the "
+            "system's (which SSL_CERT_FILE or SSL_CERT_DIR can name).",
+            show_default=False,
+        ),
+    ] = None,
     retain: Annotated[
         str | None,
         typer.Option(
@@ -142,6 +202,8 @@ def serve(
 
       `geotrack serve --store sqlite:///tracks.db --retain 90d`
 
+      `geotrack serve --mqtt mqtt://localhost --mqtt-publish 'geotrack/{device}'`
+
       `geotrack serve --host 0.0.0.0 --auth tokens.toml --certfile cert.pem --keyfile key.pem`
     """
     configure_logging(quiet, verbose)
@@ -168,6 +230,12 @@ def serve(
             tiles=_tiles(tiles, DEFAULT_TILES),
             retain=None if retain is None else parse_duration(retain, "--retain"),
             retain_every=parse_duration(retain_every, "--retain-every"),
+            mqtt=tuple(mqtt or ()),
+            mqtt_json_filter=mqtt_json_filter,
+            mqtt_retained=mqtt_retained,
+            mqtt_client_id=mqtt_client_id,
+            mqtt_publish=mqtt_publish,
+            cafile=cafile,
         )
     with errors(), open_db(store) as db, event_loop_runner() as runner:
         runner.run(serve(db, config))

@@ -14,10 +14,12 @@ import ipaddress
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from ssl import SSLContext
 from typing import TypeVar
 
 from geotrack.auth import Tokens
 from geotrack.errors import InvalidParameter
+from geotrack.relay.mqtt_messages import Broker, check_filter, check_template, parse_broker
 from geotrack.schema import MAX_BATCH
 
 __all__ = ["DEFAULT_TILES", "OSM_ATTRIBUTION", "RelayConfig", "is_loopback", "server_tls"]
@@ -86,6 +88,24 @@ class RelayConfig:
     retain_every: float = 300.0
     #: The web map's tile URL template (``--tiles``); None: a plain background.
     tiles: str | None = DEFAULT_TILES
+    #: MQTT brokers to take positions from (``--mqtt``), as given:
+    #: ``mqtt[s]://[user:pass@]host[:port][/filter]``; read into ``mqtt_brokers``.
+    mqtt: tuple[str, ...] = ()
+    #: A second topic filter carrying geotrack's own JSON (``--mqtt-json-filter``).
+    mqtt_json_filter: str | None = None
+    #: Also store retained messages (``--mqtt-retained``): stale positions otherwise.
+    mqtt_retained: bool = False
+    #: The broker session's client id (``--mqtt-client-id``); None: one derived from the
+    #: host name, the store and the port, the same at every restart.
+    mqtt_client_id: str | None = None
+    #: Publish every stored position to this topic template (``--mqtt-publish``).
+    mqtt_publish: str | None = None
+    #: A CA certificate (PEM) to trust for mqtts:// brokers (``--cafile``); None: the system's.
+    cafile: Path | None = None
+    #: ``mqtt``, read (filled in from it).
+    mqtt_brokers: tuple[Broker, ...] = ()
+    #: The TLS context for mqtts:// brokers (made from ``cafile`` when one is mqtts://).
+    mqtt_tls: SSLContext | None = None
 
     def __post_init__(self) -> None:
         _within("--port", self.port, 0, 65535)
@@ -114,6 +134,30 @@ class RelayConfig:
             self.ssl = server_tls(self.certfile, self.keyfile)
         if self.tokens is None and self.auth is not None:
             self.tokens = Tokens.load(self.auth)
+        self._check_mqtt()
+
+    def _check_mqtt(self) -> None:
+        """Read ``mqtt`` and check the options that only make sense with it."""
+        if not self.mqtt_brokers:
+            self.mqtt_brokers = tuple(parse_broker(url) for url in self.mqtt)
+        if not self.mqtt_brokers:
+            for name, value in (
+                ("--mqtt-json-filter", self.mqtt_json_filter),
+                ("--mqtt-publish", self.mqtt_publish),
+                ("--mqtt-client-id", self.mqtt_client_id),
+                ("--mqtt-retained", self.mqtt_retained or None),
+            ):
+                if value is not None:
+                    raise InvalidParameter(name, "give --mqtt BROKER_URL too")
+            return
+        if self.mqtt_json_filter is not None:
+            check_filter(self.mqtt_json_filter, "--mqtt-json-filter")
+        if self.mqtt_publish is not None:
+            check_template(self.mqtt_publish)
+        if self.mqtt_client_id is not None and not 0 < len(self.mqtt_client_id) <= 65535:
+            raise InvalidParameter("--mqtt-client-id", "must not be empty")
+        if self.mqtt_tls is None and any(b.tls for b in self.mqtt_brokers):
+            self.mqtt_tls = mqtt_client_tls(self.cafile)
 
     @property
     def http_address(self) -> str:
@@ -137,6 +181,15 @@ def server_tls(certfile: Path, keyfile: Path | None) -> ssl.SSLContext:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise InvalidParameter("--certfile", f"cannot load {certfile}: {reason}") from None
     return context
+
+
+def mqtt_client_tls(cafile: Path | None) -> ssl.SSLContext:
+    """The TLS context for mqtts:// brokers: ``cafile``, else the system's trust store."""
+    try:
+        return ssl.create_default_context(cafile=None if cafile is None else str(cafile))
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise InvalidParameter("--cafile", f"cannot load {cafile}: {reason}") from None
 
 
 def is_loopback(host: str) -> bool:

@@ -13,11 +13,15 @@ import contextlib
 import logging
 import signal
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from geotrack.relay.config import RelayConfig
 from geotrack.relay.retention import Retention
 from geotrack.relay.server import Counters, Relay
 from geotrack.store import Store
+
+if TYPE_CHECKING:
+    from geotrack.relay.mqtt import MqttBridge
 
 __all__ = ["STOP_SIGNALS", "serve"]
 
@@ -53,6 +57,9 @@ async def serve(store: Store, config: RelayConfig, stop: asyncio.Event | None = 
         except BaseException:
             await relay.stop()
             raise
+    bridges = await _start_mqtt(relay, config)
+    if listener is not None:
+        listener.mqtt = bridges
     with _signals_set(stop):
         log.info("geotrack relay listening on %s (store %s)", relay.url, store.display_url)
         log.info("publish to %s/publish, subscribe at %s/subscribe", relay.url, relay.url)
@@ -63,12 +70,40 @@ async def serve(store: Store, config: RelayConfig, stop: asyncio.Event | None = 
         log.info("stopping: storing and acking what is in flight")
         if retention is not None:
             await retention.stop()  # after the batch in progress
+        # First: a message taken is stored and acked to its broker, one not taken stays
+        # with the broker, which sends it again after the restart.
+        for bridge in bridges:
+            await bridge.stop()
         if listener is not None:
             await listener.stop()  # before the relay: what it accepted still gets stored
         await relay.stop()
     c = relay.counters
     log.info("stopped: %d stored, %d duplicates, %d rejected", c.stored, c.duplicates, c.rejected)
     return c
+
+
+async def _start_mqtt(relay: Relay, config: RelayConfig) -> list[MqttBridge]:
+    """A started bridge per ``--mqtt`` broker (docs/mqtt.md); they connect in the background."""
+    if not config.mqtt_brokers:
+        return []
+    from geotrack.relay.mqtt import MqttBridge
+
+    bridges = [
+        MqttBridge(
+            relay,
+            broker,
+            client_id=config.mqtt_client_id,
+            json_filter=config.mqtt_json_filter,
+            retained=config.mqtt_retained,
+            publish=config.mqtt_publish,
+            tls=config.mqtt_tls,
+        )
+        for broker in config.mqtt_brokers
+    ]
+    for bridge in bridges:
+        await bridge.start()
+        log.info("MQTT: subscribing to %s as %s", bridge.broker.url, bridge.client_id)
+    return bridges
 
 
 def _start_retention(store: Store, config: RelayConfig) -> Retention | None:
