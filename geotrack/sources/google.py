@@ -127,10 +127,10 @@ def parse_point(text: object, name: str) -> tuple[float, float]:
 
 
 def _e7(value: object, name: str, limit: int) -> float:
-    degrees = number(value, name) / E7
-    if degrees > limit:
-        degrees -= _OVERFLOW / E7
-    return degrees
+    raw = value if isinstance(value, int) and not isinstance(value, bool) else number(value, name)
+    if raw > limit * E7:
+        raw -= _OVERFLOW  # before dividing, so that the degrees come out as exact as written
+    return raw / E7
 
 
 class _Reader:
