@@ -438,3 +438,37 @@ def test_query_is_one_find_sorted_by_device_and_time(wire: Wire) -> None:
     found = event("T1", pos(i=1, speed=2.0))["fullDocument"]
     request.replies({"cursor": {"id": 0, "ns": NS, "firstBatch": [found | {"speed": 2.0}]}})
     assert future() == [pos(i=1, speed=2.0)]
+
+
+def test_prune_finds_ids_oldest_first_then_deletes_them_by_id(wire: Wire) -> None:
+    store = wire.open()
+    store.prune_batch = 2
+    store.prune_pause = 0.0
+    ids = [ObjectId() for _ in range(3)]
+    future = go(lambda: list(store.prune(T0 + 5000, devices=["car-1"])))
+    old = {"device": "car-1", "ts": {"$lt": datetime(2025, 11, 25, 12, 0, 5)}}
+    for batch in (ids[:2], ids[2:]):
+        request = wire.expect("find")
+        assert request["filter"] == old
+        assert request["projection"] == {"_id": 1}
+        assert (request["sort"], request["limit"]) == ({"ts": 1}, 2)
+        docs = [{"_id": i} for i in batch]
+        request.replies({"cursor": {"id": 0, "ns": NS, "firstBatch": docs}})
+        request = wire.expect("delete")
+        # A bounded delete by _id, not the range: each batch is short whatever the store
+        # holds, and it waits for the write concern like every write.
+        assert request["deletes"] == [{"q": {"_id": {"$in": batch}}, "limit": 0}]
+        assert request["writeConcern"] == {"w": "majority", "j": True}
+        request.replies({"n": len(batch)})
+    # The last batch was short: nothing more is asked for.
+    assert [(p.device, p.count) for p in future()] == [("car-1", 2), ("car-1", 1)]
+
+
+def test_a_dry_run_prune_only_counts(wire: Wire) -> None:
+    store = wire.open()
+    future = go(lambda: list(store.prune(T0, devices=["car-1"], dry_run=True)))
+    request = wire.expect("aggregate")
+    match = request["pipeline"][0]["$match"]
+    assert match == {"device": "car-1", "ts": {"$lt": datetime(2025, 11, 25, 12, 0)}}
+    request.replies({"cursor": {"id": 0, "ns": NS, "firstBatch": [{"_id": 1, "n": 7}]}})
+    assert [(p.device, p.count) for p in future()] == [("car-1", 7)]

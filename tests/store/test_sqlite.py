@@ -161,3 +161,30 @@ def test_rows_between_own_commits_are_never_passed_over(tmp_path: Path) -> None:
             assert got == expected
         finally:
             feed.close()
+
+
+def test_a_prune_lets_writers_of_another_connection_in_between_its_batches(
+    tmp_path: Path,
+) -> None:
+    # Each batch is its own short transaction, committed before it is reported: a writer
+    # on another connection (another relay process) commits while the prune is under
+    # way, not after it (with one long transaction its write would time out).
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    with open_store(url) as pruner, open_store(url + "?busy_timeout=500") as writer:
+        pruner.write([pos("old", i) for i in range(5000)])
+        assert isinstance(pruner, SQLiteStore)
+        pruner.prune_batch = 100
+        pruner.prune_hold = 0.0001  # keeps the batches small
+        pruner.prune_pause = 0.002
+        steps = pruner.prune(pos("old", 10_000).ts_ms)
+        batches_before_write: list[int] = []
+        done = deleted = 0
+        for step in steps:
+            done += 1
+            deleted += step.count
+            if done % 5 == 0 and len(batches_before_write) < 3:
+                writer.write([pos("new", len(batches_before_write))])
+                batches_before_write.append(done)
+        assert len(batches_before_write) == 3 and done > 15  # writes landed mid-prune
+        assert deleted == 5000
+        assert [p.device for p in writer.query()] == ["new", "new", "new"]
