@@ -10,6 +10,7 @@ docs/http.md:
     GET  /                  without OsmAnd parameters: the web map (docs/web.md)
     GET  /static/...        the web map's files; GET /map/config.json its settings
     POST /owntracks         OwnTracks HTTP mode
+    POST /overland          Overland batches (GeoJSON points)
     POST /api/positions     a Position or an array of them; answers the WebSocket ack
     GET  /api/positions     history in any export format, streamed
     GET  /api/devices       every device with its last fix
@@ -57,7 +58,7 @@ from geotrack.relay.access import (
     forbidden_device,
     restrict_devices,
 )
-from geotrack.relay.http_devices import parse_osmand, parse_owntracks
+from geotrack.relay.http_devices import device_id, parse_osmand, parse_owntracks
 from geotrack.relay.http_feeds import Feeds
 from geotrack.relay.metrics import Family, exposition
 from geotrack.relay.publishers import RateLimiter
@@ -79,6 +80,7 @@ from geotrack.schema import (
     parse_duration,
     parse_time,
 )
+from geotrack.sources.overland import parse_overland
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -97,7 +99,7 @@ CONTENT_TYPES: Final[dict[str, str]] = {
     "ndjson": "application/x-ndjson; charset=utf-8",
 }
 #: Transports always present in /metrics, so a dashboard's series exist from the start.
-TRANSPORTS: Final = ("websocket", "osmand", "owntracks", "rest")
+TRANSPORTS: Final = ("websocket", "osmand", "owntracks", "overland", "rest")
 #: Bytes an export hands to the response at a time, and chunks in flight between them.
 CHUNK_BYTES: Final = 64 * 1024
 _CHUNKS_IN_FLIGHT: Final = 4
@@ -183,6 +185,7 @@ class HttpListener:
         app.router.add_get("/map/config.json", self._map_config)
         app.router.add_route("POST", "/", self._osmand)
         app.router.add_route("POST", "/owntracks", self._owntracks)
+        app.router.add_route("POST", "/overland", self._overland)
         app.router.add_route("POST", "/api/positions", self._post_positions)
         app.router.add_route("GET", "/api/positions", self._get_positions)
         app.router.add_route("GET", "/api/devices", self._devices)
@@ -250,7 +253,7 @@ class HttpListener:
             response = _text(
                 404,
                 f"no such endpoint {request.path[:100]!r}: see docs/http.md "
-                "(/, /owntracks, /api/positions, /api/devices, /healthz, /metrics)",
+                "(/, /owntracks, /overland, /api/positions, /api/devices, /healthz, /metrics)",
             )
         except web.HTTPException as exc:
             self.requests[(name, request.method, exc.status)] += 1
@@ -399,6 +402,36 @@ class HttpListener:
                 return failed
         # OwnTracks reads the answer as messages for the app: none.
         return web.Response(body=b"[]", content_type="application/json")
+
+    async def _overland(self, request: web.Request) -> web.StreamResponse:
+        """Overland's batch: the valid locations stored, ``{"result": "ok"}`` answered.
+
+        The app keeps a batch and sends it again until it reads that answer, so a batch
+        that cannot be read, or names no device, is a 400 (it stays on the phone until the
+        setting is fixed); one with some bad locations is answered ok, the bad ones listed
+        and counted as rejected (sending them again would not make them good).
+        """
+        grant = self._grant(request, "publish")
+        named = request.query.get("device")
+        try:
+            body = _decode_json(await request.read())
+            positions, refused = parse_overland(body, device_id(named) if named else None)
+            unnamed = next((r for _, r in refused if r.startswith("device_id:")), None)
+            if unnamed is not None:
+                raise InvalidParameter("device_id", unnamed.removeprefix("device_id: "))
+        except (InvalidParameter, InvalidPosition) as exc:
+            self._count_rejected("overland", str(exc))
+            return _text(400, str(exc))
+        for _, reason in refused:
+            self._count_rejected("overland", reason)
+        if positions:
+            failed = await self._ingest(positions, grant, "overland")
+            if failed is not None:
+                return failed
+        answer: dict[str, Any] = {"result": "ok"}
+        if refused:
+            answer["rejected"] = [{"location": at, "reason": why} for at, why in refused]
+        return _json(200, msgspec.json.encode(answer))
 
     # -- REST ------------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ from geotrack.sources.jsonstream import (
     stream_items,
 )
 
-__all__ = ["FORMAT", "parse_batch", "parse_location", "read_overland", "sniff_overland"]
+__all__ = ["FORMAT", "parse_location", "parse_overland", "read_overland", "sniff_overland"]
 
 #: Properties with a place in the schema (or consumed otherwise).
 _FIELDS: Final = frozenset(
@@ -119,7 +119,7 @@ def parse_location(feature: Any, device: str | None = None) -> Position:
     return validate(position)
 
 
-def parse_batch(
+def parse_overland(
     body: Any, device: str | None = None
 ) -> tuple[list[Position], list[tuple[str, str]]]:
     """The positions of an Overland upload, and (where, reason) of each location refused.
