@@ -32,7 +32,7 @@ import typing
 from collections.abc import Iterator
 from datetime import datetime, tzinfo
 from pathlib import Path
-from typing import Any, Final
+from typing import IO, Any, Final
 
 import msgspec
 
@@ -179,16 +179,67 @@ def read_csv(path: Path, options: ReadOptions) -> Iterator[Item]:
         if found is None:
             raise SourceError(where, _unmapped(line))
         delimiter, cells, mapped = found
+        if [c.strip().lower() for c in cells] == list(HEADER) and delimiter == ",":
+            lines = _Lines(text)
+            try:
+                yield from _own_rows(lines, device)
+            except OSError as exc:
+                raise SourceError(where, f"cannot read past line {lines.number}: {exc}") from None
+            return
         rows = csv.reader(text, delimiter=delimiter)
         try:
-            if [c.strip().lower() for c in cells] == list(HEADER) and delimiter == ",":
-                yield from _own_rows(rows, device)
-            else:
-                yield from _validated(_other_rows(rows, mapped, delimiter, options, path), path)
+            yield from _validated(_other_rows(rows, mapped, delimiter, options, path), path)
         except csv.Error as exc:
             raise SourceError(where, f"line {rows.line_num}: {exc}") from None
         except OSError as exc:
             raise SourceError(where, f"cannot read past line {rows.line_num}: {exc}") from None
+
+
+class _Lines:
+    """The rows of geotrack's own CSV, split without the csv module where it can be.
+
+    Rows written by geotrack quote only the attrs cell (and a device id no valid
+    position has): a line without quotes is split at its commas, and one whose only
+    quoted cell is the last is unquoted here; anything else goes through the csv
+    module. ``number`` is the line of the row last given; ``cut`` the number of a last
+    line that ends without a newline (0 if none).
+    """
+
+    def __init__(self, text: IO[str]) -> None:
+        self.text = text
+        self.number = 1  # the header's
+        self.cut = 0
+
+    def __iter__(self) -> Iterator[list[str]]:
+        rest = ""
+        reader = csv.reader
+        while True:
+            block = self.text.read(1 << 20)
+            if not block:
+                break
+            lines = (rest + block).replace("\r\n", "\n").split("\n")
+            rest = lines.pop()
+            for line in lines:
+                self.number += 1
+                if '"' not in line:
+                    yield line.split(",")
+                    continue
+                cells = line.split(",", 8)
+                last = cells[-1]
+                if (
+                    len(cells) == 9
+                    and last[:1] == '"' == last[-1:]
+                    and len(last) > 1
+                    and '"' not in line[: len(line) - len(last)]
+                ):
+                    cells[8] = last[1:-1].replace('""', '"')
+                    yield cells
+                else:
+                    yield next(reader([line]), [])
+        if rest.strip():
+            self.number += 1
+            self.cut = self.number
+            yield next(reader([rest]), [])
 
 
 def _unmapped(line: str) -> str:
@@ -239,18 +290,24 @@ def _convert(batch: list[dict[str, Any]], lines: list[int]) -> list[Item]:
     return items
 
 
-def _own_rows(rows: Any, device: str | None) -> Iterator[Item]:
+def _own_rows(rows: _Lines, device: str | None) -> Iterator[Item]:
     """geotrack's own export: every cell as it was written, checked as the schema checks.
 
     Positions are built directly (a validated dict per row through msgspec would cost
     twice as much), with the schema's bounds checked here; a row that fails them goes
-    through :func:`~geotrack.schema.validate` for the message. A canonical ts becomes
-    Unix seconds, which Position turns back into the same text by its fast path.
+    through :func:`~geotrack.schema.validate` for the message.
     """
-    minutes: dict[str, int] = {}
+    for item in _own_items(rows, device):
+        if type(item) is Skipped and rows.cut and rows.cut == rows.number:
+            yield Skipped("truncated last line", item.where)
+        else:
+            yield item
+
+
+def _own_items(rows: _Lines, device: str | None) -> Iterator[Item]:
     make = Position
     for cells in rows:
-        line = rows.line_num
+        line = rows.number
         if len(cells) != 9:
             if any(cells):
                 yield Skipped(f"expected 9 cells, found {len(cells)}", f"line {line}")
@@ -274,13 +331,12 @@ def _own_rows(rows: Any, device: str | None) -> Iterator[Item]:
             and (heading_v is None or 0.0 <= heading_v < 360.0)
             and (acc_v is None or acc_v >= 0.0)
         ):
-            ms = _fast_ms(ts, minutes)
             try:
                 yield make(
                     device or name,
                     lat,
                     lon,
-                    ts if ms is None else ms / 1000,
+                    ts,
                     speed_v,
                     heading_v,
                     alt_v,
@@ -306,26 +362,9 @@ def _own_rows(rows: Any, device: str | None) -> Iterator[Item]:
             yield Skipped(str(exc), f"line {line}")
 
 
-def _fast_ms(ts: str, minutes: dict[str, int]) -> int | None:
-    """Unix ms of a canonical ts, by its minute (cached) and its seconds; None if not one."""
-    if len(ts) != 24 or ts[19] != "." or ts[23] != "Z" or not ts.isascii():
-        return None
-    second, milli = ts[17:19], ts[20:23]
-    if not (second.isdigit() and milli.isdigit() and second < "60"):
-        return None
-    head = ts[:17]
-    base = minutes.get(head)
-    if base is None:
-        if len(minutes) >= 4096:
-            minutes.clear()
-        try:
-            base = minutes[head] = ts_to_ms(head + "00.000Z")
-        except ValueError:
-            return None
-    return base + int(second) * 1000 + int(milli)
-
-
 def _number_reason(exc: Exception) -> str:
+    if isinstance(exc, msgspec.ValidationError):
+        return f"attrs: {exc}"
     if isinstance(exc, msgspec.DecodeError):
         return "attrs: not valid JSON"
     return "not a number: " + str(exc).rpartition(": ")[2][:40]

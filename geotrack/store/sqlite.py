@@ -283,13 +283,18 @@ class SQLiteStore(Store):
             return []
         stored_ms = time.time_ns() // 1_000_000
         encode = _attrs_encoder.encode
-        # ts_to_ms of a ts that validation produced from a number is a dictionary look-up
-        # (see schema); canonical text read from files is converted by its minute.
+        # A position's ts is canonical text (validated on construction): its Unix ms are
+        # its minute's (looked up once a minute) plus its seconds and milliseconds.
         minutes: dict[str, int] = {}
+        minute = minutes.get
         rows = [
             (
                 p.device,
-                _ts_ms(ts, minutes) if type(ts := p.ts) is str else ts_to_ms(p.time),
+                (minute(ts[:17]) or _minute_ms(ts, minutes))
+                + int(ts[17:19]) * 1000
+                + int(ts[20:23])
+                if type(ts := p.ts) is str and len(ts) == 24
+                else ts_to_ms(p.time),
                 p.lat,
                 p.lon,
                 p.speed,
@@ -463,21 +468,69 @@ class SQLiteStore(Store):
         if dry_run:
             yield from self._count_before(names, before_ms)
             return
-        # Device by device down the (device, ts) index, oldest first: each batch is an
-        # index range, never a table scan, and its rows go in one short transaction.
-        batch = self.prune_batch
-        pause = 0.0
+        pacer = _Pacer(self.prune_batch, self.prune_hold, self.prune_pause)
+        if not devices:
+            # Old fixes were mostly stored long ago: they fill the table's first pages,
+            # in seq order. Deleting seq ranges frees whole pages at a time; one device's
+            # fixes are spread over every page of its time (the devices' fixes are
+            # interleaved), so a batch of them would rewrite a page per row.
+            yield from self._prune_by_seq(before_ms, pacer)
+        # The rest (and a prune of some devices only) down the (device, ts) index: fixes
+        # stored after the cut with an older fix time, such as an imported GPX file.
         for device in names:
             while True:
-                time.sleep(pause)
-                deleted, held = self._delete_before(device, before_ms, batch)
+                pacer.wait()
+                deleted, held = self._delete_before(device, before_ms, pacer.batch)
                 if deleted:
                     yield Pruned(device, deleted)
-                pause = max(self.prune_pause, held)
-                if deleted < batch:
+                if deleted < pacer.batch:
+                    pacer.took(held)
                     break
-                scale = min(2.0, max(0.5, self.prune_hold / max(held, 1e-4)))
-                batch = min(50_000, max(100, round(batch * scale)))
+                pacer.took(held)
+
+    def _prune_by_seq(self, before_ms: int, pacer: _Pacer) -> Iterator[Pruned]:
+        """Delete old fixes in seq order, range by range, up to the first one stored after
+        ``before_ms`` (what was stored later is left to the per-device pass)."""
+        after = 0
+        while True:
+            pacer.wait()
+            span = pacer.batch
+            with self._lock:
+                self._check_open()
+                try:
+                    self._writer.execute("BEGIN IMMEDIATE")
+                    locked = time.monotonic()
+                    try:
+                        rng = (after, after + span, before_ms)
+                        counts = self._writer.execute(
+                            "SELECT device, COUNT(*) FROM positions "
+                            "WHERE seq > ? AND seq <= ? AND ts < ? GROUP BY device",
+                            rng,
+                        ).fetchall()
+                        if counts:
+                            self._writer.execute(
+                                "DELETE FROM positions WHERE seq > ? AND seq <= ? AND ts < ?",
+                                rng,
+                            )
+                        following = self._writer.execute(
+                            "SELECT seq, stored FROM positions WHERE seq > ? ORDER BY seq LIMIT 1",
+                            (after + span,),
+                        ).fetchone()
+                        self._writer.execute("COMMIT")
+                    except BaseException:
+                        if self._writer.in_transaction:
+                            self._writer.execute("ROLLBACK")
+                        raise
+                except sqlite3.Error as exc:
+                    raise StoreError(f"prune of {self.display_url} failed: {exc}") from None
+                held = time.monotonic() - locked
+            for device, count in counts:
+                yield Pruned(device, count)
+            pacer.took(held)
+            if following is None or following[1] >= before_ms:
+                return
+            # Over a gap of deleted seqs at once: the next range starts at a row.
+            after = following[0] - 1
 
     def _delete_before(self, device: str, before_ms: int, limit: int) -> tuple[int, float]:
         """Delete up to ``limit`` of ``device``'s oldest positions before ``before_ms``.
@@ -563,16 +616,10 @@ def _insert_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
         conn.executemany(_INSERT, rows[n:])
 
 
-def _ts_ms(ts: str, minutes: dict[str, int]) -> int:
-    """ts_to_ms of a canonical ts, the minute's part looked up in ``minutes`` (filled here)."""
-    second, milli = ts[17:19], ts[20:23]
-    if len(ts) == 24 and ts[23] == "Z" and ts[19] == "." and second.isdigit() and milli.isdigit():
-        base = minutes.get(head := ts[:17])
-        if base is None:
-            base = minutes[head] = ts_to_ms(head + "00.000Z")
-        # A position's ts is canonical (validated on construction): ASCII digits here.
-        return base + int(second) * 1000 + int(milli)
-    return ts_to_ms(ts)
+def _minute_ms(ts: str, minutes: dict[str, int]) -> int:
+    """Unix ms of the minute of a canonical ts, noted in ``minutes``."""
+    ms = minutes[ts[:17]] = ts_to_ms(ts[:17] + "00.000Z")
+    return ms
 
 
 def _where(
@@ -604,6 +651,28 @@ def _identity(st: os.stat_result) -> tuple[int, int]:
 def _last_seq(conn: sqlite3.Connection) -> int:
     seq: int = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM positions").fetchone()[0]
     return seq
+
+
+class _Pacer:
+    """Sizes prune batches to hold the write lock ``hold`` seconds, and spaces them out.
+
+    After a batch the next one waits ``pause`` seconds, or as long as the batch held the
+    lock if that was longer: a prune takes at most half of the lock's time.
+    """
+
+    def __init__(self, batch: int, hold: float, pause: float) -> None:
+        self.batch = batch
+        self._hold = hold
+        self._pause = pause
+        self._next = 0.0
+
+    def wait(self) -> None:
+        time.sleep(self._next)
+
+    def took(self, held: float) -> None:
+        self._next = max(self._pause, held)
+        scale = min(2.0, max(0.5, self._hold / max(held, 1e-4)))
+        self.batch = min(50_000, max(100, round(self.batch * scale)))
 
 
 def parse_cursor(text: str) -> int:
