@@ -21,7 +21,6 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -29,16 +28,23 @@ import gpxpy
 import msgspec
 
 from geotrack._text import plural
-from geotrack.errors import InvalidParameter, InvalidPosition, SourceError
+from geotrack.errors import InvalidParameter, SourceError
 from geotrack.gpx_extensions import GT_NAMESPACE
-from geotrack.schema import DEVICE_PATTERN, Position, ms_to_ts, validate
+from geotrack.schema import DEVICE_PATTERN, Position, ms_to_ts
+from geotrack.sources.base import Format, Item, Notice, ReadOptions, Skipped
+from geotrack.sources.timing import (
+    DEFAULT_KMH,
+    Anchor,
+    RawPoint,
+    datetime_ms,
+    device_ids,
+    file_anchor,
+    place_track,
+)
 
-__all__ = ["GT_NAMESPACE", "Track", "read_gpx", "schedule"]
+__all__ = ["FORMAT", "GT_NAMESPACE", "Track", "read", "read_gpx", "schedule"]
 
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_MS: Final = timedelta(milliseconds=1)
-_EARTH_RADIUS_M: Final = 6_371_008.8
-_NOT_IN_DEVICE_ID: Final = re.compile(r"[^A-Za-z0-9._:-]")
+_GPX_ROOT_RE: Final = re.compile(rb"<(?:[A-Za-z_][\w.-]*:)?gpx[\s>/]")
 _INT_RE: Final = re.compile(r"[+-]?\d+")
 _FLOAT_RE: Final = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _ENCODING_RE: Final = re.compile(rb"""^<\?xml[^>]*?encoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
@@ -51,8 +57,9 @@ class Track:
     """The positions of one device read from one ``<trk>`` (or ``<rte>``), sorted by time.
 
     ``warnings`` says, one line each, what the reader had to do that the file did not
-    say: invent or interpolate times, skip ``skipped`` points that failed validation, keep
-    points that share a time. ``positions`` is empty only when every point was skipped.
+    say: invent or interpolate times, skip ``skipped`` points (that failed validation or
+    share their time with another point), find times repeated or going backwards.
+    ``positions`` is empty only when every point was skipped.
     """
 
     device: str
@@ -62,63 +69,142 @@ class Track:
     skipped: int = 0
 
 
+def _sniff(head: bytes) -> bool:
+    return _GPX_ROOT_RE.search(head) is not None
+
+
+def read(path: Path, options: ReadOptions) -> Iterator[Item]:
+    """The items of a GPX file (the :class:`~geotrack.sources.base.Format` reader)."""
+    for _device, _name, items in _tracks(path, options.device, DEFAULT_KMH, options.retime_kmh):
+        yield from items
+
+
+FORMAT: Final = Format(
+    name="gpx",
+    description="GPX 1.0/1.1 tracks (routes when there are none); track names kept",
+    suffixes=(".gpx",),
+    sniff=_sniff,
+    read=read,
+)
+
+
 def read_gpx(
     path: str | Path,
     device: str | None = None,
-    kmh: float = 5.0,
+    kmh: float = DEFAULT_KMH,
     start_ms: int | None = None,
+    retime_kmh: float | None = None,
 ) -> list[Track]:
     """Read the tracks of a GPX file, one device each.
 
     Device ids: ``device`` for a file of one track, ``device-1``, ``device-2``, ... for
-    several; without ``device``, the file's stem (characters a device id cannot hold
-    become ``-``, cut to 64) or ``stem-1``, ``stem-2``, ... Tracks without points do
-    not count.
+    several; without ``device``, the id geotrack's own export wrote in the track's
+    extensions, else the file's stem (characters a device id cannot hold become ``-``,
+    cut to 64) or ``stem-1``, ``stem-2``, ... Tracks without points do not count. A
+    track's name is kept in each of its positions' ``attrs["track"]``.
 
-    Times: a track without any ``<time>`` is walked at ``kmh`` along its great-circle
-    distance, starting at ``start_ms`` (default: now), each point at least 1 ms after
-    the one before. In a track where only some points have a time, those between two
-    timed points are interpolated by distance, and those before the first or after the
-    last timed point are placed at the average speed of the timed part (``kmh`` if that
-    is unknown). A time without an offset is read as UTC. Each track says what was
-    invented in its ``warnings``.
+    Times: see :mod:`geotrack.sources.timing`; an untimed track is walked at ``kmh``
+    from ``start_ms`` when given, else from the file's own anchor (its metadata time,
+    earliest time or modification time), so reading a file twice gives the same times.
+    ``retime_kmh`` retimes every point. A time without an offset is read as UTC.
 
     Raises SourceError (one line, naming the file) when the file cannot be read, is not
     GPX, or holds no track or route point; InvalidParameter for a bad ``device``,
     ``kmh`` or ``start_ms``.
     """
     path = Path(path)
-    if device is not None and not re.fullmatch(DEVICE_PATTERN, device):
-        raise InvalidParameter(
-            "device", f"{device!r} is not 1-64 characters of A-Z a-z 0-9 . _ : -"
-        )
     if not (math.isfinite(kmh) and kmh > 0):
         raise InvalidParameter("kmh", f"must be a positive number of km/h, got {kmh!r}")
-    if start_ms is None:
-        start_ms = time.time_ns() // 1_000_000
-    try:
-        ms_to_ts(start_ms)
-    except (OverflowError, ValueError):
-        raise InvalidParameter("start_ms", f"out of range (years 1-9999): {start_ms}") from None
+    if start_ms is not None:
+        try:
+            ms_to_ts(start_ms)
+        except (OverflowError, ValueError):
+            raise InvalidParameter("start_ms", f"out of range (years 1-9999): {start_ms}") from None
+    tracks = []
+    for device_id, name, items in _tracks(path, device, kmh, retime_kmh, start_ms):
+        positions = [i for i in items if isinstance(i, Position)]
+        skips = [i for i in items if isinstance(i, Skipped)]
+        warnings = [i.text for i in items if isinstance(i, Notice)]
+        if skips:
+            shown = "; ".join(f"{s.where}: {s.reason}" for s in skips[:_MAX_REASONS])
+            more = "; ..." if len(skips) > _MAX_REASONS else ""
+            total = len(skips) + len(positions)
+            warnings.append(f"skipped {len(skips)} of {plural(total, 'point')} ({shown}{more})")
+        tracks.append(Track(device_id, name, positions, warnings, len(skips)))
+    return tracks
 
-    gpx = _parse(path)
-    groups = [(t.name, [p for s in t.segments for p in s.points]) for t in gpx.tracks]
-    groups = [g for g in groups if g[1]]
+
+def _tracks(
+    path: Path,
+    device: str | None,
+    kmh: float,
+    retime_kmh: float | None,
+    start_ms: int | None = None,
+) -> Iterator[tuple[str, str | None, list[Item]]]:
+    """(device, track name, items) of each track of a GPX file."""
+    gpx, damage = _parse(path)
+    groups = [
+        (t.name, _gt_device(t), [p for s in t.segments for p in s.points]) for t in gpx.tracks
+    ]
+    groups = [g for g in groups if g[2]]
     if not groups:
-        groups = [(r.name, list(r.points)) for r in gpx.routes if r.points]
+        groups = [(r.name, None, list(r.points)) for r in gpx.routes if r.points]
     if not groups:
         if gpx.waypoints:
             raise SourceError(str(path), "has only waypoints, no track or route")
         raise SourceError(str(path), "has no track or route points")
-    ids = _device_ids(path.stem, device, len(groups))
-    return [
-        _track(device_id, name, points, kmh, start_ms)
-        for device_id, (name, points) in zip(ids, groups, strict=True)
-    ]
+    ids = device_ids(path.stem, device, len(groups), fallback="gpx")
+    if device is None:
+        ids = [own or fallback for (_, own, _), fallback in zip(groups, ids, strict=True)]
+    if start_ms is not None:
+        anchor = Anchor(start_ms, "the start given")
+    else:
+        times = (p.time for _, _, points in groups for p in points if p.time is not None)
+        earliest = min((datetime_ms(t) for t in times), default=None)
+        metadata = None if gpx.time is None else datetime_ms(gpx.time)
+        anchor = file_anchor(path, metadata, earliest)
+    now_ms = time.time_ns() // 1_000_000
+    for number, ((name, own, points), device_id) in enumerate(zip(groups, ids, strict=True), 1):
+        label = f"track {name!r}" if name else f"track {number}"
+        # geotrack's export names a track after its device when the positions had no name.
+        track_name = name if name and name != own else None
+        raw = [_raw(p, track_name) for p in points]
+        items = place_track(
+            raw, device_id, label, anchor, kmh=kmh, retime_kmh=retime_kmh, now_ms=now_ms
+        )
+        yield device_id, name, items
+    if damage is not None:
+        raise damage
 
 
-def _parse(path: Path) -> Any:
-    """The gpxpy document of a file, or SourceError saying in one line why not."""
+def _gt_device(track: Any) -> str | None:
+    """The device id geotrack's export wrote in a track's extensions, if any."""
+    for element in getattr(track, "extensions", None) or ():
+        if isinstance(element.tag, str) and element.tag == f"{{{GT_NAMESPACE}}}device":
+            text = (element.text or "").strip()
+            if re.fullmatch(DEVICE_PATTERN, text):
+                return text
+    return None
+
+
+def _raw(point: Any, track_name: str | None) -> RawPoint:
+    ms = None if point.time is None else datetime_ms(point.time)
+    try:
+        fields: dict[str, Any] | str = _fields(point)
+    except (ValueError, TypeError) as exc:
+        fields = _one_line(exc)
+    if track_name and isinstance(fields, dict):
+        attrs = fields.setdefault("attrs", {})
+        attrs.setdefault("track", track_name)
+    return RawPoint(point.latitude, point.longitude, ms, fields)
+
+
+def _parse(path: Path) -> tuple[Any, SourceError | None]:
+    """The gpxpy document of a file, or SourceError saying in one line why not.
+
+    A truncated or broken file gives the document of its points before the damage, and
+    the error to raise once they are read.
+    """
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -131,9 +217,37 @@ def _parse(path: Path) -> Any:
     if root.rpartition("}")[2] != "gpx":
         raise SourceError(str(path), f"not a GPX file: its root element is <{root}>, not <gpx>")
     try:
-        return gpxpy.parse(text)
+        return gpxpy.parse(text), None
     except Exception as exc:  # gpxpy raises bare ValueErrors too, not only GPXException
-        raise SourceError(str(path), f"not a valid GPX file: {_one_line(exc)}") from None
+        error = SourceError(str(path), f"not a valid GPX file: {_one_line(exc)}")
+    broken = _xml_error(text)
+    if broken is None:
+        raise error
+    (line, column), message = broken
+    error = SourceError(
+        str(path), f"truncated or broken at line {line}, column {column}: {message}"
+    )
+    # Keep the points before the damage: cut after the last whole point, close the rest.
+    lines = text.splitlines(keepends=True)
+    before = "".join(lines[: line - 1]) + (lines[line - 1][:column] if line <= len(lines) else "")
+    end = max(before.rfind("</trkpt>"), before.rfind("</rtept>"))
+    if end < 0:
+        raise error
+    closers = "</trkseg></trk></gpx>" if before.startswith("</trkpt>", end) else "</rte></gpx>"
+    try:
+        return gpxpy.parse(before[: end + len("</trkpt>")] + closers), error
+    except Exception:
+        raise error from None
+
+
+def _xml_error(text: str) -> tuple[tuple[int, int], str] | None:
+    """Where and why a text is not well-formed XML, or None if it is."""
+    try:
+        for _ in ET.iterparse(io.StringIO(text)):
+            pass
+    except ET.ParseError as exc:
+        return exc.position, str(exc).split(":")[0]
+    return None
 
 
 def _decode(data: bytes) -> str:
@@ -159,132 +273,6 @@ def _root_tag(text: str, path: Path) -> str:
 def _one_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0][:200] if lines else type(exc).__name__
-
-
-def _device_ids(stem: str, device: str | None, n: int) -> list[str]:
-    if device is not None:
-        if n == 1:
-            return [device]
-        ids = [f"{device}-{i}" for i in range(1, n + 1)]
-        if len(ids[-1]) > 64:
-            raise InvalidParameter(
-                "device", f"{device!r} is too long to number {n} tracks as {device}-<n> (64 max)"
-            )
-        return ids
-    base = _NOT_IN_DEVICE_ID.sub("-", stem) or "gpx"
-    if n == 1:
-        return [base[:64]]
-    base = base[: 64 - len(f"-{n}")]
-    return [f"{base}-{i}" for i in range(1, n + 1)]
-
-
-def _track(device: str, name: str | None, points: list[Any], kmh: float, start_ms: int) -> Track:
-    warnings: list[str] = []
-    known = [None if p.time is None else _datetime_ms(p.time) for p in points]
-    coords = [(p.latitude, p.longitude) for p in points]
-    times, note = _fill_times(coords, known, kmh, start_ms)
-    if note:
-        warnings.append(note)
-
-    timed: list[tuple[int, Position]] = []
-    reasons: list[str] = []
-    for number, (point, ms) in enumerate(zip(points, times, strict=True), 1):
-        try:
-            fields = _fields(point)
-            fields["device"] = device
-            fields["ts"] = ms_to_ts(ms)
-            timed.append((ms, validate(fields)))
-        except (InvalidPosition, ValueError, TypeError) as exc:
-            reasons.append(f"point {number}: {_one_line(exc)}")
-        except OverflowError:
-            reasons.append(f"point {number}: ts: out of range (years 1-9999)")
-    if reasons:
-        shown = "; ".join(reasons[:_MAX_REASONS]) + ("; ..." if len(reasons) > _MAX_REASONS else "")
-        warnings.append(
-            f"skipped {len(reasons)} of {plural(len(points), 'point')} that failed validation "
-            f"({shown})"
-        )
-    timed.sort(key=lambda item: item[0])
-    same = sum(1 for a, b in itertools.pairwise(timed) if a[0] == b[0])
-    if same:
-        warnings.append(
-            f"{plural(same, 'point')} {'has' if same == 1 else 'have'} the same time as the "
-            f"point before {'it' if same == 1 else 'them'} "
-            "(a relay keeps one position per device and time)"
-        )
-    return Track(device, name, [p for _, p in timed], warnings, len(reasons))
-
-
-def _datetime_ms(dt: datetime) -> int:
-    # Integer arithmetic on the datetime: going through float seconds turns .123 into .122.
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return (dt - _EPOCH) // _MS
-
-
-def _fill_times(
-    coords: list[tuple[float, float]], known: list[int | None], kmh: float, start_ms: int
-) -> tuple[list[int], str | None]:
-    """Every point's time in ms, and a warning saying what was invented (None if nothing)."""
-    timed = [i for i, t in enumerate(known) if t is not None]
-    if len(timed) == len(known):
-        return [t for t in known if t is not None], None
-    cum = _cumulative_metres(coords)
-    if not timed:
-        ms_per_m = 3600.0 / kmh
-        times: list[int] = []
-        for d in cum:
-            # Repeated points would otherwise share a time, and relays keep only one.
-            times.append(max(start_ms + round(d * ms_per_m), times[-1] + 1 if times else start_ms))
-        return times, (f"no point has a time: walked at {kmh:g} km/h from {ms_to_ts(start_ms)}")
-
-    filled: list[int | None] = list(known)
-    for a, b in itertools.pairwise(timed):
-        ta, tb = known[a], known[b]
-        assert ta is not None
-        assert tb is not None
-        span = cum[b] - cum[a]
-        for i in range(a + 1, b):
-            frac = (cum[i] - cum[a]) / span if span > 0 else (i - a) / (b - a)
-            filled[i] = ta + math.floor((tb - ta) * frac)
-    first, last = timed[0], timed[-1]
-    t_first, t_last = known[first], known[last]
-    assert t_first is not None
-    assert t_last is not None
-    metres, duration = cum[last] - cum[first], t_last - t_first
-    ms_per_m = duration / metres if metres > 0 and duration > 0 else 3600.0 / kmh
-    for i in range(first - 1, -1, -1):
-        previous = filled[i + 1]
-        assert previous is not None
-        filled[i] = min(t_first - round((cum[first] - cum[i]) * ms_per_m), previous - 1)
-    for i in range(last + 1, len(known)):
-        previous = filled[i - 1]
-        assert previous is not None
-        filled[i] = max(t_last + round((cum[i] - cum[last]) * ms_per_m), previous + 1)
-
-    missing = len(known) - len(timed)
-    note = f"{missing} of {len(known)} points have no time: interpolated by distance"
-    if first > 0 or last < len(known) - 1:
-        note += f", and at {3600.0 / ms_per_m:.1f} km/h before or after the timed points"
-    return [t for t in filled if t is not None], note
-
-
-def _cumulative_metres(coords: list[tuple[float, float]]) -> list[float]:
-    cum = [0.0]
-    for (lat1, lon1), (lat2, lon2) in itertools.pairwise(coords):
-        cum.append(cum[-1] + _haversine_m(lat1, lon1, lat2, lon2))
-    return cum
-
-
-def _haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Great-circle metres; 0 for coordinates that are not finite (validation drops them)."""
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    h = (
-        math.sin((p2 - p1) / 2) ** 2
-        + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2
-    )
-    d = 2 * _EARTH_RADIUS_M * math.asin(math.sqrt(min(1.0, max(0.0, h))))
-    return d if math.isfinite(d) else 0.0
 
 
 def _fields(point: Any) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geotrack.export.gpx import write_gpx
+from geotrack.export.gpx import TPX_NAMESPACE, write_gpx
 from geotrack.schema import MAX_ATTRS, Position, ms_to_ts, ts_to_ms
 from geotrack.sources.gpx import GT_NAMESPACE, Track, read_gpx
 
@@ -25,6 +25,7 @@ SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 T0 = 1_780_000_000_000
 GPX = "{http://www.topografix.com/GPX/1/1}"
 GT = "{" + GT_NAMESPACE + "}"
+TPX = "{" + TPX_NAMESPACE + "}"
 # The children GPX 1.1 allows, in the order its schema fixes (gpx.xsd, wptType and others).
 ORDER = {
     "gpx": ["metadata", "wpt", "rte", "trk", "extensions"],
@@ -72,7 +73,7 @@ def check_gpx11(text: str) -> ET.Element:
         assert ele is None or DECIMAL.fullmatch(ele.text or ""), ele.text
         assert DATETIME.fullmatch(point.findtext(f"{GPX}time") or "")
         for extensions in point.iter(f"{GPX}extensions"):
-            assert all(child.tag.startswith(GT) for child in extensions)
+            assert all(child.tag.startswith((GT, TPX)) for child in extensions)
     return root
 
 
@@ -95,12 +96,13 @@ def same_position(a: Position, b: Position) -> None:
 
 
 def read_back(text: str, directory: Path) -> dict[str, Track]:
-    """The tracks of an exported file, keyed by their name (the device written)."""
+    """The tracks of an exported file, keyed by their device (one track each)."""
     path = directory / "export.gpx"
     path.write_text(text, encoding="utf-8")
     tracks = read_gpx(path)
     assert all(t.warnings == [] for t in tracks), [t.warnings for t in tracks]
-    return {t.name or "": t for t in tracks}
+    assert len({t.device for t in tracks}) == len(tracks)
+    return {t.device: t for t in tracks}
 
 
 def by_device_then_time(tracks: list[Track]) -> list[Position]:
@@ -189,7 +191,7 @@ def test_gpxpy_reads_the_output() -> None:
     run = read_gpx(SAMPLES / "multi_segment.gpx")[0]
     text = export(run.positions, gap_s=60)
     [trk] = gpxpy.parse(text).tracks
-    assert trk.name == "multi_segment-1"
+    assert trk.name == "Morning run"
     # The run's pauses of 4 and 6 minutes split it again where the file had its segments.
     assert [len(seg.points) for seg in trk.segments] == [40, 35, 40]
     points = [p for seg in trk.segments for p in seg.points]
@@ -305,7 +307,9 @@ positions = st.builds(
 @settings(max_examples=150, deadline=None)
 @given(st.lists(positions, max_size=12), st.floats(-1, 1e6))
 def test_random_positions_round_trip(items: list[Position], gap_s: float) -> None:
-    ordered = sorted(items, key=lambda p: (p.device, p.ts_ms))
+    # As a store holds them: one position per device and time.
+    unique = {(p.device, p.ts_ms): p for p in items}
+    ordered = sorted(unique.values(), key=lambda p: (p.device, p.ts_ms))
     text = export(ordered, gap_s=gap_s)
     check_gpx11(text)
     if not ordered:
@@ -313,10 +317,10 @@ def test_random_positions_round_trip(items: list[Position], gap_s: float) -> Non
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "export.gpx"
         path.write_text(text, encoding="utf-8")
-        back = {t.name: t for t in read_gpx(path)}
+        tracks = read_gpx(path)
     for device in {p.device for p in ordered}:
         mine = [p for p in ordered if p.device == device]
-        again = back[device].positions
+        again = [p for t in tracks if t.device == device for p in t.positions]
         assert len(again) == len(mine)
         for a, b in zip(mine, again, strict=True):
             same_position(a, b)

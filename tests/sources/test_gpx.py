@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import re
 import shutil
 import tempfile
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -17,7 +19,10 @@ from hypothesis import strategies as st
 
 from geotrack.errors import InvalidParameter, SourceError
 from geotrack.schema import DEVICE_PATTERN, Position, ms_to_ts, ts_to_ms
-from geotrack.sources.gpx import Track, read_gpx, schedule
+from geotrack.sources.base import Item, Notice, ReadOptions, Skipped
+from geotrack.sources.formats import formats
+from geotrack.sources.gpx import FORMAT, Track, read_gpx, schedule
+from geotrack.sources.timing import SHARED_TIME
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 # The shared data sits beside the repository, whatever the repository's directory is called.
@@ -122,11 +127,16 @@ def test_no_times_sample_walks_at_kmh_from_start(tmp_path: Path) -> None:
     assert "10 km/h" in track.warnings[0]
 
 
-def test_no_times_default_start_is_now() -> None:
-    before = time.time_ns() // 1_000_000
-    [track] = read_gpx(SAMPLES / "no_times.gpx")
-    after = time.time_ns() // 1_000_000
-    assert before <= track.positions[0].ts_ms <= after
+def test_no_times_walk_ends_at_the_files_mtime_every_time(tmp_path: Path) -> None:
+    path = tmp_path / "planned.gpx"
+    shutil.copy(SAMPLES / "no_times.gpx", path)
+    mtime_ms = T0 - 86_400_000
+    os.utime(path, ns=(mtime_ms * 1_000_000, mtime_ms * 1_000_000))
+    [track] = read_gpx(path)
+    assert track.positions[-1].ts_ms == mtime_ms
+    assert "modification time" in track.warnings[0]
+    [again] = read_gpx(path)
+    assert again.positions == track.positions  # a second import stores nothing new
 
 
 def test_gpx10_route_sample_uses_the_route() -> None:
@@ -149,7 +159,14 @@ def test_garmin_trackpointextension_lands_in_attrs() -> None:
     assert (p.lat, p.lon) == (43.12346, 8.74548)
     assert p.alt == 218.399993896484375
     assert p.ts == "2017-11-19T11:23:07.000Z"
-    assert p.attrs == {"atemp": 15.0, "wtemp": 15.0, "cad": 15.0, "depth": 113, "hr": 113}
+    assert p.attrs == {
+        "atemp": 15.0,
+        "wtemp": 15.0,
+        "cad": 15.0,
+        "depth": 113,
+        "hr": 113,
+        "track": "roadbiking test track",
+    }
     assert type(p.attrs["hr"]) is int
     assert type(p.attrs["cad"]) is float
 
@@ -267,8 +284,8 @@ def test_invalid_points_are_skipped_and_counted(tmp_path: Path) -> None:
     ]
     assert track.skipped == 5
     [warning] = track.warnings
-    assert warning.startswith("skipped 5 of 7 points that failed validation (point 2: lat")
-    assert "point 3: lon" in warning
+    assert warning.startswith("skipped 5 of 7 points (track 1 point 2: lat")
+    assert "track 1 point 3: lon" in warning
 
 
 def test_track_whose_points_are_all_invalid_keeps_its_warning(tmp_path: Path) -> None:
@@ -278,12 +295,17 @@ def test_track_whose_points_are_all_invalid_keeps_its_warning(tmp_path: Path) ->
     assert len(good.positions) == 1
 
 
-def test_positions_are_sorted_and_shared_times_flagged(tmp_path: Path) -> None:
+def test_positions_are_sorted_and_shared_times_refused(tmp_path: Path) -> None:
     t = "2020-01-01T00:00:0{}Z".format
     body = trk(pt(1, 1, t(3)), pt(2, 2, t(1)), pt(3, 3, t(2)), pt(4, 4, t(2)))
     [track] = read_gpx(write(tmp_path, gpx11(body)))
-    assert [p.lat for p in track.positions] == [2, 3, 4, 1]
-    assert any("same time" in w for w in track.warnings)
+    # The fourth point is at the third one's time elsewhere: a store could keep only one.
+    assert [p.lat for p in track.positions] == [2, 3, 1]
+    assert track.skipped == 1
+    order, skipped = track.warnings
+    assert "1 of 4 points have the same time as the point before and 1 of 4 points go" in order
+    assert "--retime KMH" in order
+    assert skipped == f"skipped 1 of 4 points (track 1 point 4: {SHARED_TIME})"
 
 
 # --- partial times -------------------------------------------------------------------------
@@ -305,7 +327,7 @@ def test_partial_times_interpolated_by_distance(tmp_path: Path) -> None:
         [0, 10_000, 20_000, 30_000, 40_000], abs=1
     )
     [warning] = track.warnings
-    assert warning.startswith("3 of 5 points have no time: interpolated by distance")
+    assert warning.startswith("track 1: 3 of 5 points have no time: interpolated by distance")
 
 
 def test_partial_times_repeated_spot_interpolated_by_index(tmp_path: Path) -> None:
@@ -426,8 +448,8 @@ def test_not_xml(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "bad.gpx"
     path.write_bytes(content)
     reason = refused(path)
-    # Truncated XML gets past the root check and fails in gpxpy: a GPX file, but broken.
-    assert reason.startswith(("not an XML file", "not a text file", "not a valid GPX file"))
+    # Truncated XML gets past the root check: a GPX file, but broken (where is said).
+    assert reason.startswith(("not an XML file", "not a text file", "truncated or broken at"))
 
 
 def test_xml_but_not_gpx(tmp_path: Path) -> None:
@@ -559,3 +581,157 @@ def test_schedule_loop_memory_is_flat() -> None:
     finally:
         tracemalloc.stop()
     assert peak < 200_000  # 20,000 kept positions would take megabytes
+
+
+# --- the generic reader (FORMAT) and issue 12's real files -----------------------------------
+
+
+def items_of(path: Path, **options: Any) -> list[Item]:
+    return list(FORMAT.read(path, ReadOptions(**options)))
+
+
+def kinds(items: list[Item]) -> tuple[list[Position], list[Skipped], list[str]]:
+    return (
+        [i for i in items if isinstance(i, Position)],
+        [i for i in items if isinstance(i, Skipped)],
+        [i.text for i in items if isinstance(i, Notice)],
+    )
+
+
+def test_format_sniffs_gpx_and_is_registered() -> None:
+    assert FORMAT.sniff((SAMPLES / "walk.gpx").read_bytes()[:4096])
+    assert FORMAT.sniff(b'<?xml version="1.0"?>\n<gpx:gpx xmlns:gpx="x">')
+    assert not FORMAT.sniff(b'<?xml version="1.0"?><kml xmlns="http://www.opengis.net/kml/2.2">')
+    assert not FORMAT.sniff(b'{"lat": 1, "lon": 2}')
+    assert formats()["gpx"] is FORMAT
+
+
+def test_format_reads_every_sample_as_read_gpx_does() -> None:
+    for sample in ("walk.gpx", "drive.gpx", "multi_segment.gpx", "gpx10_route.gpx"):
+        positions, skips, _ = kinds(items_of(SAMPLES / sample))
+        assert positions == [p for t in read_gpx(SAMPLES / sample) for p in t.positions]
+        assert skips == []
+
+
+def test_track_names_are_kept_in_attrs() -> None:
+    positions, _, _ = kinds(items_of(SAMPLES / "multi_segment.gpx", device="me"))
+    names = {(p.device, (p.attrs or {}).get("track")) for p in positions}
+    assert names == {("me-1", "Morning run"), ("me-2", "Dog walk")}
+
+
+def all_at_one_time(n: int, name: str = "Ride") -> str:
+    """The real file of issue 12: n points, all at 1901-12-13T20:45:52.207Z (a zeroed clock)."""
+    when = "1901-12-13T20:45:52.207Z"
+    points = "".join(pt(47.0 + i * 1e-4, 8.0, when) for i in range(n))
+    return gpx11(f"<trk><name>{name}</name><trkseg>{points}</trkseg></trk>")
+
+
+def test_points_sharing_a_time_are_refused_and_counted_by_track(tmp_path: Path) -> None:
+    path = write(tmp_path, all_at_one_time(184))
+    positions, skips, notices = kinds(items_of(path))
+    assert len(positions) == 1
+    assert len(skips) == 183
+    assert {s.reason for s in skips} == {SHARED_TIME}
+    assert skips[0].where == "track 'Ride' point 2"
+    [notice] = notices
+    assert notice.startswith("track 'Ride': 183 of 184 points have the same time")
+    assert "--retime KMH" in notice
+
+
+def test_retime_gives_every_point_a_time_from_the_distance(tmp_path: Path) -> None:
+    path = write(tmp_path, all_at_one_time(184))
+    positions, skips, notices = kinds(items_of(path, retime_kmh=18.0))
+    assert (len(positions), skips) == (184, [])
+    assert positions[0].ts == "1901-12-13T20:45:52.207Z"
+    # 1e-4 degrees of latitude is 11.1 m: 2.2 s at 18 km/h (5 m/s).
+    assert [b.ts_ms - a.ts_ms for a, b in itertools.pairwise(positions[:4])] == [2224] * 3
+    assert notices == ["track 'Ride': 184 points retimed at 18 km/h from 1901-12-13T20:45:52.207Z"]
+
+
+def test_a_point_repeated_exactly_is_left_to_deduplication(tmp_path: Path) -> None:
+    t = "2020-01-01T00:00:00Z"
+    path = write(tmp_path, gpx11(trk(pt(1, 1, t), pt(1, 1, t))))
+    positions, skips, notices = kinds(items_of(path))
+    assert (len(positions), skips) == (2, [])
+    assert positions[0] == positions[1]
+    assert "1 of 2 points have the same time" in notices[0]
+
+
+def test_times_going_backwards_are_counted_but_kept(tmp_path: Path) -> None:
+    t = "2020-01-01T00:00:0{}Z".format
+    path = write(tmp_path, gpx11(trk(pt(1, 1, t(5)), pt(2, 2, t(3)), pt(3, 3, t(4)))))
+    positions, skips, notices = kinds(items_of(path))
+    assert ([p.lat for p in positions], skips) == ([2, 3, 1], [])
+    assert notices[0].startswith("track 1: 1 of 3 points go back in time: --retime KMH")
+
+
+MIXED_META = "2024-05-01T08:00:00Z"
+
+
+def mixed_file(metadata: str | None) -> str:
+    """Two timed tracks and an untimed one (the real file of issue 12, made small)."""
+    t = "2024-05-01T09:00:{:02}Z".format
+    timed = "".join(pt(50 + i * 1e-3, 1, t(i)) for i in range(5))
+    other = "".join(pt(51 + i * 1e-3, 1, t(10 + i)) for i in range(3))
+    untimed = "".join(pt(52 + i * 1e-3, 1) for i in range(4))
+    meta = f"<metadata><time>{metadata}</time></metadata>" if metadata else ""
+    return gpx11(
+        f"{meta}<trk><name>Morning</name><trkseg>{timed}</trkseg></trk>"
+        f"<trk><name>Noon</name><trkseg>{other}</trkseg></trk>"
+        f"<trk><name>Planned</name><trkseg>{untimed}</trkseg></trk>"
+    )
+
+
+def test_a_mixed_file_names_its_untimed_track_and_anchors_it(tmp_path: Path) -> None:
+    path = write(tmp_path, mixed_file(MIXED_META))
+    positions, skips, notices = kinds(items_of(path))
+    assert (len(positions), skips) == (12, [])
+    [notice] = notices
+    assert notice.startswith("track 'Planned': no point has a time: walked at 5 km/h from ")
+    assert "2024-05-01T08:00:00.000Z (the file's metadata time)" in notice
+    planned = [p for p in positions if p.device == "t-3"]
+    assert planned[0].ts == "2024-05-01T08:00:00.000Z"
+    assert planned[-1].ts_ms < time.time_ns() // 1_000_000
+
+
+def test_without_metadata_the_earliest_time_anchors(tmp_path: Path) -> None:
+    path = write(tmp_path, mixed_file(None))
+    positions, _, notices = kinds(items_of(path))
+    planned = [p for p in positions if p.device == "t-3"]
+    assert planned[0].ts == "2024-05-01T09:00:00.000Z"
+    assert "(the file's earliest time)" in notices[0]
+
+
+def test_invented_times_never_run_into_the_future(tmp_path: Path) -> None:
+    now = ms_to_ts(time.time_ns() // 1_000_000)
+    untimed = "".join(pt(52 + i * 1e-2, 1) for i in range(20))  # 21 km: 4 h at 5 km/h
+    path = write(tmp_path, gpx11(f"<metadata><time>{now}</time></metadata>{trk(untimed)}"))
+    before = time.time_ns() // 1_000_000
+    positions, _, _ = kinds(items_of(path))
+    after = time.time_ns() // 1_000_000
+    assert before - 5 * 3_600_000 < positions[0].ts_ms
+    assert positions[-1].ts_ms <= after
+
+
+def test_an_untimed_file_read_twice_gives_the_same_positions(tmp_path: Path) -> None:
+    path = tmp_path / "planned.gpx"
+    shutil.copy(SAMPLES / "no_times.gpx", path)
+    first = kinds(items_of(path))[0]
+    time.sleep(0.01)
+    assert kinds(items_of(path))[0] == first
+    assert first[-1].ts_ms == path.stat().st_mtime_ns // 1_000_000
+
+
+def test_truncated_file_gives_its_points_then_one_clear_error(tmp_path: Path) -> None:
+    text = (SAMPLES / "multi_segment.gpx").read_text(encoding="utf-8")
+    cut = text.index("<trkpt", text.index("Dog walk")) + 500
+    path = write(tmp_path, text[:cut])
+    got: list[Item] = []
+    with pytest.raises(SourceError, match=r"t\.gpx: truncated or broken at line \d+, column \d+"):
+        got.extend(FORMAT.read(path, ReadOptions()))
+    positions, _, _ = kinds(got)
+    whole = [p for t in read_gpx(SAMPLES / "multi_segment.gpx", device="t") for p in t.positions]
+    assert 115 < len(positions) < len(whole)
+    assert positions == whole[: len(positions)]
+    with pytest.raises(SourceError, match="truncated or broken"):
+        read_gpx(path)  # publish --gpx: nothing half-sent
