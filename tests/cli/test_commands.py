@@ -272,7 +272,7 @@ def test_export_gpx_round_trip(exported: Path) -> None:
     # Another reader agrees.
     doc = gpxpy.parse((exported / "out.gpx").read_text(encoding="utf-8"))
     by_name = {t.name: [p for s in t.segments for p in s.points] for t in doc.tracks}
-    for name, path in (("walk", WALK), ("drive", DRIVE)):
+    for path in (WALK, DRIVE):
         want = source(path)
         points = by_name[read_gpx(path)[0].name]  # the track's own name, kept
         assert len(points) == len(want)
