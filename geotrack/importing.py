@@ -104,11 +104,13 @@ class FileReport:
 
     def summary(self) -> str:
         """One line: ``walk.csv (csv): read 1,000, stored 990, 10 duplicates, ...``."""
-        name = f"{self.path} ({self.format})" if self.format else self.path
+        if self.format is None:
+            return f"{self.path}: not imported: {self.error}"
+        name = f"{self.path} ({self.format})"
         parts = [
             f"read {self.read:,}",
             f"stored {self.stored:,}",
-            plural(self.duplicates, "duplicate"),
+            f"{self.duplicates:,} duplicate{'' if self.duplicates == 1 else 's'}",
         ]
         total = sum(self.skipped.values())
         if total:

@@ -9,6 +9,7 @@ its traceback.
 from __future__ import annotations
 
 from geotrack.cli import export as _export  # noqa: F401
+from geotrack.cli import import_ as _import  # noqa: F401
 from geotrack.cli import prune as _prune  # noqa: F401
 from geotrack.cli import publish as _publish  # noqa: F401
 

@@ -190,9 +190,9 @@ def read_csv(path: Path, options: ReadOptions) -> Iterator[Item]:
         try:
             yield from _validated(_other_rows(rows, mapped, delimiter, options, path), path)
         except csv.Error as exc:
-            raise SourceError(where, f"line {rows.line_num}: {exc}") from None
+            raise SourceError(where, f"line {rows.line_num + 1}: {exc}") from None
         except OSError as exc:
-            raise SourceError(where, f"cannot read past line {rows.line_num}: {exc}") from None
+            raise SourceError(where, f"cannot read past line {rows.line_num + 1}: {exc}") from None
 
 
 class _Lines:
@@ -421,7 +421,7 @@ def _other_rows(
     tz = options.tz
     factor = mapped.speed_factor
     for cells in rows:
-        line = rows.line_num
+        line = rows.line_num + 1  # the header was read before the csv reader
         if not any(c.strip() for c in cells):
             continue
         try:
