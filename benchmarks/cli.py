@@ -30,6 +30,9 @@ from rich.table import Table
 
 from benchmarks import procstat, report
 from benchmarks.baseline import Baseline
+from benchmarks.delivery import run_delivery
+from benchmarks.delivery_report import markdown as delivery_markdown
+from benchmarks.delivery_report import svg as delivery_svg
 from benchmarks.export_bench import run_export
 from benchmarks.profiling import py_spy
 from benchmarks.relays import ROOT, SetupError, ensure_node_modules, node_versions
@@ -44,6 +47,8 @@ NAMES = {
     "http": 6,
     "reference": 7,
     "export": 8,
+    # Only when asked (--only delivery): about 15 minutes of its own.
+    "delivery": 10,
 }
 
 
@@ -241,6 +246,13 @@ def _run(args: argparse.Namespace, chosen: set[int], baseline: Baseline | None) 
             stamp,
             log,
         )
+    delivery = None
+    if 10 in chosen:
+        log("[10] Delivery: WebSocket, SSE, long and short polling side by side (issue 16)")
+        delivery = run_delivery(settings.quick, settings.rounds, log)
+        chart = results_dir / f"{stamp}-delivery.svg"
+        chart.write_text(delivery_svg(delivery["summary"]))
+        notes.append(f"delivery chart: {chart}")
     elapsed = time.monotonic() - began
 
     target_items = report.targets(outcomes, export)
@@ -252,6 +264,8 @@ def _run(args: argparse.Namespace, chosen: set[int], baseline: Baseline | None) 
     )
     console.print(", ".join(f"{k} {v}" for k, v in versions.items()), highlight=False)
     report.print_all(console, outcomes, export, target_items, settings.quick)
+    if delivery is not None:
+        console.print(delivery_markdown(delivery["summary"]), highlight=False)
     label = None if baseline is None else baseline.label
     if 7 in chosen and (table := side_by_side(outcomes, label)) is not None:
         console.print(table)
@@ -278,6 +292,7 @@ def _run(args: argparse.Namespace, chosen: set[int], baseline: Baseline | None) 
         "notes": notes,
         "scenarios": [o.to_json() for o in outcomes],
         "export": export,
+        "delivery": delivery,
         "targets": target_items,
     }
     output.write_text(json.dumps(document, indent=1, default=str))
