@@ -36,6 +36,7 @@ __all__ = [
     "ReadMeter",
     "ReadOptions",
     "Skipped",
+    "blocks",
     "metered",
     "open_binary",
     "parse_start",
@@ -213,3 +214,30 @@ def open_binary(path: Path) -> IO[bytes]:
     if meter is not None and inner is not None:
         meter.watch(inner)
     return cast(IO[bytes], unpacked)
+
+
+def blocks(f: IO[bytes], size: int = 1 << 20) -> Iterator[bytes]:
+    """The bytes of ``f`` in blocks of about ``size``, for readers that split lines.
+
+    Reads with ``read1`` where the file has it, so that when reading fails part-way (a
+    damaged or cut gzip stream, a failing disk) the bytes read before the failure are
+    given first and the error (OSError or EOFError) is raised after them.
+    """
+    read1 = getattr(f, "read1", None) or f.read
+    while True:
+        parts: list[bytes] = []
+        got = 0
+        try:
+            while got < size:
+                part = read1(size - got)
+                if not part:
+                    break
+                parts.append(part)
+                got += len(part)
+        except (OSError, EOFError):
+            if parts:
+                yield b"".join(parts)
+            raise
+        if not parts:
+            return
+        yield b"".join(parts)

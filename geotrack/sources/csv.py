@@ -214,7 +214,8 @@ class _Lines:
         rest = ""
         reader = csv.reader
         while True:
-            block = self.text.read(1 << 20)
+            # Not larger: a read that fails (damaged gzip) loses what it had decoded.
+            block = self.text.read(1 << 16)
             if not block:
                 break
             lines = (rest + block).replace("\r\n", "\n").split("\n")

@@ -20,7 +20,7 @@ import msgspec
 
 from geotrack.errors import GeotrackError, SourceError
 from geotrack.schema import DEVICE_PATTERN, Position, validate
-from geotrack.sources.base import Format, Item, ReadOptions, Skipped, open_binary
+from geotrack.sources.base import Format, Item, ReadOptions, Skipped, blocks, open_binary
 
 __all__ = ["FORMAT", "read_ndjson", "sniff"]
 
@@ -61,11 +61,12 @@ def read_ndjson(path: Path, options: ReadOptions) -> Iterator[Item]:
     with f:
         rest = b""
         line_no = 1  # the number of the first line in `rest`
+        chunks = blocks(f, _BLOCK)
         while True:
             try:
-                chunk = f.read(_BLOCK)
+                chunk = next(chunks, b"")
             except (OSError, EOFError) as exc:
-                # A damaged gzip stream or a failing disk: keep what came before.
+                # A damaged gzip stream or a failing disk: what came before is kept.
                 raise SourceError(str(path), f"cannot read past line {line_no}: {exc}") from None
             if not chunk:
                 break
