@@ -31,6 +31,7 @@ HEAD_BYTES: Final = 65536
 #: The reader modules, each with a ``FORMAT``. Add a reader by adding its module here.
 MODULES: Final[tuple[str, ...]] = (
     "geotrack.sources.gpx",
+    "geotrack.sources.kml",
     # geotrack's own line format: a first line that is a position (before any JSON shape).
     "geotrack.sources.ndjson",
     # JSON: the specific shapes before generic GeoJSON, which an Overland batch also is.
