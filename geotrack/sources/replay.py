@@ -85,6 +85,8 @@ class SourceReport:
     #: Where each skip reason was first met (``line 12``), when the reader said.
     first_at: dict[str, str] = field(default_factory=dict)
     late: int = 0
+    #: Positions read but not sent (a time their device already had, out of range).
+    dropped: int = 0
     #: Why reading stopped early (a truncated or broken file), when it did.
     error: str | None = None
 
@@ -151,6 +153,7 @@ class Input:
         self.ordered = ordered
         self._open = open_lanes
         self._rounds = 0
+        self._reading = 0  # lanes of the first round not read to their end yet
         self._primed: list[Iterator[Item]] | None = None
 
     def prime(self) -> None:
@@ -172,7 +175,14 @@ class Input:
         self._rounds += 1
         opened = self._primed if first and self._primed is not None else self._open()
         self._primed = None
+        if first:
+            self._reading = len(opened)
         return [self._positions(items, first, notify) for items in opened]
+
+    @property
+    def read_through(self) -> bool:
+        """The first round has read every lane to its end: the report's counts are final."""
+        return self._rounds > 0 and self._reading == 0
 
     def _positions(self, items: Iterable[Item], first: bool, notify: Notify) -> Iterator[Position]:
         report = self.report
@@ -183,6 +193,8 @@ class Input:
             # and said so, and the run ends with exit code 1.
             if first:
                 report.error = exc.reason
+        if first:
+            self._reading -= 1
 
     def _items(self, items: Iterable[Item], first: bool, notify: Notify) -> Iterator[Position]:
         report = self.report
@@ -286,6 +298,7 @@ def schedule(
             if last_ms.get(position.device) == ms:
                 if round_ == 0:
                     report.skip(SAME_TIME, f"{position.device} at {position.time}")
+                    report.dropped += 1
                 continue
             last_ms[position.device] = ms
             if first_key is None:
@@ -300,6 +313,7 @@ def schedule(
                 except (OverflowError, ValueError):
                     if round_ == 0:
                         report.skip("time out of range", f"{position.device} at {position.time}")
+                        report.dropped += 1
                     continue
             yield offset_ms / 1000, out
         if not loop or span.empty:

@@ -162,13 +162,14 @@ def test_simulated_movers(tmp_path: Path) -> None:
 
 
 def test_gpx_points_that_fail_validation_are_skipped_with_a_warning(tmp_path: Path) -> None:
-    # The reader validates, so such points never reach the relay: a warning, and exit 0.
+    # The reader validates, so such points never reach the relay: counted, and exit 1.
     path = short_gpx(tmp_path / "odd.gpx", points=5)
     path.write_text(path.read_text().replace('lat="48.8502000"', 'lat="98.8502000"'))
     with relay(tmp_path) as (url, _log):
         result = geotrack("publish", "--url", url, path, "--speed", "0", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "warning: skipped 1 of 5 points that failed validation (point 3: lat" in result.stderr
+    assert result.returncode == 1, result.stderr
+    assert f"{path}: skipped 1 point of 5: lat: " in result.stderr
+    assert "(1, first at track 'short' point 3)" in result.stderr
     m = SUMMARY.search(result.stderr)
     assert m is not None and m.groups()[:4] == ("4", "4", "0", "0")
 
@@ -430,7 +431,8 @@ def test_publish_rides_out_a_relay_restart(tmp_path: Path) -> None:
 # -- errors: one line, no traceback ----------------------------------------------------------
 
 _ERRORS: list[tuple[str, list[str], str]] = [
-    ("gpx-not-xml", ["publish", "{tmp}/bad.gpx", "--url", "{closed}"], "not an XML file"),
+    ("gpx-not-xml", ["publish", "--gpx", "{tmp}/bad.gpx", "--url", "{closed}"], "not an XML file"),
+    ("not-a-format", ["publish", "{tmp}/bad.gpx"], "not a file geotrack can import"),
     ("gpx-waypoints", ["publish", "--gpx", "{tmp}/wpt.gpx"], "has only waypoints"),
     ("gpx-missing", ["publish", "--gpx", "{tmp}/missing.gpx"], "cannot read"),
     (

@@ -13,10 +13,13 @@ from pathlib import Path
 from subprocess import CompletedProcess
 from typing import Any
 
+import msgspec
 import pytest
 import trustme
 from websockets.asyncio.server import ServerConnection, serve
 
+from geotrack.schema import Position, ms_to_ts
+from geotrack.store import open_store
 from tests.cli_helpers import (
     SUMMARY,
     WALK,
@@ -28,7 +31,7 @@ from tests.cli_helpers import (
     source,
 )
 from tests.conftest import free_port
-from tests.factories import stored
+from tests.factories import T0, pos, stored
 from tests.relay_helpers import Lines, relay_process
 
 
@@ -259,39 +262,26 @@ def test_progress_is_labelled_with_a_readable_rate_and_plurals(tmp_path: Path) -
         )  # fmt: skip
     assert result.returncode == 0, result.stderr
     bar = next(line for line in result.stderr.splitlines() if "publishing" in line)
-    assert "publishing 1 track (short)" in bar, bar
+    assert "publishing short.gpx" in bar, bar
     assert re.search(r"elapsed \d+:\d\d:\d\d", bar), bar
     assert re.search(r"ETA (\d+:\d\d:\d\d|-:--:--)", bar), bar
     # 3 fixes over 4 s: about 0.75 a second, not "0/s" or "1/s".
     assert re.search(r"\b0\.\d/s", bar), bar
 
 
-def test_warnings_are_not_wrapped_when_stderr_is_not_a_terminal(tmp_path: Path) -> None:
+def test_lines_are_not_wrapped_when_stderr_is_not_a_terminal(tmp_path: Path) -> None:
     """Bug 10: rich cut warnings at 80 columns in logs and pipes."""
-    when = "2026-05-01T08:00:00Z"
-    rows = "".join(
-        f'<trkpt lat="{52.5 + i * 1e-4:.7f}" lon="13.4"><time>{when}</time></trkpt>'
-        for i in range(2)
-    )  # the same time twice: a warning longer than 80 columns
-    path = tmp_path / "twice.gpx"
-    path.write_text(
-        '<?xml version="1.0"?><gpx version="1.1" xmlns="http://www.topografix.com/GPX/1/1">'
-        f"<trk><trkseg>{rows}</trkseg></trk></gpx>",
-        encoding="utf-8",
-    )
-    port = free_port()
-    with relay_process("sqlite:///geotrack.db", port, cwd=tmp_path):
+    path = tmp_path / "a-file-with-a-rather-long-name-so-that-its-lines-run-past-80.ndjson"
+    path.write_text(_ndjson([_at(0), _at(1)]) + '{"device": "x", "lat": 95, "lon": 1, "ts": 1}\n')
+    with relay_process("sqlite:///geotrack.db", (port := free_port()), cwd=tmp_path):
         url = f"ws://127.0.0.1:{port}"
         result = geotrack("publish", "--url", url, path, "--speed", "0", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
-    assert warnings == [
-        "warning: 1 point has the same time as the point before it "
-        "(a relay keeps one position per device and time)"
-    ], result.stderr
-    # Every line is a warning or the summary: nothing was wrapped onto a line of its own.
-    for line in result.stderr.splitlines():
-        assert line.startswith("warning:") or SUMMARY.match(line), result.stderr
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2, result.stderr
+    assert lines[0].startswith(f"{path}: skipped 1 point of 3: lat: "), lines[0]
+    assert "(1, first at line 3)" in lines[0] and len(lines[0]) > 100, lines[0]
+    assert SUMMARY.match(lines[1]), lines[1]
 
 
 def _with_env(extra_env: dict[str, str], *args: str | Path, cwd: Path) -> CompletedProcess[str]:
@@ -305,3 +295,194 @@ def _with_env(extra_env: dict[str, str], *args: str | Path, cwd: Path) -> Comple
         timeout=60,
         check=False,
     )
+
+
+# -- every source replays --------------------------------------------------------------------
+
+
+def _at(i: int, device: str = "car-1", step_ms: int = 1000) -> Position:
+    return pos(device, i, ts=ms_to_ts(T0 + i * step_ms))
+
+
+def _ndjson(positions: list[Position]) -> str:
+    return "".join(msgspec.json.encode(p).decode() + "\n" for p in positions)
+
+
+def _publish(
+    tmp_path: Path, *args: str | Path, store: str = "sqlite:///geotrack.db"
+) -> CompletedProcess[str]:
+    port = free_port()
+    with relay_process(store, port, cwd=tmp_path):
+        return geotrack(
+            "publish", "--url", f"ws://127.0.0.1:{port}", *args, cwd=tmp_path, timeout=60
+        )
+
+
+def test_any_format_is_recognised_by_its_content_and_replayed(tmp_path: Path) -> None:
+    """An NDJSON file without the suffix: read by content, every position stored as it was."""
+    sent = [_at(i, d) for d in ("bus-1", "bus-2") for i in range(20)]
+    path = tmp_path / "history.txt"
+    path.write_text(_ndjson(sent), encoding="utf-8")
+    result = _publish(tmp_path, path, "--speed", "0")
+    assert result.returncode == 0, result.stderr
+    assert _numbers(result.stderr) == (40, 40, 0, 0)
+    assert stored(tmp_path / "geotrack.db") == sent
+    again = _publish(tmp_path, "--format", "ndjson", path, "--speed", "0")
+    assert _numbers(again.stderr) == (40, 0, 40, 0), again.stderr  # duplicates are harmless
+    assert again.returncode == 0, again.stderr
+
+
+def test_skipped_points_are_counted_with_reasons_the_rest_stored_and_exit_1(tmp_path: Path) -> None:
+    good = [_at(i) for i in range(5)]
+    lines = _ndjson(good).splitlines()
+    lines.insert(2, '{"device": "car-1", "lat": 95.0, "lon": 13.4, "ts": 1764072000.5}')
+    lines.insert(4, "not json at all")
+    (tmp_path / "odd.ndjson").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = _publish(tmp_path, "odd.ndjson", "--speed", "0")
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert _numbers(result.stderr) == (5, 5, 0, 0)
+    (line,) = [ln for ln in result.stderr.splitlines() if ln.startswith("odd.ndjson: skipped")]
+    assert line.startswith("odd.ndjson: skipped 2 points of 7: "), line
+    assert "first at line 3" in line and "first at line 5" in line, line
+    assert stored(tmp_path / "geotrack.db") == good
+
+
+def test_points_sharing_a_time_exit_1_and_retime_stores_them_all(tmp_path: Path) -> None:
+    """Real-file bug: 184 points with one time stored 1 and exited 0."""
+    when = "<time>1901-12-13T20:45:52.207Z</time>"
+    rows = "".join(
+        f'<trkpt lat="{52.5 + i * 1e-4:.7f}" lon="13.4">{when}</trkpt>' for i in range(184)
+    )
+    path = tmp_path / "same.gpx"
+    path.write_text(
+        '<?xml version="1.0"?><gpx version="1.1" xmlns="http://www.topografix.com/GPX/1/1">'
+        f"<trk><name>Frozen clock</name><trkseg>{rows}</trkseg></trk></gpx>",
+        encoding="utf-8",
+    )
+    result = _publish(tmp_path, path, "--speed", "0")
+    assert result.returncode == 1, result.stderr
+    assert "--retime" in result.stderr, result.stderr
+    assert re.search(r"skipped 183 points of 184", result.stderr), result.stderr
+    assert len(stored(tmp_path / "geotrack.db")) == 1
+    retimed = _publish(tmp_path, path, "--speed", "0", "--retime", "5")
+    assert retimed.returncode == 0, retimed.stderr
+    assert len(stored(tmp_path / "geotrack.db")) == 184
+
+
+def test_an_untimed_file_published_twice_is_stored_once(tmp_path: Path) -> None:
+    """Real-file bug: invented times came from the clock, so a resend stored it again."""
+    rows = "".join(f'<trkpt lat="{52.5 + i * 1e-3:.7f}" lon="13.4"/>' for i in range(10))
+    path = tmp_path / "untimed.gpx"
+    path.write_text(
+        '<?xml version="1.0"?><gpx version="1.1" xmlns="http://www.topografix.com/GPX/1/1">'
+        f"<trk><trkseg>{rows}</trkseg></trk></gpx>",
+        encoding="utf-8",
+    )
+    first = _publish(tmp_path, path, "--speed", "0")
+    assert first.returncode == 0, first.stderr
+    assert _numbers(first.stderr) == (10, 10, 0, 0)
+    second = _publish(tmp_path, path, "--speed", "0")
+    assert second.returncode == 0, second.stderr
+    assert _numbers(second.stderr) == (10, 0, 10, 0)
+    assert len(stored(tmp_path / "geotrack.db")) == 10
+
+
+def _fleet(db: Path) -> list[Position]:
+    positions = [_at(i, d, 2000) for d in ("bus-1", "bus-2", "car-1") for i in range(40)]
+    with open_store(f"sqlite:///{db}") as store:
+        store.write(positions)
+    return positions
+
+
+def test_a_store_replays_into_a_relay_on_another_store(tmp_path: Path) -> None:
+    """Store A -> relay on store B: B holds the same positions; A is only read."""
+    fleet = _fleet(tmp_path / "a.db")
+    before = (tmp_path / "a.db").stat().st_mtime_ns
+    result = _publish(
+        tmp_path, "--from-store", "sqlite:///a.db", "--speed", "0", store="sqlite:///b.db"
+    )
+    assert result.returncode == 0, result.stderr
+    assert _numbers(result.stderr) == (120, 120, 0, 0)
+    assert (
+        stored(tmp_path / "b.db") == stored(tmp_path / "a.db") == sorted(fleet, key=lambda p: p.key)
+    )
+    assert (tmp_path / "a.db").stat().st_mtime_ns == before
+
+
+def test_a_store_replay_selects_devices_and_times(tmp_path: Path) -> None:
+    fleet = _fleet(tmp_path / "a.db")
+    since, until = ms_to_ts(T0 + 10_000), ms_to_ts(T0 + 20_000)
+    args = ("--device", "bus-2", "-d", "car-1", "--since", since, "--until", until)
+    result = _publish(
+        tmp_path, "--from-store", "sqlite:///a.db", *args, "--speed", "0", store="sqlite:///b.db"
+    )
+    assert result.returncode == 0, result.stderr
+    want = [p for p in fleet if p.device != "bus-1" and T0 + 10_000 <= p.ts_ms <= T0 + 20_000]
+    assert stored(tmp_path / "b.db") == want and len(want) == 12
+    nothing = _publish(
+        tmp_path, "--from-store", "sqlite:///a.db", "-d", "nobody", store="sqlite:///b.db"
+    )
+    assert nothing.returncode == 0, nothing.stderr
+    assert (
+        "0 positions matched in sqlite:///a.db: check --device, --since and --until"
+        in nothing.stderr
+    )
+
+
+def test_start_moves_the_first_point_to_the_time_and_keeps_the_intervals(tmp_path: Path) -> None:
+    _fleet(tmp_path / "a.db")
+    start = "2030-01-01T00:00:00Z"
+    result = _publish(
+        tmp_path,
+        "--from-store",
+        "sqlite:///a.db",
+        "--start",
+        start,
+        "--speed",
+        "0",
+        store="sqlite:///b.db",
+    )
+    assert result.returncode == 0, result.stderr
+    got = stored(tmp_path / "b.db")
+    start_ms = 1_893_456_000_000
+    assert min(p.ts_ms for p in got) == start_ms
+    # Stored history plays as recorded: every position keeps its distance from the first.
+    assert sorted(p.ts_ms - start_ms for p in got) == sorted(
+        p.ts_ms - T0 for p in stored(tmp_path / "a.db")
+    )
+    walk = _publish(tmp_path, WALK, "--start", "now", "--speed", "0", store="sqlite:///c.db")
+    assert walk.returncode == 0, walk.stderr
+    times = [p.ts_ms for p in stored(tmp_path / "c.db")]
+    assert abs(times[0] - time.time() * 1000) < 120_000
+    assert times == [times[0] + i * 5000 for i in range(120)]
+
+
+def test_a_missing_store_is_one_error_line_and_creates_nothing(tmp_path: Path) -> None:
+    result = geotrack("publish", "--from-store", "sqlite:///none.db", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("Error: no store at"), line
+    assert not (tmp_path / "none.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--since", "2h", "{walk}"], "--since: selects from --from-store only"),
+        (["--format", "xls", "{walk}"], "--format: unknown format 'xls'"),
+        (
+            ["--from-store", "sqlite:///x.db", "{walk}"],
+            "give either files or --from-store, not both",
+        ),
+        (["--retime", "0", "{walk}"], "--retime: "),
+        (["--tz", "Mars/Olympus", "{walk}"], "--tz: unknown time zone"),
+        (["--start", "soon", "{walk}"], "--start: "),
+        (["-d", "a", "-d", "b", "{walk}"], "--device: give one id"),
+    ],
+)
+def test_bad_options_are_one_error_line(tmp_path: Path, args: list[str], says: str) -> None:
+    result = geotrack("publish", *(a.format(walk=WALK) for a in args), cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("Error: ") and says in line, line
