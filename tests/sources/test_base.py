@@ -5,11 +5,13 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from geotrack.errors import InvalidParameter
 from geotrack.schema import ms_to_ts
 from geotrack.sources.base import (
+    Item,
     Notice,
     Skipped,
     metered,
@@ -21,14 +23,21 @@ from tests.factories import T0, pos
 
 
 def test_shift_to_start_moves_the_first_position_and_keeps_intervals() -> None:
-    items = [pos(i=0), Skipped("no time", "line 3"), pos(i=5), Notice("n"), pos("bus-3", i=2)]
+    items: list[Item] = [
+        pos(i=0),
+        Skipped("no time", "line 3"),
+        pos(i=5),
+        Notice("n"),
+        pos("bus-3", i=2),
+    ]
     start = 1_800_000_000_123
     shifted = list(shift_to_start(items, start))
     assert shifted[1] == items[1] and shifted[3] == items[3]
     times = [p.ts_ms for p in shifted if not isinstance(p, Skipped | Notice)]
     assert times == [start, start + 5000, start + 2000]
     # Everything but the time is kept.
-    assert shifted[2].lat == items[2].lat and shifted[4].device == "bus-3"  # type: ignore[union-attr]
+    assert shifted[2] == msgspec.structs.replace(pos(i=5), ts=ms_to_ts(start + 5000))
+    assert shifted[4] == pos("bus-3", i=2, ts=ms_to_ts(start + 2000))
 
 
 def test_shift_out_of_range_is_a_skip_not_a_crash() -> None:
