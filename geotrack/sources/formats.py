@@ -32,6 +32,7 @@ HEAD_BYTES: Final = 65536
 MODULES: Final[tuple[str, ...]] = (
     "geotrack.sources.gpx",
     "geotrack.sources.kml",
+    "geotrack.sources.tcx",
     # geotrack's own line format: a first line that is a position (before any JSON shape).
     "geotrack.sources.ndjson",
     # JSON: the specific shapes before generic GeoJSON, which an Overland batch also is.
