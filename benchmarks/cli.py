@@ -34,6 +34,7 @@ from benchmarks.delivery import run_delivery
 from benchmarks.delivery_report import markdown as delivery_markdown
 from benchmarks.delivery_report import svg as delivery_svg
 from benchmarks.export_bench import run_export
+from benchmarks.import_bench import import_table, run_import
 from benchmarks.profiling import py_spy
 from benchmarks.relays import ROOT, SetupError, ensure_node_modules, node_versions
 from benchmarks.scenarios import Outcome, Settings, build, log_to_stderr, run_scenario
@@ -49,6 +50,8 @@ NAMES = {
     "export": 8,
     # Only when asked (--only delivery): about 15 minutes of its own.
     "delivery": 10,
+    # Only when asked (--only import): geotrack import of NDJSON and CSV (issue 12).
+    "import": 12,
 }
 
 
@@ -253,6 +256,11 @@ def _run(args: argparse.Namespace, chosen: set[int], baseline: Baseline | None) 
         chart = results_dir / f"{stamp}-delivery.svg"
         chart.write_text(delivery_svg(delivery["summary"]))
         notes.append(f"delivery chart: {chart}")
+    imported = None
+    if 12 in chosen:
+        log("[12] Import NDJSON and CSV files into SQLite (issue 12)")
+        sizes = (50_000, 200_000) if settings.quick else (250_000, 1_000_000)
+        imported = run_import(sizes, settings.rounds, log)
     elapsed = time.monotonic() - began
 
     target_items = report.targets(outcomes, export)
@@ -266,6 +274,8 @@ def _run(args: argparse.Namespace, chosen: set[int], baseline: Baseline | None) 
     report.print_all(console, outcomes, export, target_items, settings.quick)
     if delivery is not None:
         console.print(delivery_markdown(delivery["summary"]), highlight=False)
+    if imported is not None:
+        console.print(import_table(imported))
     label = None if baseline is None else baseline.label
     if 7 in chosen and (table := side_by_side(outcomes, label)) is not None:
         console.print(table)
@@ -293,6 +303,7 @@ def _run(args: argparse.Namespace, chosen: set[int], baseline: Baseline | None) 
         "scenarios": [o.to_json() for o in outcomes],
         "export": export,
         "delivery": delivery,
+        "import": imported,
         "targets": target_items,
     }
     output.write_text(json.dumps(document, indent=1, default=str))
