@@ -97,6 +97,7 @@ CONTENT_TYPES: Final[dict[str, str]] = {
     "geojson": "application/geo+json; charset=utf-8",
     "csv": "text/csv; charset=utf-8",
     "ndjson": "application/x-ndjson; charset=utf-8",
+    "kml": "application/vnd.google-earth.kml+xml; charset=utf-8",
 }
 #: Transports always present in /metrics, so a dashboard's series exist from the start.
 TRANSPORTS: Final = ("websocket", "osmand", "owntracks", "overland", "rest")
@@ -563,7 +564,7 @@ class HttpListener:
         except TimeoutError:
             return _text(503, f"store unreachable: no answer within {HEALTH_TIMEOUT:g} s")
         # A broker down is reported, not a 503: positions still come by the other ways.
-        return _text(200, "\n".join(["ok", *(bridge.health() for bridge in self.mqtt)]))
+        return _text(200, "; ".join(["ok", *(bridge.health() for bridge in self.mqtt)]))
 
     async def _metrics(self, request: web.Request) -> web.StreamResponse:
         body = exposition(self.families())

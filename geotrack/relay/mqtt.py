@@ -9,7 +9,7 @@ whose positions are not stored is never acked, and the broker sends it again aft
 next connect (the store's dedupe on device and time drops what was stored already). With
 ``--mqtt-publish`` it also publishes every position this relay stores.
 
-The client is paho-mqtt 2.x, driven by its own network thread (``loop_start``); its
+The client is paho-mqtt 2.x, its ``loop_forever`` run in a thread of ours; its
 callbacks hand everything to the event loop with ``call_soon_threadsafe``. paho is the one
 Python client whose public API acknowledges a message when the application says so
 (``manual_ack=True`` and ``Client.ack``); aiomqtt (built on paho) acks as soon as a
@@ -107,18 +107,22 @@ class MqttBridge:
         self.messages: Counter[Outcome] = Counter()
         self.forwarded = 0
         self.forward_dropped = 0
+        if tls is not None:
+            # paho leaves the socket of a failed TLS handshake open (a ResourceWarning per
+            # retry); sockets of this class close themselves then.
+            tls.sslsocket_class = _ClosingOnFailure
         self._tls = tls
         self._client = self._make_client()
         self._connection = 0  # counts connections: acks of an older one are never sent
         self._taken: deque[_Taken] = deque()
         self._stopping = False
         self._wake = asyncio.Event()
-        self._ended = asyncio.Event()
         self._in_loop = False
         self._task: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()
         self._logged: deque[float] = deque()
         self._unsent: list[Position] = []
+        self._session_present = False  # set by paho's thread before it calls _on_subscribe
 
     def _make_client(self) -> Client:
         client = Client(
@@ -138,6 +142,10 @@ class MqttBridge:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
+        # paho's network thread is one of ours running loop_forever. With this hook set,
+        # paho hands what the event loop sends (acks, publishes) to that thread instead
+        # of writing to the socket from the event loop's thread, racing it.
+        client.on_socket_register_write = _no_op
         return client
 
     async def start(self) -> None:
@@ -167,7 +175,6 @@ class MqttBridge:
     async def _run(self) -> None:
         attempt = 0
         while not self._stopping:
-            self._ended.clear()
             try:
                 await _in_thread(
                     self._client.connect, self.broker.host, self.broker.port, KEEPALIVE
@@ -179,12 +186,11 @@ class MqttBridge:
                 self._in_loop = True
                 if self._stopping:
                     self._client.disconnect()
-                self._client.loop_start()
                 if self._unsent:
                     unsent, self._unsent = self._unsent, []
                     self._forward(unsent)
-                await self._ended.wait()
-                await _in_thread(self._client.loop_stop)
+                # Until the connection ends: lost, refused or disconnect() from stop().
+                await _in_thread(self._client.loop_forever)
                 self._in_loop = False
                 self._connection += 1  # what was taken and not yet acked is sent again
                 self._taken.clear()
@@ -227,7 +233,7 @@ class MqttBridge:
             filters.append(self.json_filter)
         # Every time, not only without a session: the filters may have changed since.
         client.subscribe([(f, 1) for f in filters])
-        self._loop.call_soon_threadsafe(self._accepted, flags.session_present)
+        self._session_present = flags.session_present
 
     def _on_subscribe(
         self,
@@ -238,12 +244,11 @@ class MqttBridge:
         properties: Properties | None,
     ) -> None:
         if any(r.is_failure for r in reasons):
-            self._loop.call_soon_threadsafe(
-                log.error,
-                "MQTT broker %s refused the subscription (%s): check its ACL for this user",
-                self.broker.url,
-                ", ".join(map(str, reasons)),
-            )
+            reason = ", ".join(map(str, reasons))
+            what = "the subscription (check its ACL for this user)"
+            self._loop.call_soon_threadsafe(self._refused, reason, what)
+        else:
+            self._loop.call_soon_threadsafe(self._accepted, self._session_present)
 
     def _on_disconnect(
         self,
@@ -271,14 +276,13 @@ class MqttBridge:
             "session resumed" if session_present else "new session",
         )
 
-    def _refused(self, reason: str) -> None:
+    def _refused(self, reason: str, what: str = "the connection") -> None:
         self.last_error = f"refused: {reason}"
-        log.error("MQTT broker %s refused the connection: %s", self.broker.url, reason)
+        log.error("MQTT broker %s refused %s: %s", self.broker.url, what, reason)
 
     def _lost(self, reason: str) -> None:
         if self.last_error is None:
             self.last_error = reason
-        self._ended.set()
 
     # -- messages ---------------------------------------------------------------------
 
@@ -400,6 +404,21 @@ def mqtt_families(bridges: list[MqttBridge]) -> list[Family]:
     return [connected, messages, forwarded]
 
 
+class _ClosingOnFailure(ssl.SSLSocket):
+    """A TLS socket that closes itself when its handshake fails."""
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except BaseException:
+            self.close()
+            raise
+
+
+def _no_op(*args: object) -> None:
+    pass
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"certificate not trusted ({exc.verify_message}): give its CA with --cafile"
@@ -407,7 +426,7 @@ def _describe(exc: BaseException) -> str:
 
 
 async def _in_thread(function: Callable[..., _T], *args: Any) -> _T:
-    """Run a blocking paho call in a daemon thread (a hung connect must not stop exit)."""
+    """Run a blocking paho call in a daemon thread (a hung one must not stop the exit)."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[_T] = loop.create_future()
 
@@ -419,7 +438,7 @@ async def _in_thread(function: Callable[..., _T], *args: Any) -> _T:
         else:
             loop.call_soon_threadsafe(_settle, done, result, None)
 
-    threading.Thread(target=run, name="geotrack-mqtt-connect", daemon=True).start()
+    threading.Thread(target=run, name="geotrack-mqtt", daemon=True).start()
     return await done
 
 
