@@ -9,9 +9,20 @@ where each lives:
   memo caches;
 - :mod:`~geotrack.schema.position`: :class:`Position`, its attrs and device ids;
 - :mod:`~geotrack.schema.frames`: publish frames (:func:`decode_frame`), acks, encoding;
-- :mod:`~geotrack.schema.filters`: subscription filters and the role of a path.
+- :mod:`~geotrack.schema.filters`: subscription filters and the role of a path;
+- :mod:`~geotrack.schema.events`: geofence events, their filter and the engine's state.
 """
 
+from geotrack.schema.events import (
+    EVENT_TYPES,
+    EVENTS_PARAMETERS,
+    Event,
+    EventFilter,
+    FenceState,
+    decode_events,
+    encode_event,
+    encode_events,
+)
 from geotrack.schema.filters import SUBSCRIBE_PARAMETERS, BBox, SubscribeFilter, literal_role
 from geotrack.schema.frames import (
     MAX_BATCH,
@@ -40,6 +51,8 @@ from geotrack.schema.time import ms_to_ts, parse_duration, parse_time, parse_ts,
 
 __all__ = [
     "DEVICE_PATTERN",
+    "EVENTS_PARAMETERS",
+    "EVENT_TYPES",
     "MAX_ATTRS",
     "MAX_ATTR_KEY",
     "MAX_ATTR_STRING",
@@ -48,16 +61,22 @@ __all__ = [
     "Ack",
     "AttrValue",
     "BBox",
+    "Event",
+    "EventFilter",
+    "FenceState",
     "ParsedFrame",
     "Position",
     "Rejection",
     "SubscribeFilter",
     "decode_ack",
+    "decode_events",
     "decode_frame",
     "decode_positions",
     "encode_ack",
     "encode_batch",
     "encode_error",
+    "encode_event",
+    "encode_events",
     "encode_position",
     "json_type",
     "literal_role",

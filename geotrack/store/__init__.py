@@ -7,9 +7,19 @@ optional is imported only when its scheme is used.
 from __future__ import annotations
 
 from geotrack.errors import UnsupportedStore
-from geotrack.store.base import Change, ChangeFeed, Pruned, Store
+from geotrack.store.base import Change, ChangeFeed, EventChange, EventFeed, Pruned, Store
 
-__all__ = ["DEFAULT_STORE", "SCHEMES", "Change", "ChangeFeed", "Pruned", "Store", "open_store"]
+__all__ = [
+    "DEFAULT_STORE",
+    "SCHEMES",
+    "Change",
+    "ChangeFeed",
+    "EventChange",
+    "EventFeed",
+    "Pruned",
+    "Store",
+    "open_store",
+]
 
 DEFAULT_STORE = "sqlite:///geotrack.db"
 SCHEMES = ("sqlite", "mongodb", "mongodb+srv")

@@ -5,6 +5,13 @@ A store does three things: write a batch of positions idempotently (a position w
 follow the stream of newly stored positions from a resumable cursor. For retention it
 also deletes old positions, in small batches (:meth:`Store.prune`).
 
+Geofence events (``geotrack.schema.Event``) are kept beside the positions with the same
+three verbs: :meth:`Store.write_events` (idempotent on (device, fence, ts, type), so a
+transition two relays decide is stored, and delivered, once), :meth:`Store.query_events`
+and :meth:`Store.follow_events` (an :class:`EventFeed`, resumable by cursor). The fence
+engine's per-device state is kept too (:meth:`Store.fence_states`,
+:meth:`Store.save_fence_states`) so that it survives a restart.
+
 The interface is synchronous: backends wrap blocking drivers (sqlite3, pymongo), and the
 relay calls them from a worker thread so the event loop never waits on the disk.
 """
@@ -17,9 +24,9 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
-from geotrack.schema import Position
+from geotrack.schema import Event, FenceState, Position
 
-__all__ = ["Change", "ChangeFeed", "Pruned", "Store"]
+__all__ = ["Change", "ChangeFeed", "EventChange", "EventFeed", "Pruned", "Store"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +64,47 @@ class ChangeFeed(ABC):
     @abstractmethod
     def poll(self, timeout: float) -> list[Change]:
         """Return the next changes, waiting up to ``timeout`` seconds; [] when none came."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the feed's resources. Safe to call twice."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+@dataclass(frozen=True, slots=True)
+class EventChange:
+    """One newly stored event as an event feed reports it.
+
+    ``cursor`` resumes the feed right after this event (a string of the same backend
+    syntax as position cursors, so :meth:`Store.is_cursor` recognizes it, but numbering
+    events, not positions).
+    """
+
+    cursor: str
+    event: Event
+
+
+class EventFeed(ABC):
+    """An open, resumable follow of a store's newly stored events, in store order."""
+
+    @property
+    @abstractmethod
+    def cursor(self) -> str:
+        """Where to resume to miss nothing and repeat nothing of what was returned so far."""
+
+    @abstractmethod
+    def poll(self, timeout: float) -> list[EventChange]:
+        """Return the next events, waiting up to ``timeout`` seconds; [] when none came."""
 
     @abstractmethod
     def close(self) -> None:
@@ -155,6 +203,54 @@ class Store(ABC):
         time on. ``devices`` narrows the feed (all when empty); ``exclude_origin`` leaves
         out what that writer stored (a relay following the positions other relays stored).
         """
+
+    @abstractmethod
+    def write_events(self, events: Sequence[Event], origin: str | None = None) -> list[bool]:
+        """Store events durably; return, for each, whether it was new.
+
+        Idempotent on :attr:`Event.key` (device, fence, ts, type): an event already stored
+        (by this relay or another on the same store) is a duplicate, reported False and
+        not delivered again by :meth:`follow_events`. All-or-nothing like :meth:`write`.
+        """
+
+    @abstractmethod
+    def query_events(
+        self,
+        devices: Collection[str] = (),
+        fences: Collection[str] = (),
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+    ) -> Iterator[Event]:
+        """Stream stored events ordered by device time (``ts``), then device and fence.
+
+        ``devices`` and ``fences`` narrow (all when empty); ``since_ms``/``until_ms``
+        bound the event's ``ts``, inclusive. Lazy, like :meth:`query`.
+        """
+
+    @abstractmethod
+    def follow_events(
+        self,
+        since: str | int | None = None,
+        devices: Collection[str] = (),
+        fences: Collection[str] = (),
+    ) -> EventFeed:
+        """Open a feed of newly stored events, in store order.
+
+        ``since`` is None for what is stored from now on, a cursor an event feed returned
+        to resume after it, or Unix milliseconds to replay the events stored from that
+        time on (store time, as :meth:`follow`). ``devices`` and ``fences`` narrow it.
+        """
+
+    @abstractmethod
+    def fence_states(self, devices: Collection[str] = ()) -> list[FenceState]:
+        """The fence engine's saved states (of ``devices``; all when empty).
+
+        States never saved are the default: outside, nothing pending.
+        """
+
+    @abstractmethod
+    def save_fence_states(self, states: Sequence[FenceState]) -> None:
+        """Save these states, replacing any saved for the same (device, fence)."""
 
     @abstractmethod
     def is_cursor(self, text: str) -> bool:

@@ -61,8 +61,18 @@ from pymongo.errors import (
 from pymongo.uri_parser import split_options
 
 from geotrack.errors import GeotrackError, InvalidParameter, StoreError, StoreNotFound
-from geotrack.schema import Position, ms_to_ts, ts_to_ms
+from geotrack.schema import Event, FenceState, Position, ms_to_ts, ts_to_ms
 from geotrack.store.base import Change, ChangeFeed, Pruned, Store
+from geotrack.store.mongo_events import (
+    EVENTS_COLLECTION,
+    STATES_COLLECTION,
+    MongoEventFeed,
+    ensure_event_indexes,
+    find_events,
+    find_states,
+    insert_events,
+    replace_states,
+)
 
 __all__ = ["CURSOR_PREFIX", "MongoChangeFeed", "MongoStore", "decode_cursor"]
 
@@ -490,6 +500,87 @@ class MongoStore(Store):
         except PyMongoError as exc:
             self._raise(exc, "querying")
         return last
+
+    def _events(self) -> MongoCollection[Document]:
+        """The events collection, its indexes ensured once per store object."""
+        events = self._positions.database.get_collection(EVENTS_COLLECTION, codec_options=_CODEC)
+        if not getattr(self, "_events_indexed", False):
+            ensure_event_indexes(events)
+            self._events_indexed = True
+        return events
+
+    def write_events(self, events: Sequence[Event], origin: str | None = None) -> list[bool]:
+        self._check_open()
+        if not events:
+            return []
+        try:
+            return insert_events(self._events(), events, origin)
+        except (PyMongoError, BSONError) as exc:
+            self._raise(exc, "writing events")
+
+    def query_events(
+        self,
+        devices: Collection[str] = (),
+        fences: Collection[str] = (),
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+    ) -> Iterator[Event]:
+        self._check_open()
+        events = self._positions.database.get_collection(EVENTS_COLLECTION, codec_options=_CODEC)
+        try:
+            yield from find_events(events, devices, fences, since_ms, until_ms, _ms)
+        except PyMongoError as exc:
+            self._raise(exc, "querying events")
+
+    def follow_events(
+        self,
+        since: str | int | None = None,
+        devices: Collection[str] = (),
+        fences: Collection[str] = (),
+    ) -> MongoEventFeed:
+        self._check_open()
+        match: Document = {"operationType": "insert"}
+        if devices:
+            match["fullDocument.device"] = {"$in": sorted(devices)}
+        if fences:
+            match["fullDocument.fence"] = {"$in": sorted(fences)}
+        options: dict[str, Any] = {}
+        if isinstance(since, str):
+            options["resume_after"] = decode_cursor(since)
+        elif since is not None:
+            options["start_at_operation_time"] = Timestamp(min(max(since // 1000, 0), 2**32 - 1), 0)
+        try:
+            stream = self._events().watch(
+                [{"$match": match}],
+                max_await_time_ms=self._max_await_ms,
+                batch_size=MongoEventFeed.batch,
+                **options,
+            )
+        except PyMongoError as exc:
+            self._raise(exc, "opening the event stream")
+        start = since if isinstance(since, str) else None
+        return MongoEventFeed(
+            stream, start, self._max_await_ms / 1000, self._error, _ms, encode_cursor
+        )
+
+    def fence_states(self, devices: Collection[str] = ()) -> list[FenceState]:
+        self._check_open()
+        states = self._positions.database.get_collection(STATES_COLLECTION, codec_options=_CODEC)
+        try:
+            return find_states(states, devices)
+        except PyMongoError as exc:
+            self._raise(exc, "reading fence states")
+
+    def save_fence_states(self, states: Sequence[FenceState]) -> None:
+        self._check_open()
+        if not states:
+            return
+        database = self._positions.database
+        collection = database.get_collection(STATES_COLLECTION, codec_options=_CODEC)
+        try:
+            replace_states(collection, states)
+        except PyMongoError as exc:
+            self._raise(exc, "saving fence states")
 
     def follow(
         self,

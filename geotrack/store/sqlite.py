@@ -24,16 +24,27 @@ import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 from urllib.parse import parse_qs, quote, urlsplit
 
 import msgspec
 
 from geotrack.errors import InvalidParameter, StoreError, StoreNotFound
-from geotrack.schema import Position, ms_to_ts, ts_to_ms
-from geotrack.store.base import Change, ChangeFeed, Pruned, Store
+from geotrack.schema import Event, FenceState, Position, ms_to_ts, ts_to_ms
+from geotrack.store.base import Change, ChangeFeed, EventFeed, Pruned, Store
+from geotrack.store.sqlite_events import (
+    EVENTS_SCHEMA,
+    SQLiteEventFeed,
+    event_feed_start,
+    insert_events,
+    select_events,
+    select_states,
+    upsert_states,
+)
 
 __all__ = ["CURSOR_PREFIX", "SQLiteChangeFeed", "SQLiteStore", "parse_cursor"]
+
+_T = TypeVar("_T")
 
 _SCHEMA_VERSION: Final = 1
 _SCHEMA: Final = """
@@ -262,6 +273,7 @@ class SQLiteStore(Store):
         try:
             with self._lock:
                 self._writer.executescript(_SCHEMA)
+                self._writer.executescript(EVENTS_SCHEMA)
                 row = self._writer.execute(
                     "SELECT value FROM geotrack_meta WHERE key = 'schema_version'"
                 ).fetchone()
@@ -412,6 +424,67 @@ class SQLiteStore(Store):
         finally:
             conn.close()
         return [_row_to_position(row) for row in rows]
+
+    def write_events(self, events: Sequence[Event], origin: str | None = None) -> list[bool]:
+        if not events:
+            return []
+        return self._in_write_transaction(lambda: insert_events(self._writer, events, origin))
+
+    def save_fence_states(self, states: Sequence[FenceState]) -> None:
+        if states:
+            self._in_write_transaction(lambda: upsert_states(self._writer, states))
+
+    def _in_write_transaction(self, work: Callable[[], _T]) -> _T:
+        """Run ``work`` on the writer connection in one IMMEDIATE transaction."""
+        with self._lock:
+            self._check_open()
+            try:
+                self._writer.execute("BEGIN IMMEDIATE")
+                try:
+                    result = work()
+                    self._writer.execute("COMMIT")
+                except BaseException:
+                    if self._writer.in_transaction:
+                        self._writer.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise StoreError(f"write to {self.display_url} failed: {exc}") from None
+        return result
+
+    def query_events(
+        self,
+        devices: Collection[str] = (),
+        fences: Collection[str] = (),
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+    ) -> Iterator[Event]:
+        return select_events(self._reader(), devices, fences, since_ms, until_ms)
+
+    def fence_states(self, devices: Collection[str] = ()) -> list[FenceState]:
+        conn = self._reader()
+        try:
+            return select_states(conn, devices)
+        except sqlite3.Error as exc:
+            raise StoreError(f"reading fence states of {self.display_url} failed: {exc}") from None
+        finally:
+            conn.close()
+
+    def follow_events(
+        self,
+        since: str | int | None = None,
+        devices: Collection[str] = (),
+        fences: Collection[str] = (),
+    ) -> EventFeed:
+        conn = self._reader()
+        try:
+            after = event_feed_start(conn, since)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(f"cannot follow the events of {self.display_url}: {exc}") from None
+        except BaseException:
+            conn.close()
+            raise
+        return SQLiteEventFeed(conn, after, devices, fences, self.display_url)
 
     def follow(
         self,
