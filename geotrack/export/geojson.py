@@ -3,16 +3,21 @@
 A device's feature is a LineString of its fixes in time order, or a Point when it has a
 single fix (a LineString needs two positions). Its properties are ``device``, ``start``
 and ``end`` (canonical timestamps), ``count`` and ``times``: the canonical timestamp of
-each coordinate, in the same order (the "coordTimes" convention).
+each coordinate, in the same order (the "coordTimes" convention). The other fields ride
+in ``coordinateProperties`` (togeojson's convention): a list per field, parallel to the
+coordinates, ``null`` where a fix lacks it, for each of ``speed``, ``heading``, ``acc``
+and ``attrs`` that any fix of the device has, so that :mod:`geotrack.sources.geojson`
+reads every position back whole.
 
 Coordinates are ``[lon, lat, alt]`` when every fix of the device has an altitude and
 ``[lon, lat]`` otherwise: RFC 7946 lets positions of one geometry differ in length, but
-consumers handle that badly, so a device with any fix lacking ``alt`` loses its altitudes
-here (CSV and NDJSON keep them).
+consumers handle that badly, so a device with any fix lacking ``alt`` has its altitudes
+in ``coordinateProperties.alt`` instead.
 """
 
 from __future__ import annotations
 
+import codecs
 import math
 from array import array
 from collections.abc import Iterable
@@ -27,11 +32,15 @@ from geotrack.schema import Position
 __all__ = ["write_geojson"]
 
 _encode: Final = msgspec.json.Encoder().encode
-# A device's fixes are held in memory up to this many bytes per spool, then on disk.
+# A device's fixes are held in memory up to this many bytes per spool (a quarter of it for
+# each coordinateProperties field), then on disk.
 _SPOOL_BYTES: Final = 1 << 20
-# Fixes gathered before they go to the spools, and read back per chunk.
-_BATCH: Final = 4096
+# Fixes gathered before they go to the spools, and read back per chunk: a batch holds its
+# positions alive (for their coordinateProperties), so it stays small.
+_BATCH: Final = 1024
 _RECORD: Final = array("d").itemsize * 3
+# The fields that go to coordinateProperties ("alt" only when the coordinates lack it).
+_EXTRA_FIELDS: Final = ("alt", "speed", "heading", "acc", "attrs")
 
 
 def write_geojson(positions: Iterable[Position], out: TextIO) -> int:
@@ -47,7 +56,7 @@ def write_geojson(positions: Iterable[Position], out: TextIO) -> int:
     out.write('{"type":"FeatureCollection","features":[')
     with _Track() as track:
         # The per-fix work is inlined here, on locals: it runs once per position.
-        xyz, stamps = track.xyz, track.stamps
+        xyz, stamps, kept = track.xyz, track.stamps, track.kept
         nan = math.nan
         device: str | None = None
         has_alt = True
@@ -66,6 +75,7 @@ def write_geojson(positions: Iterable[Position], out: TextIO) -> int:
             xyz.extend((p.lon, p.lat, alt))
             ts = p.ts
             stamps.append(ts if ts.__class__ is str else p.time)
+            kept.append(p)
             track.count += 1
             if len(stamps) >= _BATCH:
                 track.flush()
@@ -90,6 +100,15 @@ class _Track:
         self._times: IO[bytes] = SpooledTemporaryFile(max_size=_SPOOL_BYTES)  # noqa: SIM115
         self.xyz = array("d")
         self.stamps: list[str] = []
+        #: The fixes since the last flush, for their coordinateProperties.
+        self.kept: list[Position] = []
+        self._extras: dict[str, IO[bytes]] = {
+            name: SpooledTemporaryFile(max_size=_SPOOL_BYTES // 4)  # noqa: SIM115
+            for name in _EXTRA_FIELDS
+        }
+        self._present: set[str] = set()
+        # Per field not present yet: the fixes before its first value.
+        self._nulls = dict.fromkeys(_EXTRA_FIELDS, 0)
         self._first_ts = ""
         self._last_ts = ""
 
@@ -101,12 +120,16 @@ class _Track:
     ) -> None:
         self._coords.close()
         self._times.close()
+        for spool in self._extras.values():
+            spool.close()
 
     def start(self, device: str, first_ts: str) -> None:
         self.device = device
         self.count = 0
         self._first_ts = first_ts
-        for spool in (self._coords, self._times):
+        self._present.clear()
+        self._nulls = dict.fromkeys(_EXTRA_FIELDS, 0)
+        for spool in (self._coords, self._times, *self._extras.values()):
             spool.seek(0)
             spool.truncate()
 
@@ -120,6 +143,27 @@ class _Track:
         self._times.write(_encode(self.stamps)[1:-1])
         self._last_ts = self.stamps[-1]
         self.stamps.clear()
+        kept = self.kept
+        columns = (
+            ("alt", [p.alt for p in kept]),
+            ("speed", [p.speed for p in kept]),
+            ("heading", [p.heading for p in kept]),
+            ("acc", [p.acc for p in kept]),
+            ("attrs", [p.attrs for p in kept]),
+        )
+        for name, values in columns:
+            spool = self._extras[name]
+            if name not in self._present:
+                if all(v is None for v in values):
+                    # Nothing to write yet: the nulls are written if a value ever comes.
+                    self._nulls[name] += len(values)
+                    continue
+                self._present.add(name)
+                spool.write(b",".join([b"null"] * self._nulls[name]))
+            if spool.tell():
+                spool.write(b",")
+            spool.write(_encode(values)[1:-1])
+        kept.clear()
 
     def write(self, out: TextIO, first: bool, has_alt: bool) -> None:
         """Write the device's feature, preceded by a comma unless it is the first.
@@ -153,4 +197,18 @@ class _Track:
         # Canonical timestamps are ASCII, so a chunk never splits a character.
         while chunk := self._times.read(1 << 16):
             out.write(chunk.decode("ascii"))
-        out.write("]}}")
+        out.write("]")
+        extras = [n for n in _EXTRA_FIELDS if n in self._present and (n != "alt" or not has_alt)]
+        if extras:
+            out.write(',"coordinateProperties":{')
+            for i, name in enumerate(extras):
+                out.write(f'{"," if i else ""}"{name}":[')
+                spool = self._extras[name]
+                spool.seek(0)
+                # Decoded whole: a chunk boundary may split a character of an attr.
+                decoder = codecs.getincrementaldecoder("utf-8")()
+                while chunk := spool.read(1 << 16):
+                    out.write(decoder.decode(chunk))
+                out.write(decoder.decode(b"", final=True) + "]")
+            out.write("}")
+        out.write("}}")

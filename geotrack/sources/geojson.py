@@ -7,11 +7,12 @@ What becomes positions (coordinates are ``[lon, lat]`` or ``[lon, lat, alt]``):
   (togeojson, older) or ``coordinateProperties.times`` (togeojson, newer; in the feature or
   its properties). A ``MultiLineString`` likewise, with a list of lists. Other parallel
   lists in ``coordinateProperties`` (``speed``, ``heading``, ``acc``, ``attrs`` and any
-  other) give each point those fields.
+  other) give each point those fields, ``alt`` too for 2D coordinates. A ``Point`` with
+  such a list of one time is read the same way (the export's device with one fix).
 - A ``Point`` with a time in its properties (``time``, ``timestamp``, ``datetime``,
-  ``date``, ``ts``, ``when``, or a one-element ``times``); its properties ``speed``,
-  ``heading``/``course``, ``accuracy``/``acc``, ``altitude``/``ele`` fill those fields and the
-  other scalar properties become attrs.
+  ``date``, ``ts``, ``when``); its properties ``speed``, ``heading``/``course``,
+  ``accuracy``/``acc``, ``altitude``/``ele`` fill those fields and the other scalar
+  properties become attrs.
 
 The device is ``--device``, else the feature's ``device`` (or ``device_id``) property, else
 the file's stem. A FeatureCollection streams feature by feature: memory holds one feature.
@@ -119,7 +120,12 @@ class _Reader:
         if not isinstance(coordinates, list):
             yield Skipped(f"{kind} without coordinates", where)
             return
-        if kind == "Point":
+        if kind == "Point" and _times(feature, properties) is not None:
+            # geotrack's export writes a device's single fix so, with its times list.
+            extra = _coordinate_properties(feature, properties)
+            times = _times(feature, properties)
+            yield from self._line(device, [coordinates], times, extra, properties, where)
+        elif kind == "Point":
             yield from self._point(device, coordinates, properties, where)
         elif kind in ("LineString", "MultiPoint"):
             extra = _coordinate_properties(feature, properties)
@@ -152,9 +158,6 @@ class _Reader:
         self, device: str, coordinates: list[Any], properties: dict[str, Any], where: str
     ) -> Iterator[Item]:
         stamp = next((properties[k] for k in TIME_KEYS if properties.get(k) is not None), None)
-        if stamp is None:
-            times = _times({}, properties)
-            stamp = times[0] if isinstance(times, list) and len(times) == 1 else None
         if stamp is None:
             yield Skipped("no time", where)
             return
@@ -213,7 +216,7 @@ class _Reader:
                 value = values[i] if isinstance(values, list) and i < len(values) else None
                 if value is None:
                     continue
-                if key in ("speed", "heading", "acc"):
+                if key in ("alt", "speed", "heading", "acc"):
                     fields[key] = value
                 elif key == "attrs" and isinstance(value, dict):
                     attrs.update(value)
@@ -270,7 +273,7 @@ def _position(
     }
     if len(point) > 2 and point[2] is not None:
         position["alt"] = number(point[2], "alt")
-    elif "alt" in fields:
+    elif fields.get("alt") is not None:
         position["alt"] = number(fields["alt"], "alt")
     for key in ("speed", "heading", "acc"):
         if key in fields:

@@ -128,15 +128,29 @@ def stream_items(path: Path, prefix: str) -> Iterator[Any]:
     """
     import ijson  # imported on first use: geotrack starts without it
 
-    try:
-        with open_binary(path) as file:
-            yield from ijson.items(file, prefix, use_float=True, buf_size=_READ_SIZE)
-    except ijson.IncompleteJSONError as exc:
-        raise SourceError(str(path), _json_reason(exc)) from None
-    except ijson.JSONError as exc:
-        raise SourceError(str(path), f"not valid JSON: {_one_line(exc)}") from None
-    except (OSError, EOFError) as exc:  # EOFError: a gzip file cut short
-        raise SourceError(str(path), _os_reason(exc)) from None
+    backend: Any = ijson
+    given = 0
+    while True:
+        try:
+            with open_binary(path) as file:
+                items = backend.items(file, prefix, use_float=True, buf_size=_READ_SIZE)
+                for n, item in enumerate(items):
+                    if n >= given:
+                        given += 1
+                        yield item
+            return
+        except ijson.IncompleteJSONError as exc:
+            if "integer overflow" in str(exc) and backend is ijson:
+                # The C parser reads integers as 64-bit, and fails on -2**63 itself and
+                # on anything wider; the Python one reads any integer. From the start,
+                # past the elements already given (rare: such numbers are).
+                backend = ijson.get_backend("python")
+                continue
+            raise SourceError(str(path), _json_reason(exc)) from None
+        except ijson.JSONError as exc:
+            raise SourceError(str(path), f"not valid JSON: {_one_line(exc)}") from None
+        except (OSError, EOFError) as exc:  # EOFError: a gzip file cut short
+            raise SourceError(str(path), _os_reason(exc)) from None
 
 
 def _os_reason(exc: OSError | EOFError) -> str:

@@ -116,13 +116,23 @@ def _check_geojson(text: str, ps: list[Position]) -> None:
             assert geometry == {"type": "Point", "coordinates": coords[0]}
         else:
             assert geometry == {"type": "LineString", "coordinates": coords}
-        assert feature["properties"] == {
+        properties = dict(feature["properties"])
+        extras = properties.pop("coordinateProperties", {})
+        assert properties == {
             "device": group[0].device,
             "start": group[0].time,
             "end": group[-1].time,
             "count": len(group),
             "times": [p.time for p in group],
         }
+        # Every other field, parallel to the coordinates, for each field any fix has.
+        names = ["speed", "heading", "acc", "attrs"] + ([] if three_d else ["alt"])
+        expected = {
+            n: [getattr(p, n) for p in group]
+            for n in names
+            if any(getattr(p, n) is not None for p in group)
+        }
+        assert _typed(extras) == _typed(expected)
 
 
 def test_geojson_sample() -> None:
@@ -274,7 +284,7 @@ def test_export_gpx_passes_the_gap_on() -> None:
 def test_unknown_format() -> None:
     out = io.StringIO()
     with pytest.raises(InvalidParameter) as info:
-        export("kml", SAMPLE, out)
+        export("shp", SAMPLE, out)
     assert info.value.name == "format"
     for fmt in FORMATS:
         assert fmt in info.value.reason
@@ -282,7 +292,7 @@ def test_unknown_format() -> None:
 
 
 def test_formats_and_extensions_agree() -> None:
-    assert set(FORMATS) == set(EXTENSIONS) == {"gpx", "geojson", "csv", "ndjson"}
+    assert set(FORMATS) == set(EXTENSIONS) == {"gpx", "geojson", "csv", "ndjson", "kml"}
     assert all(FORMATS.values())
     for fmt, suffix in EXTENSIONS.items():
         assert format_for_path(f"out/track{suffix}") == fmt
@@ -298,6 +308,7 @@ def test_formats_and_extensions_agree() -> None:
         ("a.csv", "csv"),
         ("a.ndjson", "ndjson"),
         ("a.jsonl", "ndjson"),
+        ("a.kml", "kml"),
         ("a.txt", None),
         ("csv", None),
         ("dir.csv/a", None),

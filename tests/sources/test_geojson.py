@@ -46,10 +46,19 @@ def collection(*features: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_own_export_reads_back_exactly(tmp_path: Path) -> None:
-    walk = [pos("walk", i, alt=30.5 + i / 10) for i in range(50)]
-    # Without altitude on one fix the exporter writes 2D coordinates for that device.
-    car = [pos("car-1", i, lat=-33.8 + i * 1e-5, lon=151.2 - i * 1e-5) for i in range(20)]
-    single = [pos("lone", 3, alt=-12.25)]
+    """Every field and attr of every position, whatever each fix has or lacks."""
+    odd = {"quote": 'say "hi"', "unicode": "Grüße 🚲", "int": -(2**63), "none": None, "b": True}
+    walk = [
+        pos("walk", i, alt=30.5 + i / 10, speed=i / 4, heading=i * 7.5 % 360, acc=3.0)
+        for i in range(50)
+    ]
+    # One fix without altitude: the exporter writes 2D coordinates and the altitudes apart.
+    car = [
+        pos("car-1", i, lat=-33.8 + i * 1e-5, lon=151.2 - i * 1e-5, alt=None if i == 3 else 9.0)
+        for i in range(20)
+    ]
+    car[5] = pos("car-1", 5, attrs=odd)
+    single = [pos("lone", 3, alt=-12.25, attrs={"hr": 71})]
     out = io.StringIO()
     write_geojson([*walk, *car, *single], out)
     path = tmp_path / "export.geojson"
