@@ -68,8 +68,8 @@ _SHOWN_REASONS: Final = 5
 
 Notify = Callable[[str], None]
 #: One lane entry: key in ms, a sequence number (ties, and never comparing positions),
-#: the position and the report of its source.
-_Entry = tuple[int, int, Position, "SourceReport"]
+#: the position's time in ms, the position and the report of its source.
+_Entry = tuple[int, int, int, Position, "SourceReport"]
 
 
 @dataclass(slots=True)
@@ -285,25 +285,27 @@ def schedule(
     first_key: int | None = None
     period = 0
     for round_ in itertools.count():
-        span = _Span()
         lanes: list[Iterator[_Entry]] = []
         for source in inputs:
             for lane in source.lanes(say):
                 entries = _keyed(lane, as_recorded, source.report, seq)
                 lanes.append(entries if source.ordered else _reorder(entries, window))
+        span = _Span() if loop and round_ == 0 else None
         shift = round_ * period
         last_ms: dict[str, int] = {}
-        for key, _, position, report in heapq.merge(*lanes):
-            ms = position.ts_ms
-            if last_ms.get(position.device) == ms:
+        merged = lanes[0] if len(lanes) == 1 else heapq.merge(*lanes)
+        for key, _, ms, position, report in merged:
+            device = position.device
+            if last_ms.get(device) == ms:
                 if round_ == 0:
-                    report.skip(SAME_TIME, f"{position.device} at {position.time}")
+                    report.skip(SAME_TIME, f"{device} at {position.time}")
                     report.dropped += 1
                 continue
-            last_ms[position.device] = ms
+            last_ms[device] = ms
             if first_key is None:
                 first_key = key
-            span.add(position.device, key, ms)
+            if span is not None:
+                span.add(device, key, ms)
             offset_ms = key - first_key + shift
             new_ms = ms + shift if start_ms is None else start_ms + offset_ms
             out = position
@@ -312,13 +314,13 @@ def schedule(
                     out = msgspec.structs.replace(position, ts=ms_to_ts(new_ms))
                 except (OverflowError, ValueError):
                     if round_ == 0:
-                        report.skip("time out of range", f"{position.device} at {position.time}")
+                        report.skip("time out of range", f"{device} at {position.time}")
                         report.dropped += 1
                     continue
             yield offset_ms / 1000, out
-        if not loop or span.empty:
+        if not loop or first_key is None:
             return
-        if round_ == 0:
+        if span is not None:
             period = span.period()
 
 
@@ -363,31 +365,34 @@ def _keyed(
     """The lane's entries: key is the time, or the time since the device's first position."""
     if as_recorded:
         for position in lane:
-            yield position.ts_ms, next(seq), position, report
+            ms = position.ts_ms
+            yield ms, next(seq), ms, position, report
         return
     base: dict[str, int] = {}
     for position in lane:
         ms = position.ts_ms
-        yield ms - base.setdefault(position.device, ms), next(seq), position, report
+        yield ms - base.setdefault(position.device, ms), next(seq), ms, position, report
 
 
 def _reorder(entries: Iterator[_Entry], window: int) -> Iterator[_Entry]:
     """The entries in key order, through a heap of ``window``; late ones counted, not lost."""
     heap: list[_Entry] = []
     last: int | None = None
+    push, pushpop, pop = heapq.heappush, heapq.heappushpop, heapq.heappop
     for entry in entries:
-        heapq.heappush(heap, entry)
-        if len(heap) > window:
-            out = heapq.heappop(heap)
-            if last is not None and out[0] < last:
-                out[3].late += 1
-            else:
-                last = out[0]
-            yield out
-    while heap:
-        out = heapq.heappop(heap)
+        if len(heap) < window:
+            push(heap, entry)
+            continue
+        out = pushpop(heap, entry)
         if last is not None and out[0] < last:
-            out[3].late += 1
+            out[4].late += 1
+        else:
+            last = out[0]
+        yield out
+    while heap:
+        out = pop(heap)
+        if last is not None and out[0] < last:
+            out[4].late += 1
         else:
             last = out[0]
         yield out
