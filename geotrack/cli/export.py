@@ -27,7 +27,10 @@ def export(
         typer.Option(
             "--format",
             "-f",
-            help="gpx, geojson, csv or ndjson (default: from the -o file's suffix, else ndjson).",
+            help=(
+                "gpx, geojson, csv, ndjson or kml (Google Earth; default: from the -o file's "
+                "suffix, else ndjson)."
+            ),
             show_default=False,
         ),
     ] = None,
@@ -79,7 +82,7 @@ def export(
                 raise InvalidParameter(
                     "--format",
                     f"cannot tell the format from {output.name!r}: "
-                    "give --format gpx, geojson, csv or ndjson",
+                    "give --format gpx, geojson, csv, ndjson or kml",
                 )
             fmt = "ndjson"
         # Everything the user gave is checked before the store is opened or a file made.

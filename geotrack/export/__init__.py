@@ -1,4 +1,4 @@
-"""Export formats: write stored positions out as GPX, GeoJSON, CSV or NDJSON.
+"""Export formats: write stored positions out as GPX, GeoJSON, CSV, NDJSON or KML.
 
 Every writer takes positions ordered by device, then time (the order the store's queries
 return), streams them to a text stream with memory flat in the number of positions, and
@@ -23,6 +23,7 @@ FORMATS: Final[dict[str, str]] = {
     "geojson": "GeoJSON: one LineString (a Point for a single fix) per device, with times",
     "csv": "CSV with a header: device,ts,lat,lon,alt,speed,heading,acc,attrs",
     "ndjson": "newline-delimited JSON: one wire-format position per line",
+    "kml": "KML for Google Earth: one gx:Track per device, with times",
 }
 
 EXTENSIONS: Final[dict[str, str]] = {
@@ -30,6 +31,7 @@ EXTENSIONS: Final[dict[str, str]] = {
     "geojson": ".geojson",
     "csv": ".csv",
     "ndjson": ".ndjson",
+    "kml": ".kml",
 }
 
 _BY_SUFFIX: Final[dict[str, str]] = {
@@ -39,6 +41,7 @@ _BY_SUFFIX: Final[dict[str, str]] = {
     ".csv": "csv",
     ".ndjson": "ndjson",
     ".jsonl": "ndjson",
+    ".kml": "kml",
 }
 
 
@@ -71,4 +74,8 @@ def export(fmt: str, positions: Iterable[Position], out: TextIO, *, gap_s: float
         from geotrack.export.ndjson import write_ndjson
 
         return write_ndjson(positions, out)
+    if fmt == "kml":
+        from geotrack.export.kml import write_kml
+
+        return write_kml(positions, out)
     raise InvalidParameter("format", f"unknown format {fmt!r} (use one of: {', '.join(FORMATS)})")

@@ -276,7 +276,9 @@ class _Reader:
                     raw[start] = _timed(raw[start], self._time(begin))
                     if len(raw) - start > 1:
                         raw[-1] = _timed(raw[-1], self._time(pm.span_end))
-            device = self._device(own or pm.name)
+            # Our own export's ids stand as written: a device's tracks share it.
+            device = own if own and not self.options.device else self._device(pm.name)
+            self.used.add(device)
             label = f"track {pm.name!r}" if pm.name else f"track {self.tracks + 1}"
             self.tracks += 1
             if all(p.ms is None for p in raw):

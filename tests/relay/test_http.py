@@ -314,7 +314,7 @@ def many(devices: int = 3, per_device: int = 2000) -> list[Position]:
     ]
 
 
-@pytest.mark.parametrize("fmt", ["ndjson", "csv", "gpx", "geojson"])
+@pytest.mark.parametrize("fmt", ["ndjson", "csv", "gpx", "geojson", "kml"])
 def test_history_streams_in_every_export_format(tmp_path: Path, fmt: str) -> None:
     db = tmp_path / "db"
     with open_store(f"sqlite:///{db}") as store:
