@@ -324,3 +324,88 @@ def test_random_positions_round_trip(items: list[Position], gap_s: float) -> Non
         assert len(again) == len(mine)
         for a, b in zip(mine, again, strict=True):
             same_position(a, b)
+
+
+# --- what other tools read: Garmin's TrackPointExtension, track names ----------------------
+
+TPX_ORDER = ["atemp", "wtemp", "depth", "hr", "cad"]
+
+
+def test_heart_rate_cadence_temperature_go_to_garmins_extension() -> None:
+    p = pos("a", 0, attrs={"cad": 80, "hr": 120, "atemp": 21.5, "power": 200, "depth": 3})
+    root = check_gpx11(export([p]))
+    [point] = root.iter(f"{GPX}trkpt")
+    [tpx] = point.iter(f"{TPX}TrackPointExtension")
+    assert [(c.tag.removeprefix(TPX), c.text) for c in tpx] == [
+        ("atemp", "21.5"),
+        ("depth", "3"),
+        ("hr", "120"),
+        ("cad", "80"),
+    ]
+    gt_attrs = [a.get("name") for a in point.iter(f"{GT}attr")]
+    assert gt_attrs == ["power"]
+
+
+def test_gpxpy_reads_garmins_extension_back() -> None:
+    p = pos("a", 0, attrs={"hr": 131, "cad": 92, "atemp": 18.0})
+    [trk] = gpxpy.parse(export([p])).tracks
+    [point] = trk.segments[0].points
+    [tpx] = point.extensions
+    values = {child.tag.rpartition("}")[2]: child.text for child in tpx}
+    assert tpx.tag == f"{TPX}TrackPointExtension"
+    assert values == {"atemp": "18.0", "hr": "131", "cad": "92"}
+
+
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        {"hr": 120.5},  # not a whole number: the schema's unsignedByte cannot hold it
+        {"hr": 300, "cad": -1},
+        {"hr": True},
+        {"hr": "120"},
+        {"atemp": None},
+    ],
+)
+def test_values_garmins_schema_cannot_hold_stay_gt_attrs(tmp_path: Path, attrs: Any) -> None:
+    text = export([pos("a", 0, attrs=attrs)])
+    assert "TrackPointExtension>" not in text
+    [again] = read_back(text, tmp_path)["a"].positions
+    assert again.attrs == attrs
+
+
+def test_garmin_sample_round_trips_through_the_extension(tmp_path: Path) -> None:
+    garmin = Path(__file__).resolve().parents[3] / "shared" / "data" / "gpx" / "garmin_gpxtpx.gpx"
+    if not garmin.exists():
+        pytest.skip(f"real-world GPX not found at {garmin}")
+    [track] = read_gpx(garmin)
+    text = export(track.positions)
+    assert "<gpxtpx:atemp>15.0</gpxtpx:atemp>" in text
+    assert "<gpxtpx:hr>113</gpxtpx:hr>" in text
+    [again] = read_back(text, tmp_path).values()
+    assert again.positions == track.positions
+    assert again.name == "roadbiking test track"
+
+
+def test_track_names_become_trk_names_and_come_back(tmp_path: Path) -> None:
+    positions = [
+        pos("me", 0, attrs={"track": "Morning run", "hr": 100}),
+        pos("me", 1, attrs={"track": "Morning run"}),
+        pos("me", 9000, attrs={"track": "Evening walk"}),
+        pos("me", 9001),
+        pos("you", 0, attrs={"track": "you"}),  # named after its device: kept as an attr
+    ]
+    text = export(positions)
+    root = check_gpx11(text)
+    trks = list(root.iter(f"{GPX}trk"))
+    assert [t.findtext(f"{GPX}name") for t in trks] == ["Morning run", "Evening walk", "me", "you"]
+    assert [t.findtext(f"{GPX}extensions/{GT}device") for t in trks] == ["me", "me", "me", "you"]
+    path = tmp_path / "export.gpx"
+    path.write_text(text, encoding="utf-8")
+    tracks = read_gpx(path)
+    assert [p for t in tracks for p in t.positions] == positions
+    assert [(t.device, t.name) for t in tracks] == [
+        ("me", "Morning run"),
+        ("me", "Evening walk"),
+        ("me", "me"),
+        ("you", "you"),
+    ]
