@@ -110,8 +110,10 @@ def serve(
             "(OwnTracks in MQTT mode, device USER:DEVICE from owntracks/USER/DEVICE). "
             "Subscribed at QoS 1 in a persistent session: messages sent while the relay "
             "is down arrive when it is back, and each is acked only once stored. "
-            "Example: --mqtt 'mqtts://geotrack:secret@broker.example.org'. "
+            "Example: --mqtt 'mqtts://geotrack:secret@broker.example.org'. In "
+            "GEOTRACK_MQTT (space-separated) a password stays out of the process list. "
             "See docs/mqtt.md.",
+            envvar="GEOTRACK_MQTT",
             show_default=False,
         ),
     ] = None,
