@@ -36,6 +36,7 @@ from benchmarks.delivery_report import svg as delivery_svg
 from benchmarks.export_bench import run_export
 from benchmarks.import_bench import import_table, run_import
 from benchmarks.profiling import py_spy
+from benchmarks.prune_bench import prune_table, run_prune
 from benchmarks.relays import ROOT, SetupError, ensure_node_modules, node_versions
 from benchmarks.scenarios import Outcome, Settings, build, log_to_stderr, run_scenario
 
@@ -52,6 +53,8 @@ NAMES = {
     "delivery": 10,
     # Only when asked (--only import): geotrack import of NDJSON and CSV (issue 12).
     "import": 12,
+    # Only when asked (--only prune): pruning 1,000,000 rows under load (issue 14).
+    "prune": 14,
 }
 
 
@@ -261,6 +264,12 @@ def _run(args: argparse.Namespace, chosen: set[int], baseline: Baseline | None) 
         log("[12] Import NDJSON and CSV files into SQLite (issue 12)")
         sizes = (50_000, 200_000) if settings.quick else (250_000, 1_000_000)
         imported = run_import(sizes, settings.rounds, log)
+    pruned = None
+    if 14 in chosen:
+        log("[14] Pruning old positions while publishers run at 5,000/s (issue 14)")
+        rows = 100_000 if settings.quick else 1_000_000
+        window = 4.0 if settings.quick else 8.0
+        pruned = run_prune(rows, settings.rounds, settings.warmup, window, log)
     elapsed = time.monotonic() - began
 
     target_items = report.targets(outcomes, export)
@@ -276,6 +285,8 @@ def _run(args: argparse.Namespace, chosen: set[int], baseline: Baseline | None) 
         console.print(delivery_markdown(delivery["summary"]), highlight=False)
     if imported is not None:
         console.print(import_table(imported))
+    if pruned is not None:
+        console.print(prune_table(pruned))
     label = None if baseline is None else baseline.label
     if 7 in chosen and (table := side_by_side(outcomes, label)) is not None:
         console.print(table)
@@ -304,6 +315,7 @@ def _run(args: argparse.Namespace, chosen: set[int], baseline: Baseline | None) 
         "export": export,
         "delivery": delivery,
         "import": imported,
+        "prune": pruned,
         "targets": target_items,
     }
     output.write_text(json.dumps(document, indent=1, default=str))

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,8 +182,14 @@ def run(
     *,
     profile_to: Path | None = None,
     keep_dir: bool = False,
+    prepare: Callable[[Path], None] | None = None,
+    on_measure: Callable[[RelayProcess], None] | None = None,
 ) -> RunResult:
-    """Start a relay, drive it with ``workload``, stop it, and return the figures."""
+    """Start a relay, drive it with ``workload``, stop it, and return the figures.
+
+    ``prepare`` gets the store's path before the relay starts (to fill it); ``on_measure``
+    is called when the first phase's measurement begins (to start something under load).
+    """
     # No "@" of geotrack@REV in the store's path: it goes into a sqlite:// URL.
     safe = kind.name.replace("@", "-")
     with tempfile.TemporaryDirectory(prefix=f"geotrack-bench-{safe}-") as tmp:
@@ -195,8 +202,10 @@ def run(
         )
         loadgens: list[_Loadgen] = []
         try:
+            if prepare is not None:
+                prepare(relay.db)
             relay.start()
-            return _drive(relay, workload, workdir, loadgens, profile_to)
+            return _drive(relay, workload, workdir, loadgens, profile_to, on_measure)
         finally:
             for lg in loadgens:
                 lg.close()
@@ -264,6 +273,7 @@ def _drive(
     workdir: Path,
     loadgens: list[_Loadgen],
     profile_to: Path | None,
+    on_measure: Callable[[RelayProcess], None] | None = None,
 ) -> RunResult:
     notes: list[str] = []
     idle: dict[str, Any] = {}
@@ -302,6 +312,8 @@ def _drive(
     profile: dict[str, Any] = {}
     for i, phase in enumerate(schedule):
         _sleep_until(phase["measure"])
+        if on_measure is not None and i == 0:
+            on_measure(relay)
         profiler = None
         if profile_to is not None and i == len(schedule) - 1 and not relay.kind.is_node:
             profiler = Profiler(relay.pid, phase["end"] - phase["measure"], profile_to)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from contextlib import nullcontext
 from typing import Annotated
 
@@ -75,7 +75,9 @@ def prune(
             raise typer.Exit(130)
 
 
-def _run(steps: Iterator[Pruned], dry_run: bool, quiet: bool) -> tuple[dict[str, int], bool]:
+def _run(
+    steps: Generator[Pruned, None, None], dry_run: bool, quiet: bool
+) -> tuple[dict[str, int], bool]:
     """Run the prune, with a progress line on a terminal; the counts, and if interrupted."""
     counts: dict[str, int] = {}
     total = 0

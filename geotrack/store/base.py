@@ -19,7 +19,7 @@ relay calls them from a worker thread so the event loop never waits on the disk.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
@@ -176,7 +176,7 @@ class Store(ABC):
     @abstractmethod
     def prune(
         self, before_ms: int, devices: Collection[str] = (), *, dry_run: bool = False
-    ) -> Iterator[Pruned]:
+    ) -> Generator[Pruned, None, None]:
         """Delete the positions whose fix time is before ``before_ms``, in small batches.
 
         A generator: nothing is deleted until it is iterated, and each step it yields is

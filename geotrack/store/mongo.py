@@ -37,7 +37,7 @@ import binascii
 import contextlib
 import re
 import time
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Generator, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, NoReturn
 from urllib.parse import unquote
@@ -626,7 +626,7 @@ class MongoStore(Store):
 
     def prune(
         self, before_ms: int, devices: Collection[str] = (), *, dry_run: bool = False
-    ) -> Iterator[Pruned]:
+    ) -> Generator[Pruned, None, None]:
         # Batched deletes by _id rather than a TTL index: docs/storage.md, "Retention".
         self._check_open()
         names = sorted(set(devices)) if devices else self.devices()

@@ -22,7 +22,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar
 from urllib.parse import parse_qs, quote, urlsplit
@@ -527,16 +527,17 @@ class SQLiteStore(Store):
         return text.startswith(CURSOR_PREFIX)
 
     #: Prune pacing: each batch is sized to hold the write lock about this long...
-    prune_hold: float = 0.003
-    #: ...and the next one waits at least this long, or as long as the last one held the
-    #: lock if longer. Writers of another process wait in SQLite's busy handler, which
-    #: sleeps 1, 2, 5, 10, 15, 20, 25 ms between tries: the pause must outlast its steps
-    #: or a writer could keep missing its turn.
-    prune_pause: float = 0.02
+    prune_hold: float = 0.004
+    #: ...and the next one waits this many times as long as the last one held it, so
+    #: that a prune takes at most 1/(1 + prune_pause) of the lock's time. Writers of
+    #: another process wait in SQLite's busy handler, which sleeps 1, 2, 5, 10, 15, 20,
+    #: 25 ms between tries: the longer the pauses, the likelier each try finds the lock
+    #: free.
+    prune_pause: float = 4.0
 
     def prune(
         self, before_ms: int, devices: Collection[str] = (), *, dry_run: bool = False
-    ) -> Iterator[Pruned]:
+    ) -> Generator[Pruned, None, None]:
         names = sorted(set(devices)) if devices else self.devices()
         if dry_run:
             yield from self._count_before(names, before_ms)
@@ -562,8 +563,11 @@ class SQLiteStore(Store):
                 pacer.took(held)
 
     def _prune_by_seq(self, before_ms: int, pacer: _Pacer) -> Iterator[Pruned]:
-        """Delete old fixes in seq order, range by range, up to the first one stored after
-        ``before_ms`` (what was stored later is left to the per-device pass)."""
+        """Delete old fixes in seq order, range by range, from the first row on.
+
+        It stops at the first range with rows but no old fix: the rest of the table is
+        newer, but for strays that the per-device pass finds through the index.
+        """
         after = 0
         while True:
             pacer.wait()
@@ -574,19 +578,20 @@ class SQLiteStore(Store):
                     self._writer.execute("BEGIN IMMEDIATE")
                     locked = time.monotonic()
                     try:
-                        rng = (after, after + span, before_ms)
-                        counts = self._writer.execute(
-                            "SELECT device, COUNT(*) FROM positions "
-                            "WHERE seq > ? AND seq <= ? AND ts < ? GROUP BY device",
-                            rng,
+                        # Per device: the rows of the range, and how many of them are old.
+                        rows = self._writer.execute(
+                            "SELECT device, COUNT(*), SUM(ts < ?) FROM positions "
+                            "WHERE seq > ? AND seq <= ? GROUP BY device",
+                            (before_ms, after, after + span),
                         ).fetchall()
+                        counts = [(device, old) for device, _, old in rows if old]
                         if counts:
                             self._writer.execute(
                                 "DELETE FROM positions WHERE seq > ? AND seq <= ? AND ts < ?",
-                                rng,
+                                (after, after + span, before_ms),
                             )
                         following = self._writer.execute(
-                            "SELECT seq, stored FROM positions WHERE seq > ? ORDER BY seq LIMIT 1",
+                            "SELECT seq FROM positions WHERE seq > ? ORDER BY seq LIMIT 1",
                             (after + span,),
                         ).fetchone()
                         self._writer.execute("COMMIT")
@@ -600,7 +605,7 @@ class SQLiteStore(Store):
             for device, count in counts:
                 yield Pruned(device, count)
             pacer.took(held)
-            if following is None or following[1] >= before_ms:
+            if following is None or (rows and not counts):
                 return
             # Over a gap of deleted seqs at once: the next range starts at a row.
             after = following[0] - 1
@@ -729,8 +734,9 @@ def _last_seq(conn: sqlite3.Connection) -> int:
 class _Pacer:
     """Sizes prune batches to hold the write lock ``hold`` seconds, and spaces them out.
 
-    After a batch the next one waits ``pause`` seconds, or as long as the batch held the
-    lock if that was longer: a prune takes at most half of the lock's time.
+    After a batch the next one waits ``pause`` times as long as the batch held the lock.
+    The size follows the time held slowly: a WAL checkpoint now and then makes a commit
+    slow whatever its size, and must not shrink every batch after it.
     """
 
     def __init__(self, batch: int, hold: float, pause: float) -> None:
@@ -743,9 +749,11 @@ class _Pacer:
         time.sleep(self._next)
 
     def took(self, held: float) -> None:
-        self._next = max(self._pause, held)
-        scale = min(2.0, max(0.5, self._hold / max(held, 1e-4)))
-        self.batch = min(50_000, max(100, round(self.batch * scale)))
+        self._next = self._pause * held
+        scale = min(1.25, max(0.8, self._hold / max(held, 1e-4)))
+        # Not below a few hundred rows: a batch has a fixed cost (a page of the (device,
+        # ts) index per device it touches), and a loaded machine's noise would shrink it.
+        self.batch = min(50_000, max(min(self.batch, 500), round(self.batch * scale)))
 
 
 def parse_cursor(text: str) -> int:

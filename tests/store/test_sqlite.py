@@ -175,7 +175,7 @@ def test_a_prune_lets_writers_of_another_connection_in_between_its_batches(
         assert isinstance(pruner, SQLiteStore)
         pruner.prune_batch = 100
         pruner.prune_hold = 0.0001  # keeps the batches small
-        pruner.prune_pause = 0.002
+        pruner.prune_pause = 1.0
         steps = pruner.prune(pos("old", 10_000).ts_ms)
         batches_before_write: list[int] = []
         done = deleted = 0
@@ -183,7 +183,7 @@ def test_a_prune_lets_writers_of_another_connection_in_between_its_batches(
             done += 1
             deleted += step.count
             if done % 5 == 0 and len(batches_before_write) < 3:
-                writer.write([pos("new", len(batches_before_write))])
+                writer.write([pos("new", 20_000 + len(batches_before_write))])
                 batches_before_write.append(done)
         assert len(batches_before_write) == 3 and done > 15  # writes landed mid-prune
         assert deleted == 5000
