@@ -79,8 +79,6 @@ class SourceReport:
     name: str
     #: Positions read (valid, though some may be skipped later: a time shared, out of range).
     read: int = 0
-    #: Points the reader found: positions, and those it skipped.
-    found: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     #: Where each skip reason was first met (``line 12``), when the reader said.
     first_at: dict[str, str] = field(default_factory=dict)
@@ -105,25 +103,27 @@ class SourceReport:
         return bool(self.skipped) or self.error is not None
 
     def lines(self, *, paced: bool = True) -> list[str]:
-        """The lines a person reads about this source: skips by reason, positions sent late.
+        """The lines a person reads about this source, as ``geotrack import`` words them.
 
-        ``paced`` is False at ``--speed 0``, where lateness means nothing.
+        One line when points were skipped or reading stopped early: ``trip.csv: read 40,
+        2 skipped: 2 no time (first at line 4); stopped: ...`` (read: the positions to
+        send); one more when positions were sent late, unless ``paced`` is False (at
+        ``--speed 0``, where lateness means nothing). None for a file that read cleanly.
         """
         lines: list[str] = []
-        if self.error is not None:
-            lines.append(
-                f"{self.name}: stopped reading after {plural(self.found, 'point')}: {self.error}"
-            )
-        if self.skipped:
-            ranked = sorted(self.skipped.items(), key=lambda kv: (-kv[1], kv[0]))
-            parts = [self._reason(reason, n) for reason, n in ranked[:_SHOWN_REASONS]]
-            rest = sum(n for _, n in ranked[_SHOWN_REASONS:])
-            if rest:
-                parts.append(f"other reasons ({rest})")
-            lines.append(
-                f"{self.name}: skipped {plural(self.skips, 'point')} of "
-                f"{self.found}: {'; '.join(parts)}"
-            )
+        if self.skipped or self.error is not None:
+            parts = [f"read {self.read - self.dropped:,}"]
+            if self.skipped:
+                ranked = sorted(self.skipped.items(), key=lambda kv: (-kv[1], kv[0]))
+                reasons = [self._reason(reason, n) for reason, n in ranked[:_SHOWN_REASONS]]
+                more = len(ranked) - _SHOWN_REASONS
+                if more > 0:
+                    reasons.append(plural(more, "other reason"))
+                parts.append(f"{self.skips:,} skipped: {'; '.join(reasons)}")
+            line = f"{self.name}: {', '.join(parts)}"
+            if self.error is not None:
+                line += f"; stopped: {self.error}"
+            lines.append(line)
         if self.late and paced:
             lines.append(
                 f"{self.name}: {plural(self.late, 'position')} came more than "
@@ -134,7 +134,7 @@ class SourceReport:
 
     def _reason(self, reason: str, n: int) -> str:
         where = self.first_at.get(reason)
-        return f"{reason} ({n}, first at {where})" if where else f"{reason} ({n})"
+        return f"{n:,} {reason}" + (f" (first at {where})" if where else "")
 
 
 class Input:
@@ -202,12 +202,10 @@ class Input:
             if isinstance(item, Position):
                 if first:
                     report.read += 1
-                    report.found += 1
                 yield item
             elif not first:
                 continue
             elif isinstance(item, Skipped):
-                report.found += 1
                 report.skip(item.reason, item.where)
             elif isinstance(item, Notice):
                 notify(f"{report.name}: {item.text}")

@@ -168,8 +168,8 @@ def test_gpx_points_that_fail_validation_are_skipped_with_a_warning(tmp_path: Pa
     with relay(tmp_path) as (url, _log):
         result = geotrack("publish", "--url", url, path, "--speed", "0", cwd=tmp_path)
     assert result.returncode == 1, result.stderr
-    assert f"{path}: skipped 1 point of 5: lat: " in result.stderr
-    assert "(1, first at track 'short' point 3)" in result.stderr
+    assert f"{path}: read 4, 1 skipped: 1 lat: " in result.stderr
+    assert "(first at track 'short' point 3)" in result.stderr
     m = SUMMARY.search(result.stderr)
     assert m is not None and m.groups()[:4] == ("4", "4", "0", "0")
 

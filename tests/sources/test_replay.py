@@ -95,7 +95,7 @@ def test_points_sharing_a_time_are_not_sent_and_are_counted() -> None:
     assert [o for o, _, _ in got] == [0.0, 1.0]
     assert source.report.skipped == {SAME_TIME: 183}
     assert source.report.lines() == [
-        f"f.ndjson: skipped 183 points of 185: {SAME_TIME} (183, first at a at {ms_to_ts(T0)})"
+        f"f.ndjson: read 2, 183 skipped: 183 {SAME_TIME} (first at a at {ms_to_ts(T0)})"
     ]
 
 
@@ -114,8 +114,8 @@ def test_notices_and_skips_are_reported_once_however_many_rounds() -> None:
     assert notices == ["f.ndjson: 3 points have no time"]
     assert source.report.read == 2
     assert source.report.lines() == [
-        "f.ndjson: skipped 3 points of 5: latitude out of range (2, first at line 2); "
-        "no time (1, first at line 3)"
+        "f.ndjson: read 2, 3 skipped: 2 latitude out of range (first at line 2); "
+        "1 no time (first at line 3)"
     ]
 
 
@@ -212,7 +212,7 @@ def test_a_broken_file_plays_what_was_read_and_says_where_it_stopped() -> None:
     assert [o for o, _ in schedule([source])] == [0.0, 1.0]
     assert source.report.failed
     assert source.report.lines() == [
-        "f.gpx: stopped reading after 2 points: not a valid GPX file: unclosed token: line 9"
+        "f.gpx: read 2; stopped: not a valid GPX file: unclosed token: line 9"
     ]
 
 
