@@ -343,6 +343,93 @@ async def _idle(mechanism: str, watchers: int, window: float, workdir: Path) -> 
     }
 
 
+async def _short_poll_cost(workdir: Path, rows: int, requests: int) -> list[dict[str, Any]]:
+    """What one short poll costs when nothing changed, on a store of ``rows`` positions.
+
+    Variants, interleaved in blocks of 20 requests on one kept-alive connection each:
+    ``GET /api/positions?since=T`` after the newest fix (the export query: a store read
+    that finds nothing), the same with ``If-None-Match`` (304 from memory), and
+    ``/api/positions/poll?since=CURSOR&wait=0``.
+    """
+    from benchmarks.export_bench import BASE_TS, DEVICES, fill
+
+    relay = RelayProcess(GEOTRACK, workdir, http=True)
+    fill(f"sqlite:///{relay.db}", 0, rows)
+    relay.start()
+    assert relay.http_port is not None
+    port = relay.http_port
+    since = BASE_TS + rows // DEVICES + 1
+    export = f"/api/positions?since={since}"
+    stats = {name: {"cpu": 0.0, "seconds": [], "bytes": 0, "count": 0} for name in _COST_VARIANTS}
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        wire = Wire()
+        head = await _head(reader, writer, wire, port, export, "")
+        tag = re.search(rb"(?i)\r\netag: *([^\r]+)", head)
+        etag = tag.group(1).decode() if tag else ""
+        cursor = _cursor(await _get(reader, writer, wire, port, "/api/positions/poll"))
+        paths = {
+            "export": (export, ""),
+            "export, If-None-Match (304)": (export, f"If-None-Match: {etag}\r\n"),
+            "poll, wait=0": (f"/api/positions/poll?since={cursor}&wait=0", ""),
+        }
+        for _ in range(max(1, requests // 20)):
+            for name, (path, extra) in paths.items():
+                entry = stats[name]
+                wire = Wire()
+                cpu0 = procstat.cpu(relay.pid)
+                for _ in range(20):
+                    began = time.perf_counter()
+                    await _head(reader, writer, wire, port, path, extra)
+                    entry["seconds"].append(time.perf_counter() - began)
+                entry["cpu"] += procstat.cpu(relay.pid).total - cpu0.total
+                entry["bytes"] += wire.sent + wire.received
+                entry["count"] += 20
+        writer.close()
+    finally:
+        relay.stop()
+    return [
+        {
+            "variant": name,
+            "rows": rows,
+            "ms_p50": 1000 * statistics.median(entry["seconds"]),
+            "cpu_ms_per_request": 1000 * entry["cpu"] / entry["count"],
+            "bytes_per_request": entry["bytes"] / entry["count"],
+        }
+        for name, entry in stats.items()
+    ]
+
+
+_COST_VARIANTS: Final = ("export", "export, If-None-Match (304)", "poll, wait=0")
+
+
+async def _head(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    wire: Wire,
+    port: int,
+    path: str,
+    extra: str,
+) -> bytes:
+    """A GET with ``extra`` header lines; reads the answer (chunked or not), returns its head."""
+    request = _request(port, path).replace(b"\r\n\r\n", b"\r\n" + extra.encode() + b"\r\n")
+    wire.sent += len(request)
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    wire.received += len(head)
+    length = _LENGTH.search(head)
+    if length is not None:
+        wire.received += len(await reader.readexactly(int(length.group(1))))
+    elif b"chunked" in head.lower():
+        while True:
+            size_line = await reader.readuntil(b"\r\n")
+            chunk = await reader.readexactly(int(size_line, 16) + 2)
+            wire.received += len(size_line) + len(chunk)
+            if len(chunk) == 2:
+                break
+    return head
+
+
 def _quantile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -391,7 +478,13 @@ def run_delivery(
                 log(f"  idle round {round_no + 1}: {mechanism} x1000")
                 workdir = Path(tempfile.mkdtemp(dir=tmp))
                 idle.append(asyncio.run(_idle(mechanism, 1000, idle_s, workdir)))
-    return {"runs": runs, "idle": idle, "summary": summarize(runs, idle)}
+        rows = 100_000 if quick else 1_000_000
+        log(f"  what a short poll costs when nothing changed ({rows:,} positions stored)")
+        workdir = Path(tempfile.mkdtemp(dir=tmp))
+        cost = asyncio.run(_short_poll_cost(workdir, rows, 120 if quick else 600))
+    summary = summarize(runs, idle)
+    summary["short_poll_cost"] = cost
+    return {"runs": runs, "idle": idle, "summary": summary}
 
 
 def summarize(runs: list[dict[str, Any]], idle: list[dict[str, Any]]) -> dict[str, Any]:

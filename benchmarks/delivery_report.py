@@ -57,6 +57,18 @@ def markdown(summary: dict[str, Any]) -> str:
                 f"| {_num(row['kib_per_watcher'], 1)} "
                 f"| {_num(row['bytes_per_watcher_minute'])} |"
             )
+    if summary.get("short_poll_cost"):
+        lines += [
+            "",
+            "| a short poll when nothing changed | ms (client, p50) | relay CPU ms/request "
+            "| bytes/request |",
+            "|---|--:|--:|--:|",
+        ]
+        for row in summary["short_poll_cost"]:
+            lines.append(
+                f"| {row['variant']} ({row['rows']:,} stored) | {row['ms_p50']:.2f} "
+                f"| {row['cpu_ms_per_request']:.2f} | {row['bytes_per_request']:.0f} |"
+            )
     return "\n".join(lines)
 
 

@@ -58,6 +58,7 @@ from geotrack.store import ChangeFeed, Store
 
 __all__ = [
     "DEFAULT_WAIT",
+    "IDLE_AFTER",
     "KEEPALIVE",
     "MAX_WAIT",
     "RECENT",
@@ -74,7 +75,9 @@ MAX_WAIT: Final = 120.0
 KEEPALIVE: Final = 15.0
 #: Changes kept in memory for watchers to catch up from without a store read (~10 s at
 #: 1,000 positions/s, a few MB).
-RECENT: Final = 20_000
+RECENT: Final = 10_000
+#: Seconds after the last HTTP watcher left that the tail stops following the store.
+IDLE_AFTER: Final = 60.0
 #: The ``retry:`` an event stream advises: milliseconds before EventSource reconnects.
 _RETRY_MS: Final = 2000
 #: Seconds an answer may wait for a commit the tail is reading when its own wait is over.
@@ -104,6 +107,10 @@ class Tail:
 
     :meth:`wake` (hooked to the hub, so called after every commit) makes it read the
     store's change feed on its own thread; waiters of :meth:`changed` wake when it has.
+    It reads only while watched: a relay nobody follows over HTTP pays nothing per commit.
+    The first request (:meth:`attach`) opens a feed at the store's end; :data:`IDLE_AFTER`
+    seconds after the last request ended it closes the feed and forgets what it kept
+    (cursors from before are then served from the store).
     """
 
     def __init__(self, store: Store, keep: int = RECENT) -> None:
@@ -120,9 +127,13 @@ class Tail:
         self._read_version = 0
         self._pending = asyncio.Event()
         self._changed: asyncio.Future[None] | None = None
+        self._opened: asyncio.Future[None] | None = None
         self._feed: ChangeFeed | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._task: asyncio.Task[None] | None = None
+        #: Requests being served now, and when the last one ended.
+        self.users = 0
+        self._last_use = 0.0
         self.closed = False
 
     @property
@@ -131,18 +142,17 @@ class Tail:
         return self._cursor
 
     async def start(self) -> None:
-        """Open the change feed at the store's end. Raises StoreError."""
+        """Get ready to follow the store (the feed opens with the first request)."""
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="geotrack-feeds")
-        loop = asyncio.get_running_loop()
-        self._changed = loop.create_future()
-        self._feed = await loop.run_in_executor(self._executor, self._store.follow)
-        self._mark(await loop.run_in_executor(self._executor, _cursor_of, self._feed))
+        self._changed = asyncio.get_running_loop().create_future()
         self._task = asyncio.create_task(self._run(), name="geotrack-feeds")
 
     async def close(self) -> None:
         """Stop reading and wake every waiter (they answer with what they have)."""
         self.closed = True
         self._notify()
+        if self._opened is not None and not self._opened.done():
+            self._opened.set_exception(StoreError("the relay is stopping"))
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -150,13 +160,33 @@ class Tail:
         if self._executor is not None:
             if self._feed is not None:
                 await asyncio.get_running_loop().run_in_executor(self._executor, self._feed.close)
+                self._feed = None
             self._executor.shutdown(wait=True)
             self._executor = None
+
+    async def attach(self) -> None:
+        """A request starts using the tail: open the feed if it is not. Raises StoreError."""
+        self.users += 1
+        if self._opened is None:
+            self._opened = asyncio.get_running_loop().create_future()
+            self._opened.add_done_callback(_retrieve)
+            self._pending.set()
+        try:
+            await asyncio.shield(self._opened)
+        except BaseException:
+            self.detach()
+            raise
+
+    def detach(self) -> None:
+        """A request is done with the tail."""
+        self.users -= 1
+        self._last_use = time.monotonic()
 
     def wake(self) -> None:
         """Something was committed: read it (soon, on the tail's thread)."""
         self.version += 1
-        self._pending.set()
+        if self._opened is not None:
+            self._pending.set()
 
     def after(self, cursor: str) -> tuple[list[_Entry], str | None] | None:
         """The changes kept after ``cursor`` and the cursor after them; None if not kept."""
@@ -183,19 +213,25 @@ class Tail:
         await asyncio.wait((self._changed,), timeout=seconds)
 
     async def _run(self) -> None:
-        assert self._feed is not None
         loop = asyncio.get_running_loop()
-        feed = self._feed
         while True:
             await self._pending.wait()
             self._pending.clear()
             seen = self.version
             try:
+                if self._feed is None:
+                    if self._opened is not None:  # else a wake left over from going idle
+                        await self._open(loop, seen)
+                    continue
                 # A change stream (MongoDB) may show a commit a moment after it: wait a
                 # little for it; SQLite's rows are there at once.
-                changes, cursor = await loop.run_in_executor(self._executor, _read, feed, 0.2)
+                changes, cursor = await loop.run_in_executor(self._executor, _read, self._feed, 0.2)
             except StoreError as exc:
                 log.error("HTTP feeds: reading the store failed: %s; retrying in 1 s", exc)
+                if self._feed is None and self._opened is not None:
+                    opened, self._opened = self._opened, None
+                    opened.set_exception(exc)  # the requests waiting answer 503
+                    continue
                 await asyncio.sleep(1)
                 self._pending.set()
                 continue
@@ -206,6 +242,33 @@ class Tail:
             if not changes:
                 self._read_version = seen
             self._notify()
+            if not self.users and time.monotonic() - self._last_use > IDLE_AFTER:
+                await self._idle(loop)
+
+    async def _open(self, loop: asyncio.AbstractEventLoop, seen: int) -> None:
+        """Open a feed at the store's end; what was kept before is forgotten."""
+        feed = await loop.run_in_executor(self._executor, self._store.follow)
+        self._feed = feed
+        self._entries.clear()
+        self._base = 0
+        self._marks.clear()
+        self._read_version = seen
+        self._mark(await loop.run_in_executor(self._executor, _cursor_of, feed))
+        self._last_use = time.monotonic()
+        if self._opened is not None and not self._opened.done():
+            self._opened.set_result(None)
+        log.debug("HTTP feeds: following the store from %s", self._cursor)
+
+    async def _idle(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Nobody watched for a while: stop reading every commit."""
+        feed, self._feed = self._feed, None
+        self._opened = None
+        self._entries.clear()
+        self._marks.clear()
+        self._cursor = None
+        if feed is not None:
+            await loop.run_in_executor(self._executor, feed.close)
+        log.debug("HTTP feeds: nobody watching, no longer following the store")
 
     def _append(self, changes: list[Any]) -> None:
         for change in changes:
@@ -233,6 +296,12 @@ class Tail:
             changed.set_result(None)
         if not self.closed:
             self._changed = asyncio.get_running_loop().create_future()
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """Mark a failure as seen: the requests that awaited it report it."""
+    if not future.cancelled():
+        future.exception()
 
 
 class _Watch(NamedTuple):
@@ -270,8 +339,11 @@ class Feeds:
         self.tail = Tail(store)
         #: Seconds between keep-alive comments on an idle event stream.
         self.keepalive = KEEPALIVE
-        #: Event streams and long polls being held now.
-        self.watching = 0
+
+    @property
+    def watching(self) -> int:
+        """Event streams and long polls being served now."""
+        return self.tail.users
 
     async def start(self) -> None:
         """Start following the store (raises StoreError)."""
@@ -312,13 +384,16 @@ class Feeds:
         watch = self._watch(request, POLL_PARAMETERS, "/api/positions/poll", long_poll=True)
         if isinstance(watch, web.Response):
             return watch
-        if watch.since is None:
-            cursor = self.tail.cursor
-            if cursor is None:
-                return _text(503, "the store has not given a cursor yet: retry")
-            return _poll_answer([], cursor)
-        self.watching += 1
         try:
+            await self.tail.attach()
+        except StoreError as exc:
+            return _text(503, f"store read failed: {exc}")
+        try:
+            if watch.since is None:
+                cursor = self.tail.cursor
+                if cursor is None:
+                    return _text(503, "the store has not given a cursor yet: retry")
+                return _poll_answer([], cursor)
             deadline = time.monotonic() + min(watch.wait, watch.expires - time.time())
             batch = await self._next(watch.since, watch.filter, deadline)
         except InvalidParameter as exc:
@@ -326,7 +401,7 @@ class Feeds:
         except StoreError as exc:
             return _text(503, f"store read failed: {exc}")
         finally:
-            self.watching -= 1
+            self.tail.detach()
         response = _poll_answer(batch.encoded, batch.cursor)
         if self.tail.closed:
             response.force_close()
@@ -339,6 +414,16 @@ class Feeds:
         watch = self._watch(request, STREAM_PARAMETERS, "/api/stream", long_poll=False)
         if isinstance(watch, web.Response):
             return watch
+        try:
+            await self.tail.attach()
+        except StoreError as exc:
+            return _text(503, f"store read failed: {exc}")
+        try:
+            return await self._stream(request, watch)
+        finally:
+            self.tail.detach()
+
+    async def _stream(self, request: web.Request, watch: _Watch) -> web.StreamResponse:
         since = watch.since
         try:
             if isinstance(since, int):
@@ -367,7 +452,6 @@ class Feeds:
                 "X-Accel-Buffering": "no",
             }
         )
-        self.watching += 1
         try:
             await response.prepare(request)
             await response.write(f"retry: {_RETRY_MS}\n\n".encode())
@@ -381,8 +465,6 @@ class Feeds:
             await response.write_eof()
         except (ConnectionResetError, StoreError) as exc:
             log.debug("event stream to %s ended: %s", request.remote, exc)
-        finally:
-            self.watching -= 1
         return response
 
     async def _stream_into(self, response: web.StreamResponse, since: str, watch: _Watch) -> None:

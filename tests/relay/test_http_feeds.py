@@ -19,6 +19,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 
 from geotrack.auth import Tokens, sign_share
+from geotrack.relay import http_feeds
 from geotrack.store import open_store
 from tests.factories import PUB, SUB, pos
 from tests.relay_helpers import arun, fix, publisher, roundtrip, running_http, within
@@ -366,5 +367,34 @@ def test_feeds_count_as_subscribe_reads_in_metrics(tmp_path: Path) -> None:
             async with http.get("/metrics") as response:
                 text = await response.text()
             assert 'route="/api/positions/poll",method="GET",code="200"} 1' in text
+
+    arun(main())
+
+
+def test_the_tail_follows_the_store_only_while_watched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http_feeds, "IDLE_AFTER", 0.2)
+
+    async def main() -> None:
+        async with running_http(tmp_path / "db") as (relay, listener, http):
+            tail = listener.feeds.tail
+            ws = await publisher(relay)
+            await publish(ws, fix("car-1", 0))
+            assert tail.cursor is None  # nobody watches: no store read per commit
+            cursor = (await poll(http, ""))["cursor"]
+            assert cursor == "sqlite:1" and tail.cursor == cursor
+            await asyncio.sleep(0.3)
+            await publish(ws, fix("car-1", 1))  # read, then the tail goes idle
+            for _ in range(50):
+                if tail.cursor is None:
+                    break
+                await asyncio.sleep(0.05)
+            assert tail.cursor is None
+            await publish(ws, fix("car-1", 2))
+            # A cursor from before: the store has what memory forgot, nothing is missed.
+            answer = await poll(http, f"since={cursor}&wait=5")
+            assert [p["ts"][17:19] for p in answer["positions"]] == ["01", "02"]
+            await ws.close()
 
     arun(main())
