@@ -181,10 +181,6 @@ def place_track(
         if isinstance(point.fields, str):
             skips.append(Skipped(point.fields, where))
             continue
-        place = seen.setdefault(ms, (point.lat, point.lon))
-        if place != (point.lat, point.lon):
-            skips.append(Skipped(SHARED_TIME, where))
-            continue
         try:
             position = validate(point.fields | {"device": device, "ts": ms_to_ts(ms)})
         except InvalidPosition as exc:
@@ -192,6 +188,10 @@ def place_track(
             continue
         except (OverflowError, ValueError):
             skips.append(Skipped("ts: out of range (years 1-9999)", where))
+            continue
+        place = seen.setdefault(ms, (position.lat, position.lon))
+        if place != (position.lat, position.lon):
+            skips.append(Skipped(SHARED_TIME, where))
             continue
         positions.append((ms, number, position))
     positions.sort(key=lambda item: item[:2])
