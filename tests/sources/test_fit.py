@@ -9,12 +9,15 @@ import fitdecode
 import pytest
 
 from geotrack.errors import SourceError
+from geotrack.importing import import_files
 from geotrack.schema import Position
 from geotrack.sources.base import Item, ReadOptions, Skipped
 from geotrack.sources.fit import SEMICIRCLE, read_fit
 from geotrack.sources.formats import formats
 from geotrack.sources.gpx import read_gpx
+from geotrack.store import open_store
 from tests.conftest import SAMPLES
+from tests.factories import stored
 
 WALK = SAMPLES / "fit" / "garmin-fenix-5-walk.fit"
 BIKE = SAMPLES / "fit" / "garmin-edge-820-bike.fit"
@@ -99,3 +102,14 @@ def test_records_without_a_position_are_skipped_with_the_reason() -> None:
     without = sum(r.get("position_lat") is None for r in all_records)
     items = read(BIKE)
     assert [s.reason for s in items if isinstance(s, Skipped)] == ["no position"] * without
+
+
+@pytest.mark.parametrize("path", [WALK, BIKE])
+def test_import_into_sqlite_and_again_store_nothing(tmp_path: Path, path: Path) -> None:
+    db = tmp_path / "f.db"
+    with open_store(f"sqlite:///{db}") as store:
+        (first,) = import_files(store, [path])
+        (again,) = import_files(store, [path])
+    assert first.format == "fit" and first.error is None
+    assert (again.stored, again.duplicates) == (0, first.stored)
+    assert stored(db) == positions(read(path))

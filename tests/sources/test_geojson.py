@@ -11,11 +11,13 @@ import pytest
 
 from geotrack.errors import SourceError
 from geotrack.export.geojson import write_geojson
+from geotrack.importing import import_files
 from geotrack.schema import Position
 from geotrack.sources.base import Item, Notice, ReadOptions, Skipped
 from geotrack.sources.formats import formats
 from geotrack.sources.geojson import read_geojson
-from tests.factories import pos
+from geotrack.store import open_store
+from tests.factories import pos, stored
 
 
 def read(path: Path, **options: Any) -> list[Item]:
@@ -209,3 +211,24 @@ def test_not_json_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match=r"bad\.geojson: not valid JSON") as caught:
         read(path)
     assert "\n" not in str(caught.value)
+
+
+def test_export_import_round_trip_through_sqlite(tmp_path: Path) -> None:
+    """Stored, exported as GeoJSON, imported into another store: the same positions."""
+    source, copy = tmp_path / "a.db", tmp_path / "b.db"
+    positions_in = [
+        pos("walk", i, alt=30.0 + i, speed=1.5, heading=45.0, acc=4.0, attrs={"hr": 90 + i})
+        for i in range(30)
+    ] + [pos("car-1", i, attrs={"note": "ünïcode"} if i % 2 else None) for i in range(30)]
+    with open_store(f"sqlite:///{source}") as store:
+        store.write(positions_in)
+    path = tmp_path / "all.geojson"
+    with open_store(f"sqlite:///{source}") as store, path.open("w", encoding="utf-8") as out:
+        write_geojson(store.query(), out)
+    with open_store(f"sqlite:///{copy}") as store:
+        (first,) = import_files(store, [path])
+        (again,) = import_files(store, [path])
+    assert (first.format, first.stored, first.ok) == ("geojson", 60, True)
+    assert (again.stored, again.duplicates) == (0, 60)
+    assert stored(copy, sort=True) == stored(source, sort=True)
+    assert stored(copy, sort=True) == sorted(positions_in, key=lambda p: p.key)

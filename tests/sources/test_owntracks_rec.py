@@ -10,12 +10,15 @@ from typing import Any
 import pytest
 
 from geotrack.errors import SourceError
+from geotrack.importing import import_files
 from geotrack.relay.http_devices import parse_owntracks
 from geotrack.schema import Position
 from geotrack.sources.base import Item, ReadOptions, Skipped
 from geotrack.sources.formats import formats
 from geotrack.sources.owntracks_rec import read_rec
+from geotrack.store import open_store
 from tests.conftest import SAMPLES
+from tests.factories import stored
 
 DEMO = SAMPLES / "owntracks" / "demo-iphone.rec"
 
@@ -122,3 +125,17 @@ def test_not_a_rec_file(tmp_path: Path) -> None:
     path.write_text("hello\nworld\n", encoding="utf-8")
     with pytest.raises(SourceError, match=r"notes\.rec: not an OwnTracks \.rec file"):
         read(path)
+
+
+def test_import_into_sqlite_and_again_store_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "o.db"
+    with open_store(f"sqlite:///{db}") as store:
+        (first,) = import_files(store, [DEMO])
+        (again,) = import_files(store, [DEMO])
+    assert (first.format, first.stored, dict(first.skipped)) == (
+        "owntracks",
+        23,
+        {"_type lwt: not a location": 2},
+    )
+    assert (again.stored, again.duplicates) == (0, 23)
+    assert stored(db) == positions(read(DEMO))
