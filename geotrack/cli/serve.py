@@ -191,8 +191,8 @@ def serve(
     token), at most 20 a minute.
 
     With --http-port, phones and trackers post over HTTP in the same process (Traccar
-    Client, OsmAnd and GPSLogger to /, OwnTracks to /owntracks), and the REST API, /healthz
-    and /metrics are served there (docs/http.md), with the live web map at / (docs/web.md).
+    Client, OsmAnd and GPSLogger to /, OwnTracks to /owntracks, Overland to /overland), and
+    the REST API, /healthz and /metrics are served there (docs/http.md), with the live web map at / (docs/web.md).
 
     Examples:
 
