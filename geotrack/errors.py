@@ -25,6 +25,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 __all__ = [
+    "FenceError",
     "FrameError",
     "GeotrackError",
     "InvalidParameter",
@@ -75,6 +76,18 @@ class SourceError(GeotrackError):
         self.path = path
         self.reason = reason
         super().__init__(f"{path}: {reason}")
+
+
+class FenceError(GeotrackError):
+    """A fence (a GeoJSON feature of ``--fences``, or one given over REST) is unusable.
+
+    ``where`` names it (the file and the feature's index or name), ``reason`` says why.
+    """
+
+    def __init__(self, where: str, reason: str) -> None:
+        self.where = where
+        self.reason = reason
+        super().__init__(f"{where}: {reason}")
 
 
 class StoreError(GeotrackError):

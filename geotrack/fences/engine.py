@@ -1,0 +1,174 @@
+"""The fence engine: stored positions in, ``enter``/``exit`` events out (sans-I/O).
+
+Per device and fence it keeps whether the device is inside and, while it is seen on the
+other side without the dwell having passed, since when. The rules (docs/fences.md):
+
+- Fixes are taken in the device's time order: a batch is sorted by (device, ts), and a
+  fix older than the latest one already evaluated for its device (a late fix) decides
+  nothing and changes no state.
+- A fix is INSIDE, OUTSIDE or UNSURE (its accuracy circle crosses the edge). UNSURE
+  changes nothing: GPS jitter at the edge, the flapping other trackers report, is what it
+  filters out.
+- ``dwell`` seconds: the device must be seen on the other side continuously (by device
+  time, from the first such fix to a later one) for that long before the event. A fix
+  back on the current side cancels the wait. With 0 the first fix decides.
+- An event carries the deciding fix's ts, lat and lon, so two relays that evaluate the
+  same fixes decide the same (device, fence, ts, type), which the store keeps once.
+
+The engine holds no lock and does no I/O: the relay runs it in one worker thread, saves
+:meth:`FenceEngine.take_changed` to the store and loads it back at start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from operator import attrgetter
+
+from geotrack.fences.index import INSIDE, UNSURE, FenceSet
+from geotrack.fences.loading import Fence
+from geotrack.schema import Event, FenceState, Position, ms_to_ts, ts_to_ms
+
+__all__ = ["FenceEngine"]
+
+_BY_DEVICE_TIME = attrgetter("device", "ts")
+
+
+class _State:
+    """One (device, fence) state that is not the default (outside, nothing pending)."""
+
+    __slots__ = ("inside", "pending_ms")
+
+    def __init__(self, inside: bool = False, pending_ms: int | None = None) -> None:
+        self.inside = inside
+        self.pending_ms = pending_ms
+
+
+class FenceEngine:
+    """Evaluates batches of stored positions against a set of fences."""
+
+    def __init__(
+        self, fences: Sequence[Fence] = (), dwell: float = 0.0, states: Iterable[FenceState] = ()
+    ) -> None:
+        if dwell < 0:
+            raise ValueError("dwell must be >= 0 seconds")
+        self.dwell_ms = round(dwell * 1000)
+        self.fences = FenceSet(fences)
+        # device -> fence name -> state; only states other than the default are held, so
+        # a device far from every fence costs nothing but its latest ts.
+        self._states: dict[str, dict[str, _State]] = {}
+        self._last: dict[str, str] = {}  # device -> ts of the latest fix evaluated
+        self._changed: set[tuple[str, str]] = set()
+        self.load(states)
+
+    def load(self, states: Iterable[FenceState]) -> None:
+        """Take saved states (from the store, at start) for fences that exist."""
+        for state in states:
+            if state.last_ms is not None:
+                last = ms_to_ts(state.last_ms)
+                if last > self._last.get(state.device, ""):
+                    self._last[state.device] = last
+            if state.fence in self.fences.by_name and (state.inside or state.pending_ms):
+                self._states.setdefault(state.device, {})[state.fence] = _State(
+                    state.inside, state.pending_ms
+                )
+
+    def set_fences(self, fences: Sequence[Fence]) -> None:
+        """Replace the fences (a reload). States of fences kept by name stay; the states
+        of fences that are gone are forgotten (reported by :meth:`take_changed`), with no
+        event."""
+        self.fences = FenceSet(fences)
+        names = self.fences.by_name
+        for device, states in self._states.items():
+            for name in [n for n in states if n not in names]:
+                del states[name]
+                self._changed.add((device, name))
+
+    def state(self, device: str, fence: str) -> FenceState:
+        """The current state of one device and fence."""
+        held = self._states.get(device, {}).get(fence)
+        last = self._last.get(device)
+        return FenceState(
+            device,
+            fence,
+            held.inside if held else False,
+            held.pending_ms if held else None,
+            ts_to_ms(last) if last else None,
+        )
+
+    def take_changed(self) -> list[FenceState]:
+        """The states changed since the last call, to save; resets the list."""
+        changed = [self.state(device, fence) for device, fence in sorted(self._changed)]
+        self._changed.clear()
+        return changed
+
+    def evaluate(self, positions: Sequence[Position]) -> list[Event]:
+        """Evaluate newly stored positions; return the events they decide, in order."""
+        if not positions:
+            return []
+        if not self.fences.fences and not self._states:
+            for p in positions:
+                if p.time > self._last.get(p.device, ""):
+                    self._last[p.device] = p.time
+            return []
+        batch = sorted(positions, key=_BY_DEVICE_TIME)
+        candidates = self.fences.candidates(
+            [p.lon for p in batch], [p.lat for p in batch], [p.acc or 0.0 for p in batch]
+        )
+        fences = self.fences.fences
+        events: list[Event] = []
+        last = self._last
+        for p, near in zip(batch, candidates, strict=True):
+            device = p.device
+            ts = p.time
+            if ts <= last.get(device, ""):
+                continue  # late (or the same time): decides nothing
+            last[device] = ts
+            held = self._states.get(device)
+            if not near and not held:
+                continue
+            acc = p.acc or 0.0
+            sides: dict[str, int] = {}
+            for j in near:
+                fence = fences[j]
+                sides[fence.name] = self.fences.classify(fence, p.lon, p.lat, acc)
+            for name in held or ():
+                sides.setdefault(name, 0)  # not near: certainly outside
+            for name, side in sides.items():
+                if side != UNSURE:
+                    self._step(p, name, side == INSIDE, events)
+        return events
+
+    def _step(self, p: Position, name: str, inside: bool, events: list[Event]) -> None:
+        device = p.device
+        states = self._states.get(device)
+        state = states.get(name) if states else None
+        if state is None:
+            if not inside:
+                return  # outside and nothing pending: the default, unchanged
+            state = _State()
+        if inside == state.inside:
+            if state.pending_ms is not None:
+                state.pending_ms = None  # back on its side before the dwell passed
+                self._changed.add((device, name))
+                self._keep(device, name, state)
+            return
+        ms = ts_to_ms(p.time)
+        if state.pending_ms is None:
+            state.pending_ms = ms
+        if ms - state.pending_ms >= self.dwell_ms:
+            state.inside = inside
+            state.pending_ms = None
+            events.append(Event("enter" if inside else "exit", device, name, p.time, p.lat, p.lon))
+        self._changed.add((device, name))
+        self._keep(device, name, state)
+
+    def _keep(self, device: str, name: str, state: _State) -> None:
+        """Hold a state unless it is the default, which is dropped."""
+        if state.inside or state.pending_ms is not None:
+            self._states.setdefault(device, {})[name] = state
+        else:
+            states = self._states.get(device)
+            if states is not None:
+                states.pop(name, None)
+                if not states:
+                    del self._states[device]
