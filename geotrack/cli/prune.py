@@ -69,23 +69,30 @@ def prune(
         devices = list(dict.fromkeys(device or ()))
         with open_store(store, create=False) as db:
             steps = db.prune(before_ms, devices, dry_run=dry_run)
-            counts, interrupted = _run(steps, dry_run, quiet)
-        _report(counts, before_ms, devices, dry_run, quiet, interrupted)
+            counts, events, interrupted = _run(steps, dry_run, quiet)
+        _report(counts, events, before_ms, devices, dry_run, quiet, interrupted)
         if interrupted:
             raise typer.Exit(130)
 
 
 def _run(
     steps: Generator[Pruned, None, None], dry_run: bool, quiet: bool
-) -> tuple[dict[str, int], bool]:
-    """Run the prune, with a progress line on a terminal; the counts, and if interrupted."""
+) -> tuple[dict[str, int], int, bool]:
+    """Run the prune, with a progress line on a terminal.
+
+    Returns the positions per device, the events, and whether Ctrl-C interrupted it.
+    """
     counts: dict[str, int] = {}
+    events = 0
     total = 0
     progress = not dry_run and not quiet and err.is_terminal
     shown = time.monotonic()
     try:
         with err.status("pruning...", spinner="line") if progress else nullcontext() as status:
             for step in steps:
+                if step.events:
+                    events += step.count
+                    continue
                 counts[step.device] = counts.get(step.device, 0) + step.count
                 total += step.count
                 if status is not None and time.monotonic() - shown > 0.2:
@@ -93,12 +100,13 @@ def _run(
                     status.update(f"pruning {step.device}: {total:,} positions deleted so far")
     except KeyboardInterrupt:
         steps.close()  # the batch in progress was rolled back or committed, as a whole
-        return counts, True
-    return counts, False
+        return counts, events, True
+    return counts, events, False
 
 
 def _report(
     counts: dict[str, int],
+    events: int,
     before_ms: int,
     devices: list[str],
     dry_run: bool,
@@ -113,14 +121,15 @@ def _report(
         for name in sorted(counts):
             typer.echo(f"{name:<{width}}  {counts[name]:>{digits},}")
     which = f" of {' or '.join(devices)}" if devices else ""
-    if total == 0 and not interrupted:
+    if total == 0 and events == 0 and not interrupted:
         typer.echo(f"nothing to delete: no fixes{which} before {cut}")
         return
     verb = "would delete" if dry_run else "deleted"
     line = (
         f"{verb} {total:,} {'position' if total == 1 else 'positions'} of "
-        f"{plural(len(counts), 'device')} "
-        f"with fixes before {cut}"
+        f"{plural(len(counts), 'device')}"
+        + (f" and {events:,} geofence {'event' if events == 1 else 'events'}" if events else "")
+        + f" with fixes before {cut}"
     )
     if interrupted:
         err.print(f"interrupted: {line}; the rest is still stored", highlight=False)

@@ -33,8 +33,9 @@ class Retention:
         self.store = store
         self.keep = keep
         self.every = every
-        #: Positions deleted since the relay started, and the checks that ran.
+        #: Positions and geofence events deleted since the relay started; checks run.
         self.pruned = 0
+        self.events_pruned = 0
         self.checks = 0
         self._halt = threading.Event()  # read between batches by the worker thread
         self._stop = asyncio.Event()
@@ -61,7 +62,9 @@ class Retention:
                 await asyncio.wait_for(self._stop.wait(), self.every)
 
     def check(self) -> dict[str, int]:
-        """Delete what is older than the retention age now; the count per device.
+        """Delete what is older than the retention age now; positions per device.
+
+        Geofence events older than the age go too (counted in ``events_pruned``).
 
         Blocking: the relay runs it in a worker thread. A store error is logged, and what
         was deleted before it is counted.
@@ -69,9 +72,13 @@ class Retention:
         before_ms = time.time_ns() // 1_000_000 - round(self.keep * 1000)
         began = time.monotonic()
         counts: dict[str, int] = {}
+        events = 0
         steps = self.store.prune(before_ms)
         try:
             for step in steps:
+                if step.events:
+                    events += step.count
+                    continue
                 counts[step.device] = counts.get(step.device, 0) + step.count
                 if self._halt.is_set():
                     break
@@ -84,11 +91,13 @@ class Retention:
         self.pruned += total
         self.checks += 1
         seconds = time.monotonic() - began
-        if total:
+        self.events_pruned += events
+        if total or events:
             log.info(
-                "retention: deleted %s of %s with fixes before %s in %.1f s",
+                "retention: deleted %s of %s%s with fixes before %s in %.1f s",
                 plural(total, "position"),
                 plural(len(counts), "device"),
+                f" and {plural(events, 'geofence event')}" if events else "",
                 ms_to_ts(before_ms),
                 seconds,
             )

@@ -46,11 +46,13 @@ class Change:
 class Pruned:
     """One step of a prune: ``count`` positions of ``device`` deleted in one committed batch.
 
-    In a dry run, one step per device: how many positions the prune would delete.
+    In a dry run, one step per device: how many positions the prune would delete. Steps
+    with ``events`` set count geofence events instead, which follow the same retention.
     """
 
     device: str
     count: int
+    events: bool = False
 
 
 class ChangeFeed(ABC):
@@ -177,7 +179,7 @@ class Store(ABC):
     def prune(
         self, before_ms: int, devices: Collection[str] = (), *, dry_run: bool = False
     ) -> Generator[Pruned, None, None]:
-        """Delete the positions whose fix time is before ``before_ms``, in small batches.
+        """Delete the positions (and events) whose time is before ``before_ms``, in batches.
 
         A generator: nothing is deleted until it is iterated, and each step it yields is
         a batch already committed, so stopping early (closing the generator) keeps what

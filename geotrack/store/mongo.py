@@ -660,6 +660,42 @@ class MongoStore(Store):
                         break
             except PyMongoError as exc:
                 self._raise(exc, "pruning")
+        yield from self._prune_events(before, names if devices else (), dry_run)
+
+    def _prune_events(
+        self, before: DatetimeMS, devices: Collection[str], dry_run: bool
+    ) -> Iterator[Pruned]:
+        """The events' part of :meth:`prune`: oldest first down their (ts) index."""
+        events = self._positions.database.get_collection(EVENTS_COLLECTION, codec_options=_CODEC)
+        spec: Document = {"ts": {"$lt": before}}
+        if devices:
+            spec["device"] = {"$in": sorted(devices)}
+        try:
+            if dry_run:
+                for device in sorted(events.distinct("device", spec)):
+                    count = events.count_documents(spec | {"device": device})
+                    if count:
+                        yield Pruned(device, count, events=True)
+                return
+            while True:
+                time.sleep(self.prune_pause)
+                found = list(
+                    events.find(spec, {"_id": 1, "device": 1})
+                    .sort("ts", ASCENDING)
+                    .limit(self.prune_batch)
+                )
+                if not found:
+                    return
+                events.delete_many({"_id": {"$in": [doc["_id"] for doc in found]}})
+                counts: dict[str, int] = {}
+                for doc in found:
+                    counts[doc["device"]] = counts.get(doc["device"], 0) + 1
+                for device, count in counts.items():
+                    yield Pruned(device, count, events=True)
+                if len(found) < self.prune_batch:
+                    return
+        except PyMongoError as exc:
+            self._raise(exc, "pruning events")
 
     def is_cursor(self, text: str) -> bool:
         return text.startswith(CURSOR_PREFIX)

@@ -541,6 +541,7 @@ class SQLiteStore(Store):
         names = sorted(set(devices)) if devices else self.devices()
         if dry_run:
             yield from self._count_before(names, before_ms)
+            yield from self._count_events_before(devices, before_ms)
             return
         pacer = _Pacer(self.prune_batch, self.prune_hold, self.prune_pause)
         if not devices:
@@ -561,6 +562,60 @@ class SQLiteStore(Store):
                     pacer.took(held)
                     break
                 pacer.took(held)
+        yield from self._prune_events(before_ms, devices, pacer)
+
+    def _prune_events(
+        self, before_ms: int, devices: Collection[str], pacer: _Pacer
+    ) -> Iterator[Pruned]:
+        """The events' part of :meth:`prune`: oldest first down their (ts) index."""
+        narrow = f" AND device IN ({','.join('?' * len(devices))})" if devices else ""
+        while True:
+            pacer.wait()
+            with self._lock:
+                self._check_open()
+                try:
+                    self._writer.execute("BEGIN IMMEDIATE")
+                    locked = time.monotonic()
+                    try:
+                        found = self._writer.execute(
+                            f"SELECT seq, device FROM events WHERE ts < ?{narrow} "
+                            "ORDER BY ts LIMIT ?",
+                            (before_ms, *devices, pacer.batch),
+                        ).fetchall()
+                        self._writer.executemany(
+                            "DELETE FROM events WHERE seq = ?", [(seq,) for seq, _ in found]
+                        )
+                        self._writer.execute("COMMIT")
+                    except BaseException:
+                        if self._writer.in_transaction:
+                            self._writer.execute("ROLLBACK")
+                        raise
+                except sqlite3.Error as exc:
+                    raise StoreError(f"prune of {self.display_url} failed: {exc}") from None
+                held = time.monotonic() - locked
+            counts: dict[str, int] = {}
+            for _, device in found:
+                counts[device] = counts.get(device, 0) + 1
+            for device, count in counts.items():
+                yield Pruned(device, count, events=True)
+            if len(found) < pacer.batch:
+                return
+            pacer.took(held)
+
+    def _count_events_before(self, devices: Collection[str], before_ms: int) -> Iterator[Pruned]:
+        narrow = f" AND device IN ({','.join('?' * len(devices))})" if devices else ""
+        conn = self._reader()
+        try:
+            rows = conn.execute(
+                f"SELECT device, COUNT(*) FROM events WHERE ts < ?{narrow} GROUP BY device",
+                (before_ms, *devices),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"query on {self.display_url} failed: {exc}") from None
+        finally:
+            conn.close()
+        for device, count in rows:
+            yield Pruned(device, count, events=True)
 
     def _prune_by_seq(self, before_ms: int, pacer: _Pacer) -> Iterator[Pruned]:
         """Delete old fixes in seq order, range by range, from the first row on.

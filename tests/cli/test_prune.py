@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from geotrack.schema import ms_to_ts
+from geotrack.schema import Event, ms_to_ts
 from geotrack.store import open_store
 from tests.cli_helpers import background, geotrack, only_error
 from tests.factories import T0, pos
@@ -103,3 +103,16 @@ def test_tail_resumes_from_a_cursor_across_a_prune(tmp_path: Path) -> None:
             store.write([pos(i=4)])
         got = child.out.wait(lambda lines: len(lines) >= 3)
     assert [json.loads(line)["ts"] for line in got] == [pos(i=i).ts for i in (2, 3, 4)]
+
+
+def test_old_geofence_events_go_with_the_positions(stored: Path) -> None:
+    with open_store(f"sqlite:///{stored / 'geotrack.db'}") as store:
+        store.write_events(
+            [Event("enter", "walk", "park", ms_to_ts(T0 + i * 1000), 52.5, 13.4) for i in (1, 4)]
+        )
+    result = geotrack("prune", "--before", CUT, "-q", cwd=stored)
+    assert result.stdout == (
+        f"deleted 6 positions of 2 devices and 1 geofence event with fixes before {CUT}\n"
+    )
+    with open_store(f"sqlite:///{stored / 'geotrack.db'}", create=False) as store:
+        assert [e.ts for e in store.query_events()] == [ms_to_ts(T0 + 4000)]

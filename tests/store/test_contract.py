@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import pytest
 
 from geotrack.errors import InvalidParameter, StoreError
-from geotrack.schema import Position, ms_to_ts, ts_to_ms
+from geotrack.schema import Event, Position, ms_to_ts, ts_to_ms
 from geotrack.store import Pruned, Store, open_store
 from tests.conftest import StoreFactory
 from tests.factories import T0, pos
@@ -228,6 +228,21 @@ def test_prune_goes_in_batches_and_stops_early_keeping_the_rest(store: Store) ->
     remaining = len(list(store.query()))
     assert first.device == "a" and first.count <= 100
     assert remaining == 250 - first.count
+
+
+def test_prune_deletes_old_geofence_events_too(store: Store) -> None:
+    def event(device: str, i: int) -> Event:
+        return Event("enter", device, "depot", ms_to_ts(T0 + i * 1000), 52.5, 13.4)
+
+    store.write_events([event("a", 0), event("a", 1), event("b", 2), event("a", 9)])
+    cut = T0 + 5000
+    dry = list(store.prune(cut, dry_run=True))
+    assert {(s.device, s.count) for s in dry if s.events} == {("a", 2), ("b", 1)}
+    assert len(list(store.query_events())) == 4
+    steps = list(store.prune(cut, devices=["b"]))
+    assert [(s.device, s.count, s.events) for s in steps] == [("b", 1, True)]
+    assert sum(s.count for s in store.prune(cut) if s.events) == 2
+    assert list(store.query_events()) == [event("a", 9)]
 
 
 def test_follow_resumes_across_a_prune(store_factory: StoreFactory) -> None:

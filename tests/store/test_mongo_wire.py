@@ -460,7 +460,13 @@ def test_prune_finds_ids_oldest_first_then_deletes_them_by_id(wire: Wire) -> Non
         assert request["deletes"] == [{"q": {"_id": {"$in": batch}}, "limit": 0}]
         assert request["writeConcern"] == {"w": "majority", "j": True}
         request.replies({"n": len(batch)})
-    # The last batch was short: nothing more is asked for.
+    # The last batch was short: no more positions are asked for. Then the old events
+    # of the same devices, the same way (down their ts index).
+    request = wire.expect("find")
+    assert request["find"] == "events"
+    assert request["filter"] == {"ts": old["ts"], "device": {"$in": ["car-1"]}}
+    assert (request["sort"], request["limit"]) == ({"ts": 1}, 2)
+    request.replies({"cursor": {"id": 0, "ns": "fleet.events", "firstBatch": []}})
     assert [(p.device, p.count) for p in future()] == [("car-1", 2), ("car-1", 1)]
 
 
@@ -471,4 +477,12 @@ def test_a_dry_run_prune_only_counts(wire: Wire) -> None:
     match = request["pipeline"][0]["$match"]
     assert match == {"device": "car-1", "ts": {"$lt": datetime(2025, 11, 25, 12, 0)}}
     request.replies({"cursor": {"id": 0, "ns": NS, "firstBatch": [{"_id": 1, "n": 7}]}})
-    assert [(p.device, p.count) for p in future()] == [("car-1", 7)]
+    request = wire.expect("distinct")  # events: which devices have old ones, then counts
+    assert (request["distinct"], request["key"]) == ("events", "device")
+    request.replies({"values": ["car-1"]})
+    request = wire.expect("aggregate")
+    request.replies({"cursor": {"id": 0, "ns": "fleet.events", "firstBatch": [{"_id": 1, "n": 2}]}})
+    assert [(p.device, p.count, p.events) for p in future()] == [
+        ("car-1", 7, False),
+        ("car-1", 2, True),
+    ]
