@@ -41,6 +41,7 @@ from geotrack.sources.timing import (
     file_anchor,
     place_track,
 )
+from geotrack.sources.xmlstream import declares_doctype
 
 __all__ = ["FORMAT", "GT_NAMESPACE", "Track", "read", "read_gpx", "schedule"]
 
@@ -213,6 +214,12 @@ def _parse(path: Path) -> tuple[Any, SourceError | None]:
         text = _decode(data)
     except (UnicodeDecodeError, LookupError) as exc:
         raise SourceError(str(path), f"not a text file in its declared encoding: {exc}") from None
+    if declares_doctype(text):
+        raise SourceError(
+            str(path),
+            "refused: it declares a document type (DTD), which track files never need, "
+            "as its entities could expand without bound or read other files",
+        )
     root = _root_tag(text, path)
     if root.rpartition("}")[2] != "gpx":
         raise SourceError(str(path), f"not a GPX file: its root element is <{root}>, not <gpx>")

@@ -20,7 +20,7 @@ from xml.parsers import expat
 from geotrack.errors import GeotrackError
 from geotrack.sources.timing import datetime_ms
 
-__all__ = ["CHUNK", "XmlBroken", "events", "parse_xml_time"]
+__all__ = ["CHUNK", "XmlBroken", "declares_doctype", "events", "parse_xml_time"]
 
 #: Bytes fed to the parser at a time.
 CHUNK: Final = 1 << 16
@@ -86,6 +86,25 @@ def events(stream: IO[bytes]) -> Iterator[tuple[str, str, object]]:
             reason = "the file ends before its XML does (truncated?)"
         raise XmlBroken(reason, exc.lineno, exc.offset + 1) from None
     yield from pending
+
+
+def declares_doctype(text: str) -> bool:
+    """Whether a document's prolog (the only place a DTD can be) declares a document type.
+
+    For readers that hand the whole text to another parser (gpxpy): refuse such a file
+    first, as :func:`events` does.
+    """
+    i = len(text) - len(text.lstrip())
+    while True:
+        if text.startswith("<?", i):
+            end = text.find("?>", i)
+            i = end + 2 if end >= 0 else len(text)
+        elif text.startswith("<!--", i):
+            end = text.find("-->", i)
+            i = end + 3 if end >= 0 else len(text)
+        else:
+            return text.startswith("<!DOCTYPE", i)
+        i += len(text[i:]) - len(text[i:].lstrip())
 
 
 def parse_xml_time(text: str, tz: tzinfo | None = None) -> int:

@@ -735,3 +735,17 @@ def test_truncated_file_gives_its_points_then_one_clear_error(tmp_path: Path) ->
     assert positions == whole[: len(positions)]
     with pytest.raises(SourceError, match="truncated or broken"):
         read_gpx(path)  # publish --gpx: nothing half-sent
+
+
+@pytest.mark.parametrize(
+    "doctype",
+    [
+        '<!DOCTYPE gpx [<!ENTITY x SYSTEM "file:///etc/hostname">]>',
+        '<!-- a comment --><!DOCTYPE gpx [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;">]>',
+    ],
+)
+def test_document_type_declarations_are_refused(tmp_path: Path, doctype: str) -> None:
+    body = trk(pt(1, 2, "2020-01-01T00:00:00Z")).replace("<trk>", "<trk><name>&x;</name>")
+    path = write(tmp_path, f'<?xml version="1.0"?>\n{doctype}\n{GPX11_OPEN}{body}</gpx>')
+    with pytest.raises(SourceError, match="refused: it declares a document type"):
+        items_of(path)
