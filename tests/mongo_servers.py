@@ -43,6 +43,9 @@ NX27017_DIFFERENCES: dict[str, str] = {
         "'no operation-time concept in NeoSQLite; starting from now'), so following from a "
         "time replays nothing; MongoDB replays from its oplog"
     ),
+    "test_follow_events_since_time_replays": (
+        "nx-27017 ignores startAtOperationTime (as above), for the events' stream too"
+    ),
 }
 
 # Contract tests a real MongoDB may fail by design (not strict: depends on the server).

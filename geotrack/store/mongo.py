@@ -68,6 +68,7 @@ from geotrack.store.mongo_events import (
     STATES_COLLECTION,
     MongoEventFeed,
     ensure_event_indexes,
+    ensure_state_index,
     find_events,
     find_states,
     insert_events,
@@ -578,6 +579,9 @@ class MongoStore(Store):
         database = self._positions.database
         collection = database.get_collection(STATES_COLLECTION, codec_options=_CODEC)
         try:
+            if not getattr(self, "_states_indexed", False):
+                ensure_state_index(collection)
+                self._states_indexed = True
             replace_states(collection, states)
         except PyMongoError as exc:
             self._raise(exc, "saving fence states")

@@ -4,7 +4,7 @@ Two collections beside ``positions``, in the same database::
 
     events        {_id, device, fence, ts: datetime (ms), type, lat, lon, stored, origin?}
                   unique (device, fence, ts, type), and (ts) for queries by time
-    fence_states  {_id: {device, fence}, device, fence, inside, pending_ms, last_ms}
+    fence_states  {device, fence, inside, pending_ms, last_ms}, unique (device, fence)
 
 The unique index makes :meth:`MongoStore.write_events` idempotent across relays: the
 second relay's insert of the same transition is a duplicate-key error, reported as not
@@ -34,6 +34,7 @@ __all__ = [
     "STATES_COLLECTION",
     "MongoEventFeed",
     "ensure_event_indexes",
+    "ensure_state_index",
     "find_events",
     "find_states",
     "insert_events",
@@ -59,6 +60,11 @@ def ensure_event_indexes(events: MongoCollection[Document]) -> None:
             IndexModel([("ts", ASCENDING)]),
         ]
     )
+
+
+def ensure_state_index(states: MongoCollection[Document]) -> None:
+    """Create the unique (device, fence) index of the saved states (idempotent)."""
+    states.create_index([("device", ASCENDING), ("fence", ASCENDING)], unique=True)
 
 
 def _to_event(doc: Mapping[str, Any], ms: Callable[[Any], int]) -> Event:
@@ -152,7 +158,7 @@ def find_states(states: MongoCollection[Document], devices: Collection[str]) -> 
             doc.get("pending_ms"),
             doc.get("last_ms"),
         )
-        for doc in states.find(spec)
+        for doc in states.find(spec, {"_id": 0})
     ]
     return sorted(found, key=lambda s: (s.device, s.fence))
 
@@ -162,7 +168,7 @@ def replace_states(states: MongoCollection[Document], batch: Sequence[FenceState
     states.bulk_write(
         [
             ReplaceOne(
-                {"_id": {"device": s.device, "fence": s.fence}},
+                {"device": s.device, "fence": s.fence},
                 {
                     "device": s.device,
                     "fence": s.fence,

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
+from typing import Literal
 
 import pytest
 
 from geotrack.errors import InvalidParameter, StoreError
-from geotrack.schema import Event, Position, ms_to_ts, ts_to_ms
-from geotrack.store import Pruned, Store, open_store
+from geotrack.schema import Event, FenceState, Position, ms_to_ts, ts_to_ms
+from geotrack.store import EventChange, EventFeed, Pruned, Store, open_store
 from tests.conftest import StoreFactory
 from tests.factories import T0, pos
 
@@ -287,3 +288,115 @@ def _drain(feed: object, n: int, timeout: float = 10.0) -> list:  # type: ignore
         got.extend(feed.poll(0.2))
     assert len(got) == n, f"expected {n} changes, got {len(got)}"
     return got
+
+
+# -- geofence events (issue 13) -------------------------------------------------------
+
+
+def _event(
+    kind: Literal["enter", "exit"], device: str = "van", fence: str = "depot", i: int = 0
+) -> Event:
+    return Event(kind, device, fence, ms_to_ts(T0 + i * 1000), 52.5 + i * 1e-4, 13.4)
+
+
+def _drain_events(feed: EventFeed, n: int, timeout: float = 10.0) -> list[EventChange]:
+    import time
+
+    got: list[EventChange] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < deadline:
+        got.extend(feed.poll(0.2))
+    assert len(got) == n, f"expected {n} events, got {len(got)}"
+    return got
+
+
+def test_events_are_idempotent_on_device_fence_ts_and_type(store_factory: StoreFactory) -> None:
+    store, other = store_factory(), store_factory()  # two relays on one store
+    batch = [_event("enter", i=1), _event("exit", i=5), _event("enter", "bike", i=1)]
+    assert store.write_events(batch, origin="relay-a") == [True, True, True]
+    assert other.write_events([_event("exit", i=5), _event("enter", i=9)], "relay-b") == [
+        False,
+        True,
+    ]
+    # Same fix, other type or other fence: other events. A repeat within a batch: once.
+    assert store.write_events([_event("exit", i=1), _event("enter", fence="yard", i=1)]) == [
+        True,
+        True,
+    ]
+    assert store.write_events([_event("enter", i=20), _event("enter", i=20)]) == [True, False]
+    assert len(list(store.query_events())) == 7
+    assert store.write_events([]) == []
+
+
+def test_query_events_orders_by_time_and_filters(store: Store) -> None:
+    store.write_events(
+        [_event("exit", "b", i=3), _event("enter", "a", i=1), _event("enter", "b", "yard", i=2)]
+    )
+    got = list(store.query_events())
+    assert [(e.device, e.fence, e.type) for e in got] == [
+        ("a", "depot", "enter"),
+        ("b", "yard", "enter"),
+        ("b", "depot", "exit"),
+    ]
+    assert got[0] == _event("enter", "a", i=1)  # every field round-trips
+    assert [e.device for e in store.query_events(devices=["b"])] == ["b", "b"]
+    assert [e.fence for e in store.query_events(fences=["yard"])] == ["yard"]
+    window = store.query_events(since_ms=T0 + 2000, until_ms=T0 + 2000)
+    assert [e.fence for e in window] == ["yard"]
+
+
+def test_follow_events_from_now_resumes_and_filters(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    store.write_events([_event("enter", i=0)])
+    with store.follow_events() as feed:
+        store.write_events([_event("exit", i=1), _event("enter", "bike", i=1)])
+        seen = _drain_events(feed, 2)
+        assert [c.event for c in seen] == [_event("exit", i=1), _event("enter", "bike", i=1)]
+        assert store.is_cursor(seen[0].cursor)
+        resume = seen[0].cursor
+    store.write_events([_event("enter", i=2)])
+    with store_factory().follow_events(since=resume) as again:
+        got = [c.event for c in _drain_events(again, 2)]
+    assert got == [_event("enter", "bike", i=1), _event("enter", i=2)]
+    with store.follow_events(devices=["bike"], fences=["depot"]) as narrow:
+        store.write_events([_event("exit", i=3), _event("exit", "bike", "yard", i=3)])
+        store.write_events([_event("exit", "bike", i=4)])
+        assert [c.event for c in _drain_events(narrow, 1)] == [_event("exit", "bike", i=4)]
+
+
+def test_follow_events_since_time_replays(store: Store) -> None:
+    import time
+
+    since = time.time_ns() // 1_000_000 - 60_000  # a minute ago: within any oplog
+    store.write_events([_event("enter", i=0), _event("exit", i=1)])
+    with store.follow_events(since=since) as feed:
+        replay = [c.event for c in _drain_events(feed, 2)]
+        assert replay == [_event("enter", i=0), _event("exit", i=1)]
+        store.write_events([_event("enter", i=2)])
+        assert [c.event for c in _drain_events(feed, 1)] == [_event("enter", i=2)]
+
+
+def test_a_duplicate_event_is_not_followed_again(store_factory: StoreFactory) -> None:
+    store, other = store_factory(), store_factory()
+    with store.follow_events() as feed:
+        store.write_events([_event("enter", i=1)])
+        other.write_events([_event("enter", i=1), _event("exit", i=2)])
+        assert [c.event.type for c in _drain_events(feed, 2)] == ["enter", "exit"]
+        assert feed.poll(0.3) == []
+
+
+def test_fence_states_are_saved_and_replaced(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    assert store.fence_states() == []
+    store.save_fence_states(
+        [FenceState("van", "depot", True, None, T0), FenceState("bike", "yard", False, T0, T0)]
+    )
+    store.save_fence_states([FenceState("van", "depot", False, T0 + 5, T0 + 9)])
+    store.save_fence_states([])
+    again = store_factory()  # another client (a restarted relay) sees them
+    assert again.fence_states() == [
+        FenceState("bike", "yard", False, T0, T0),
+        FenceState("van", "depot", False, T0 + 5, T0 + 9),
+    ]
+    van = FenceState("van", "depot", False, T0 + 5, T0 + 9)
+    assert again.fence_states(devices=["van"]) == [van]
