@@ -123,6 +123,7 @@ class MqttBridge:
         self._logged: deque[float] = deque()
         self._unsent: list[Position] = []
         self._session_present = False  # set by paho's thread before it calls _on_subscribe
+        self._commit_failed = False
 
     def _make_client(self) -> Client:
         client = Client(
@@ -194,8 +195,11 @@ class MqttBridge:
                 self._in_loop = False
                 self._connection += 1  # what was taken and not yet acked is sent again
                 self._taken.clear()
+                # A connection that worked restarts the backoff, unless it was dropped for
+                # a failed commit: then the store is what needs time.
                 if self.connected:
-                    attempt = 0
+                    if not self._commit_failed:
+                        attempt = 0
                     self.connected = False
                     if not self._stopping:
                         log.warning(
@@ -203,6 +207,7 @@ class MqttBridge:
                             self.broker.url,
                             self.last_error,
                         )
+            self._commit_failed = False
             if self._stopping:
                 break
             await self._sleep(self.backoff.delay(attempt))
@@ -336,6 +341,7 @@ class MqttBridge:
                 )
                 taken.clear()
                 self.last_error = "store write failed"
+                self._commit_failed = True
                 self._client.disconnect()
                 return
             self._client.ack(head.mid, head.qos)

@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 import pytest
@@ -324,9 +324,11 @@ class FailingStore(SQLiteStore):
     """A SQLite store whose writes fail while ``failing`` is set."""
 
     failing = threading.Event()
+    failures: ClassVar[list[list[Position]]] = []
 
     def write(self, positions: Sequence[Position], origin: str | None = None) -> list[bool]:
         if self.failing.is_set():
+            self.failures.append(list(positions))
             raise StoreError("disk on fire")
         return super().write(positions, origin)
 
@@ -341,8 +343,16 @@ def test_a_failed_commit_is_not_acked_and_comes_again(tmp_path: Path) -> None:
                 async with serving(store, broker.url()) as served:
                     store.failing.set()
                     mqtt_publish(broker, "owntracks/alice/phone", owntracks(0))
-                    # The relay drops the connection to have the broker send it again...
-                    await served.wait_health("store write failed")
+                    # Not acked: the relay reconnects, the broker sends it again, and again.
+                    for _ in range(300):
+                        if len(store.failures) >= 3:
+                            break
+                        await asyncio.sleep(0.05)
+                    assert len(store.failures) >= 3
+                    assert all(
+                        [p.ts for p in batch] == ["2025-11-25T12:00:00.000Z"]
+                        for batch in store.failures
+                    )
                     store.failing.clear()
                     # ...and once the store is back the message is stored, then acked.
                     await wait_stored(db, 1)
