@@ -31,7 +31,7 @@ from geotrack.store import Store
 __all__ = ["FileReport", "ImportConfig", "ImportProgress", "import_files"]
 
 #: Positions written to the store in one call: one transaction each in SQLite.
-DEFAULT_BATCH: Final = 5000
+DEFAULT_BATCH: Final = 20_000
 # Reasons a summary line names; the rest are counted.
 _REASONS_SHOWN: Final = 3
 
@@ -181,6 +181,7 @@ def _import_file(
         return
     report.format = fmt.name
     batch: list[Position] = []
+    size = config.batch
     with metered() as meter:
         items: Iterator[Item] = fmt.read(path, config.read_options)
         if config.start_ms is not None:
@@ -190,7 +191,7 @@ def _import_file(
                 for item in items:
                     if type(item) is Position:
                         batch.append(item)
-                        if len(batch) >= config.batch:
+                        if len(batch) >= size:
                             _write(store, batch, report)
                             progress.advanced(meter.done, report.read)
                     elif isinstance(item, Skipped):

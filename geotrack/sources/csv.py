@@ -298,20 +298,11 @@ def _own_rows(rows: _Lines, device: str | None) -> Iterator[Item]:
     twice as much), with the schema's bounds checked here; a row that fails them goes
     through :func:`~geotrack.schema.validate` for the message.
     """
-    for item in _own_items(rows, device):
-        if type(item) is Skipped and rows.cut and rows.cut == rows.number:
-            yield Skipped("truncated last line", item.where)
-        else:
-            yield item
-
-
-def _own_items(rows: _Lines, device: str | None) -> Iterator[Item]:
     make = Position
     for cells in rows:
-        line = rows.number
         if len(cells) != 9:
             if any(cells):
-                yield Skipped(f"expected 9 cells, found {len(cells)}", f"line {line}")
+                yield _skip(rows, f"expected 9 cells, found {len(cells)}")
             continue
         name, ts, lat_text, lon_text, alt, speed, heading, acc, attrs = cells
         try:
@@ -323,7 +314,7 @@ def _own_items(rows: _Lines, device: str | None) -> Iterator[Item]:
             acc_v = float(acc) if acc else None
             attrs_v = _decode_attrs(attrs) if attrs else None
         except (ValueError, msgspec.DecodeError) as exc:
-            yield Skipped(_number_reason(exc), f"line {line}")
+            yield _skip(rows, _number_reason(exc))
             continue
         if (
             -90.0 <= lat <= 90.0
@@ -360,7 +351,14 @@ def _own_items(rows: _Lines, device: str | None) -> Iterator[Item]:
         try:
             yield validate(row)
         except GeotrackError as exc:
-            yield Skipped(str(exc), f"line {line}")
+            yield _skip(rows, str(exc))
+
+
+def _skip(rows: _Lines, reason: str) -> Skipped:
+    """A skip of the current row; of a cut last line, whatever failed in it."""
+    if rows.cut and rows.cut == rows.number:
+        return Skipped("truncated last line", f"line {rows.number}")
+    return Skipped(reason, f"line {rows.number}")
 
 
 def _number_reason(exc: Exception) -> str:
