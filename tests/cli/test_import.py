@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
+import pty
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 from geotrack.export.csv import write_csv
 from geotrack.export.ndjson import write_ndjson
-from tests.cli_helpers import geotrack, only_error
+from tests.cli_helpers import env, geotrack, only_error
 from tests.factories import pos, stored
 
 TRACK = [pos(i=i, alt=30.5, attrs={"bat": 90 - i}) for i in range(40)]
@@ -124,3 +129,36 @@ def test_format_option_forces_a_reader(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "cannot map the CSV columns to positions: found" in result.stderr
+
+
+def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
+    """On a terminal: a bar with the file, positions and positions/s, then the summary."""
+    path = tmp_path / "big.ndjson"
+    with open(path, "w") as out:
+        write_ndjson((pos(f"d{i % 10}", i) for i in range(150_000)), out)
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "geotrack", "import", path, "--store", "sqlite:///g.db"],
+        cwd=tmp_path,
+        env=env() | {"TERM": "xterm-256color", "COLUMNS": "150"},
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+    )
+    os.close(follower)
+    chunks = []
+    try:
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(leader)
+        assert proc.wait(timeout=60) == 0
+    text = b"".join(chunks).decode(errors="replace")
+    assert re.search(r"big\.ndjson.*[\d,]+ positions, [\d,]+/s", text), text[-2000:]
+    assert f"{path} (ndjson): read 150,000, stored 150,000, 0 duplicates" in text
