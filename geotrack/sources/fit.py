@@ -73,20 +73,21 @@ def read_fit(path: Path, options: ReadOptions) -> Iterator[Item]:
         ) from None
 
 
-def _value(frame: Any, *names: str) -> Any:
+def _first(values: dict[str, Any], *names: str) -> Any:
     for name in names:
-        if frame.has_field(name):
-            value = frame.get_value(name)
-            if value is not None:
-                return value
+        value = values.get(name)
+        if value is not None:
+            return value
     return None
 
 
 def _record(frame: Any, device: str, where: str) -> Item:
-    lat, lon = _value(frame, "position_lat"), _value(frame, "position_long")
+    # One pass over the fields: fitdecode's get_value looks each name up by a scan.
+    values = {field.name: field.value for field in frame.fields}
+    lat, lon = values.get("position_lat"), values.get("position_long")
     if lat is None or lon is None:
         return Skipped("no position", where)
-    stamp = _value(frame, "timestamp")
+    stamp = values.get("timestamp")
     if not isinstance(stamp, datetime):
         return Skipped("no time", where)
     position: dict[str, Any] = {
@@ -96,17 +97,17 @@ def _record(frame: Any, device: str, where: str) -> Item:
         # Integer milliseconds: a float of seconds would turn .123 into .122.
         "ts": ms_to_ts(_epoch_ms(stamp)),
     }
-    alt = _value(frame, "enhanced_altitude", "altitude")
+    alt = _first(values, "enhanced_altitude", "altitude")
     # Scaled integers come out as floats with binary noise (278.20000000000005): the
     # fields' resolutions are far coarser than a millimetre.
     if isinstance(alt, int | float):
         position["alt"] = round(float(alt), 3)
-    speed = _value(frame, "enhanced_speed", "speed")
+    speed = _first(values, "enhanced_speed", "speed")
     if isinstance(speed, int | float) and speed >= 0:
         position["speed"] = round(float(speed), 3)
     attrs: dict[str, Any] = {}
     for theirs, ours in (*_ATTRS, *((k, k) for k in _KEPT)):
-        value = _value(frame, theirs)
+        value = values.get(theirs)
         if isinstance(value, int | float) and not isinstance(value, bool):
             attrs[ours] = round(value, 3) if isinstance(value, float) else value
     if attrs:
