@@ -5,9 +5,10 @@ content unless a format is given), optionally shifted so its first position is a
 given time, and written through :meth:`Store.write` in large batches: memory stays flat
 in the file's size, and a file imports as fast as the store takes batches. Writes are
 idempotent, so importing a file twice stores nothing new, and a position repeated within
-a file counts as a duplicate. A file that fails part-way keeps what was stored before
-the failure (the positions read before it are written first) and its report carries the
-error; the other files still import.
+a file counts as a duplicate; a position at the same time as its device's point before
+but elsewhere is skipped (``--retime`` gives such files times). A file that fails
+part-way keeps what was stored before the failure (the positions read before it are
+written first) and its report carries the error; the other files still import.
 """
 
 from __future__ import annotations
@@ -28,10 +29,19 @@ from geotrack.sources.base import Item, Notice, ReadOptions, Skipped, metered, s
 from geotrack.sources.formats import format_names, resolve
 from geotrack.store import Store
 
-__all__ = ["FileReport", "ImportConfig", "ImportProgress", "import_files"]
+__all__ = [
+    "DEFAULT_BATCH",
+    "SHARED_TIME",
+    "FileReport",
+    "ImportConfig",
+    "ImportProgress",
+    "import_files",
+]
 
 #: Positions written to the store in one call: one transaction each in SQLite.
 DEFAULT_BATCH: Final = 20_000
+#: The skip reason of a position at the same time as its device's point before, elsewhere.
+SHARED_TIME: Final = "same time as the point before, elsewhere (try --retime KMH)"
 # Reasons a summary line names; the rest are counted.
 _REASONS_SHOWN: Final = 3
 
@@ -182,6 +192,9 @@ def _import_file(
     report.format = fmt.name
     batch: list[Position] = []
     size = config.batch
+    # Each device's last position: one at the same time elsewhere is not a duplicate but
+    # a file whose times are meaningless (all equal, or cut to the second).
+    lasts: dict[str, Position] = {}
     with metered() as meter:
         items: Iterator[Item] = fmt.read(path, config.read_options)
         if config.start_ms is not None:
@@ -190,6 +203,16 @@ def _import_file(
             try:
                 for item in items:
                     if type(item) is Position:
+                        before = lasts.get(item.device)
+                        if (
+                            before is not None
+                            and before.ts == item.ts
+                            and (before.lat != item.lat or before.lon != item.lon)
+                        ):
+                            report.skipped[SHARED_TIME] += 1
+                            report.first_skip.setdefault(SHARED_TIME, f"{item.device} {item.ts}")
+                            continue
+                        lasts[item.device] = item
                         batch.append(item)
                         if len(batch) >= size:
                             _write(store, batch, report)

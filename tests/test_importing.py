@@ -11,7 +11,13 @@ import pytest
 from geotrack.errors import InvalidParameter
 from geotrack.export.csv import write_csv
 from geotrack.export.ndjson import write_ndjson
-from geotrack.importing import FileReport, ImportConfig, ImportProgress, import_files
+from geotrack.importing import (
+    SHARED_TIME,
+    FileReport,
+    ImportConfig,
+    ImportProgress,
+    import_files,
+)
 from geotrack.schema import Position
 from geotrack.store import open_store
 from tests.factories import pos, stored
@@ -146,3 +152,21 @@ def test_skips_are_counted_by_reason_in_the_summary(tmp_path: Path) -> None:
 def test_config_is_checked(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(InvalidParameter, match=message):
         ImportConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_points_sharing_a_time_elsewhere_are_skipped_and_retime_stores_them(
+    tmp_path: Path,
+) -> None:
+    same = [pos(i=i, ts="1901-12-13T20:45:52.207Z") for i in range(184)]
+    path = ndjson(tmp_path / "t.ndjson", same + same[:1])  # and one true duplicate
+    with open_store(f"sqlite:///{tmp_path / 'g.db'}") as store:
+        (report,) = import_files(store, [path])
+        assert (report.read, report.stored, report.duplicates) == (2, 1, 1)
+        assert report.skipped == {SHARED_TIME: 183}
+        assert f"183 {SHARED_TIME} (first at car-1 1901-12-13T20:45:52.207Z)" in report.summary()
+        assert not report.ok
+        (retimed,) = import_files(store, [path], ImportConfig(retime_kmh=30))
+    # The first point was stored already; the repeat of it at the end gets a time of its own.
+    assert retimed.ok and (retimed.stored, retimed.duplicates) == (184, 1)
+    got = stored(tmp_path / "g.db")
+    assert len(got) == 185 and len({p.ts for p in got}) == 185

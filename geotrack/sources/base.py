@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import math
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
@@ -37,9 +38,11 @@ __all__ = [
     "ReadOptions",
     "Skipped",
     "blocks",
+    "haversine_m",
     "metered",
     "open_binary",
     "parse_start",
+    "retime",
     "shift_to_start",
 ]
 
@@ -241,3 +244,41 @@ def blocks(f: IO[bytes], size: int = 1 << 20) -> Iterator[bytes]:
         if not parts:
             return
         yield b"".join(parts)
+
+
+_EARTH_RADIUS_M = 6_371_008.8
+
+
+def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance in metres between two points (mean Earth radius)."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * _EARTH_RADIUS_M * math.asin(math.sqrt(min(1.0, a)))
+
+
+def retime(items: Iterable[Item], kmh: float) -> Iterator[Item]:
+    """Pass ``items`` through with times made from distance at ``kmh`` (``--retime``).
+
+    Each device's first position keeps its time; each next one is later by the distance
+    from the one before at that speed. For line-based files whose times are all equal or
+    go backwards; streams, holding one position per device.
+    """
+    mps = kmh / 3.6
+    last: dict[str, tuple[float, float, float]] = {}
+    replace = msgspec.structs.replace
+    for item in items:
+        if isinstance(item, Position):
+            before = last.get(item.device)
+            if before is None:
+                t = float(ts_to_ms(item.time))
+            else:
+                t = before[2] + haversine_m(before[0], before[1], item.lat, item.lon) / mps * 1000
+            last[item.device] = (item.lat, item.lon, t)
+            ms = round(t)
+            if not _MIN_MS <= ms <= _MAX_MS:
+                yield Skipped("time out of range after --retime", item.time)
+                continue
+            yield replace(item, ts=ms_to_ts(ms))
+        else:
+            yield item

@@ -39,7 +39,15 @@ import msgspec
 from geotrack.errors import GeotrackError, SourceError
 from geotrack.export.csv import HEADER
 from geotrack.schema import DEVICE_PATTERN, Position, ms_to_ts, parse_ts, ts_to_ms, validate
-from geotrack.sources.base import Format, Item, Notice, ReadOptions, Skipped, open_binary
+from geotrack.sources.base import (
+    Format,
+    Item,
+    Notice,
+    ReadOptions,
+    Skipped,
+    haversine_m,
+    open_binary,
+)
 
 __all__ = ["FORMAT", "columns", "read_csv", "sniff"]
 
@@ -71,7 +79,6 @@ _NOT_IN_DEVICE: Final = re.compile(r"[^A-Za-z0-9._:-]+")
 _decode_attrs: Final = msgspec.json.Decoder(
     typing.get_type_hints(Position, include_extras=True)["attrs"]
 ).decode
-_EARTH_RADIUS_M: Final = 6_371_008.8
 
 
 class _Columns(msgspec.Struct):
@@ -381,7 +388,7 @@ class _Clock:
         if last is None:
             t = float(first_ms or 0)
         else:
-            t = last[2] + _haversine_m(last[0], last[1], lat, lon) / self.mps * 1000
+            t = last[2] + haversine_m(last[0], last[1], lat, lon) / self.mps * 1000
         self.last[device] = (lat, lon, t)
         return round(t)
 
@@ -527,13 +534,6 @@ def _device_id(name: str) -> str:
     if _DEVICE_RE.match(name):
         return name
     return _NOT_IN_DEVICE.sub("-", name.strip()).strip("-")[:64] or "device"
-
-
-def _haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lon2 - lon1)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * _EARTH_RADIUS_M * math.asin(math.sqrt(min(1.0, a)))
 
 
 FORMAT: Final = Format(

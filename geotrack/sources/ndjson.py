@@ -20,7 +20,15 @@ import msgspec
 
 from geotrack.errors import GeotrackError, SourceError
 from geotrack.schema import DEVICE_PATTERN, Position, validate
-from geotrack.sources.base import Format, Item, ReadOptions, Skipped, blocks, open_binary
+from geotrack.sources.base import (
+    Format,
+    Item,
+    ReadOptions,
+    Skipped,
+    blocks,
+    open_binary,
+    retime,
+)
 
 __all__ = ["FORMAT", "read_ndjson", "sniff"]
 
@@ -49,7 +57,17 @@ def sniff(head: bytes) -> bool:
 
 
 def read_ndjson(path: Path, options: ReadOptions) -> Iterator[Item]:
-    """Stream the positions of an NDJSON file (see the module docstring)."""
+    """Stream the positions of an NDJSON file (see the module docstring).
+
+    With ``retime_kmh``, each device's times after its first are made from distances.
+    """
+    items = _read(path, options)
+    if options.retime_kmh is not None:
+        return retime(items, options.retime_kmh)
+    return items
+
+
+def _read(path: Path, options: ReadOptions) -> Iterator[Item]:
     device = options.device
     if device is not None and not _DEVICE_RE.match(device):
         raise SourceError(str(path), f"--device {device!r} is not a valid device id")

@@ -9,14 +9,16 @@ import msgspec
 import pytest
 
 from geotrack.errors import InvalidParameter
-from geotrack.schema import ms_to_ts
+from geotrack.schema import Position, ms_to_ts
 from geotrack.sources.base import (
     Item,
     Notice,
     Skipped,
+    haversine_m,
     metered,
     open_binary,
     parse_start,
+    retime,
     shift_to_start,
 )
 from tests.factories import T0, pos
@@ -77,3 +79,25 @@ def test_open_binary_outside_a_meter(tmp_path: Path) -> None:
     path.write_bytes(b"abc")
     with open_binary(path) as f:
         assert f.read() == b"abc"
+
+
+def test_retime_makes_times_from_distance_per_device() -> None:
+    # 0.009 degrees of latitude is 1,000.756 m: at 3.6 km/h (1 m/s), 1,000.756 s.
+    items: list[Item] = [
+        pos(lat=0.0, lon=0.0, ts=ms_to_ts(T0)),
+        pos("bus-3", lat=10.0, lon=10.0, ts=ms_to_ts(T0 + 5)),
+        pos(lat=0.009, lon=0.0, ts=ms_to_ts(T0)),  # the same time as the one before
+        Skipped("no time", "line 4"),
+        pos(lat=0.009, lon=0.0, ts=ms_to_ts(T0)),  # no distance: the same time again
+    ]
+    out = list(retime(items, 3.6))
+    times = [i.ts_ms - T0 for i in out if isinstance(i, Position)]
+    assert times == [0, 5, 1_000_756, 1_000_756]
+    assert out[3] == items[3]
+
+
+def test_haversine() -> None:
+    assert haversine_m(0, 0, 0, 0) == 0
+    # A degree of a great circle is R * pi / 180, whichever way.
+    assert haversine_m(0, 0, 0, 1) == pytest.approx(111_195.08, abs=0.01)
+    assert haversine_m(10, 20, 11, 20) == pytest.approx(111_195.08, abs=0.01)

@@ -100,3 +100,10 @@ def test_sniff() -> None:
     assert not sniff(b'{\n  "locations": [\n')
     assert not sniff(b"lat,lon\n1,2\n")
     assert not sniff(b"")
+
+
+def test_retime_gives_lines_sharing_a_time_their_own(tmp_path: Path) -> None:
+    same = [pos(i=i, ts="2025-11-25T12:00:00Z") for i in range(3)]
+    items = list(read_ndjson(export(same, tmp_path / "t.ndjson"), ReadOptions(retime_kmh=50)))
+    times = [p.ts_ms for p in items if isinstance(p, Position)]
+    assert times[0] == same[0].ts_ms and times[0] < times[1] < times[2]
