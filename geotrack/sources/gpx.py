@@ -122,7 +122,8 @@ def read_gpx(
         except (OverflowError, ValueError):
             raise InvalidParameter("start_ms", f"out of range (years 1-9999): {start_ms}") from None
     tracks = []
-    for device_id, name, items in _tracks(path, device, kmh, retime_kmh, start_ms):
+    for device_id, name, track_items in _tracks(path, device, kmh, retime_kmh, start_ms):
+        items = list(track_items)
         positions = [i for i in items if isinstance(i, Position)]
         skips = [i for i in items if isinstance(i, Skipped)]
         warnings = [i.text for i in items if isinstance(i, Notice)]
@@ -141,7 +142,7 @@ def _tracks(
     kmh: float,
     retime_kmh: float | None,
     start_ms: int | None = None,
-) -> Iterator[tuple[str, str | None, list[Item]]]:
+) -> Iterator[tuple[str, str | None, Iterator[Item]]]:
     """(device, track name, items) of each track of a GPX file."""
     gpx, damage = _parse(path)
     groups = [

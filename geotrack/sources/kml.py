@@ -67,11 +67,9 @@ class _Placemark:
     device: str | None = None
     times: list[str] = field(default_factory=list)  # TimeStamp when, or TimeSpan begin
     span_end: str | None = None
-    # One list per gx:Track or LineString: (lon, lat, alt, when or None, extra fields).
-    lines: list[list[tuple[float, float, float | None, str | None, dict[str, Any]]]] = field(
-        default_factory=list
-    )
-    line_spans: list[bool] = field(default_factory=list)  # a LineString (timed by span)
+    # The points of its gx:Tracks and LineStrings, and where each LineString's are.
+    raw: list[RawPoint] = field(default_factory=list)
+    spans: list[tuple[int, int]] = field(default_factory=list)
     points: list[tuple[float, float, float | None]] = field(default_factory=list)
 
 
@@ -198,11 +196,13 @@ class _Reader:
             elif name == "value" and parent == "Data" and data_name == DEVICE_DATA:
                 pm.device = content
             elif name == "Track":
-                pm.lines.append(self._track(whens, coords, arrays))
-                pm.line_spans.append(False)
+                pm.raw.extend(self._track(whens, coords, arrays, _track_name(pm)))
+                whens, coords, arrays = [], [], {}
             elif name == "coordinates" and parent == "LineString":
-                pm.lines.append([(*c, None, {}) for c in _coordinates(content)])
-                pm.line_spans.append(True)
+                start = len(pm.raw)
+                track = _track_name(pm)
+                pm.raw.extend(self._raw(*c, None, {}, track) for c in _coordinates(content))
+                pm.spans.append((start, len(pm.raw)))
             elif name == "coordinates" and parent == "Point":
                 pm.points.extend(_coordinates(content))
             elif name == "Placemark":
@@ -210,9 +210,12 @@ class _Reader:
                 pm = None
 
     def _track(
-        self, whens: list[str], coords: list[str], arrays: dict[str, list[str]]
-    ) -> list[tuple[float, float, float | None, str | None, dict[str, Any]]]:
-        points = []
+        self,
+        whens: list[str],
+        coords: list[str],
+        arrays: dict[str, list[str]],
+        track: str | None,
+    ) -> Iterator[RawPoint]:
         for i, coord in enumerate(coords):
             parts = coord.split()
             lon = _float(parts[0]) if parts else math.nan
@@ -222,8 +225,7 @@ class _Reader:
             for key, values in arrays.items():
                 if i < len(values) and values[i]:
                     extra[key] = values[i]
-            points.append((lon, lat, alt, whens[i] if i < len(whens) else None, extra))
-        return points
+            yield self._raw(lon, lat, alt, whens[i] if i < len(whens) else None, extra, track)
 
     def _time(self, text: str | None) -> int | str | None:
         """Unix ms of a KML time, None for none, or the reason it cannot be read."""
@@ -264,18 +266,16 @@ class _Reader:
         return RawPoint(lat, lon, ms, fields)
 
     def _placemark(self, pm: _Placemark) -> Iterator[Item]:
-        own = pm.device if pm.device and re.fullmatch(DEVICE_PATTERN, pm.device) else None
-        track = pm.name if pm.name and pm.name != own else None
-        if pm.lines:
-            raw: list[RawPoint] = []
-            for line, by_span in zip(pm.lines, pm.line_spans, strict=True):
-                start = len(raw)
-                raw.extend(self._raw(*p, track) for p in line)
-                if by_span and raw[start:]:
+        own = _own_device(pm)
+        track = _track_name(pm)
+        raw = pm.raw
+        if raw:
+            for start, end in pm.spans:
+                if end > start:
                     begin = pm.times[0] if pm.times else None
                     raw[start] = _timed(raw[start], self._time(begin))
-                    if len(raw) - start > 1:
-                        raw[-1] = _timed(raw[-1], self._time(pm.span_end))
+                if end > start + 1:
+                    raw[end - 1] = _timed(raw[end - 1], self._time(pm.span_end))
             # Our own export's ids stand as written: a device's tracks share it.
             device = own if own and not self.options.device else self._device(pm.name)
             self.used.add(device)
@@ -338,6 +338,16 @@ class _Reader:
                 f"{self.places} placemark points without a time ignored (places, not positions)"
             )
             self.places = 0
+
+
+def _own_device(pm: _Placemark) -> str | None:
+    """The device id our own export wrote in a placemark, if valid."""
+    return pm.device if pm.device and re.fullmatch(DEVICE_PATTERN, pm.device) else None
+
+
+def _track_name(pm: _Placemark) -> str | None:
+    """The name kept in ``attrs["track"]``: the placemark's, unless it is the device id."""
+    return pm.name if pm.name and pm.name != _own_device(pm) else None
 
 
 #: Timed tracks never walk from an anchor (their own times anchor them).

@@ -27,14 +27,14 @@ import itertools
 import math
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
 from geotrack.errors import InvalidParameter, InvalidPosition
-from geotrack.schema import DEVICE_PATTERN, Position, ms_to_ts, validate
+from geotrack.schema import DEVICE_PATTERN, ms_to_ts, validate
 from geotrack.sources.base import Item, Notice, Skipped
 
 __all__ = [
@@ -138,14 +138,14 @@ def place_track(
     kmh: float = DEFAULT_KMH,
     retime_kmh: float | None = None,
     now_ms: int | None = None,
-) -> list[Item]:
-    """One track's items: notices, then skips, then its positions sorted by time.
+) -> Iterator[Item]:
+    """One track's items: notices, then its positions sorted by time and its skips.
 
     ``label`` names the track in notices and skips (``track 'Morning run'``); ``kmh`` is
     the walking speed of untimed points, ``retime_kmh`` retimes every point (module doc).
     """
     if not points:
-        return []
+        return
     if now_ms is None:
         now_ms = time.time_ns() // 1_000_000
     items: list[Item] = []
@@ -173,31 +173,29 @@ def place_track(
             items.append(Notice(f"{label}: {note}"))
         items.extend(_order_notice(known, label))
 
-    positions: list[tuple[int, int, Position]] = []
-    skips: list[Skipped] = []
+    yield from items
+    # Sorted by time (file order among equal times), each position made only as it is
+    # yielded: the importer stores it before the next is built.
     seen: dict[int, tuple[float, float]] = {}
-    for number, (point, ms) in enumerate(zip(points, times, strict=True), 1):
-        where = f"{label} point {number}"
+    for index in sorted(range(n), key=lambda i: (times[i], i)):
+        point, ms = points[index], times[index]
+        where = f"{label} point {index + 1}"
         if isinstance(point.fields, str):
-            skips.append(Skipped(point.fields, where))
+            yield Skipped(point.fields, where)
             continue
         try:
             position = validate(point.fields | {"device": device, "ts": ms_to_ts(ms)})
         except InvalidPosition as exc:
-            skips.append(Skipped(str(exc), where))
+            yield Skipped(str(exc), where)
             continue
         except (OverflowError, ValueError):
-            skips.append(Skipped("ts: out of range (years 1-9999)", where))
+            yield Skipped("ts: out of range (years 1-9999)", where)
             continue
         place = seen.setdefault(ms, (position.lat, position.lon))
         if place != (position.lat, position.lon):
-            skips.append(Skipped(SHARED_TIME, where))
+            yield Skipped(SHARED_TIME, where)
             continue
-        positions.append((ms, number, position))
-    positions.sort(key=lambda item: item[:2])
-    items.extend(skips)
-    items.extend(p for _, _, p in positions)
-    return items
+        yield position
 
 
 def _order_notice(known: list[int | None], label: str) -> list[Notice]:

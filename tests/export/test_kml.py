@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 import tempfile
 import tracemalloc
 import xml.etree.ElementTree as ET
@@ -19,6 +20,8 @@ from geotrack.schema import Position, ms_to_ts, ts_to_ms
 from geotrack.sources import kml as kml_reader
 from geotrack.sources.base import ReadOptions
 from geotrack.sources.gpx import read_gpx
+from tests.cli_helpers import geotrack
+from tests.factories import stored
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 T0 = 1_780_000_000_000
@@ -214,3 +217,21 @@ def test_random_positions_round_trip(items: list[Position]) -> None:
     ordered = sorted(unique.values(), key=lambda p: (p.device, p.ts_ms))
     back = read_back(write(ordered))
     assert sorted(back, key=lambda p: (p.device, p.ts_ms)) == ordered
+
+
+def test_import_export_import_end_to_end(tmp_path: Path) -> None:
+    """A real My Tracks KML, imported, exported as KML and imported again: nothing new."""
+    shutil.copy(SAMPLES / "kml" / "multitrack.kml", tmp_path / "ride.kml")
+    result = geotrack("import", "ride.kml", "--store", "sqlite:///db", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    before = stored(tmp_path / "db")
+    assert len(before) == 16
+    result = geotrack("export", "--store", "sqlite:///db", "-o", "out.kml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "(kml)" in result.stderr
+    result = geotrack("import", "out.kml", "--store", "sqlite:///db", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "stored 0, 16 duplicates" in result.stderr
+    result = geotrack("import", "out.kml", "--store", "sqlite:///db2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert stored(tmp_path / "db2") == before

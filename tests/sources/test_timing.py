@@ -93,11 +93,11 @@ def test_a_point_that_fails_validation_does_not_claim_its_time() -> None:
         RawPoint(95.0, 1.0, 1000, {"lat": 95.0, "lon": 1.0}),
         RawPoint(1.0, 1.0, 1000, {"lat": 1.0, "lon": 1.0}),
     ]
-    items = place_track(points, "d", "track 1", Anchor(0, "x"))
+    items = list(place_track(points, "d", "track 1", Anchor(0, "x")))
     reasons = [getattr(i, "reason", None) for i in items]
     assert reasons.count("lat: expected `float` <= 90.0") == 1
     assert SHARED_TIME not in reasons
 
 
 def test_an_empty_track_gives_nothing() -> None:
-    assert place_track([], "d", "track 1", Anchor(0, "x")) == []
+    assert list(place_track([], "d", "track 1", Anchor(0, "x"))) == []
