@@ -10,6 +10,8 @@ that feeds it lives in :mod:`geotrack.relay.mqtt`.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Final
@@ -28,6 +30,7 @@ __all__ = [
     "Reading",
     "check_filter",
     "check_template",
+    "client_ids",
     "default_client_id",
     "parse_broker",
     "read_message",
@@ -167,6 +170,26 @@ def default_client_id(*stable: object) -> str:
     """
     digest = hashlib.sha256("|".join(map(str, stable)).encode()).hexdigest()
     return f"geotrack-{digest[:12]}"  # 21 characters: MQTT 3.1.1 servers must allow 23
+
+
+def client_ids(brokers: Sequence[Broker], given: str | None, stable: Sequence[object]) -> list[str]:
+    """The session client id for each broker: distinct wherever two share a host and port.
+
+    A broker allows one connection per client id, so two ``--mqtt`` URLs to one broker
+    (other filters) need two. The first URL to each host and port gets ``given``
+    (``--mqtt-client-id``), later ones ``given-2``, ``given-3``...; without ``given``,
+    :func:`default_client_id` of ``stable``, plus the filter for a later URL.
+    """
+    seen: Counter[tuple[str, int]] = Counter()
+    ids = []
+    for broker in brokers:
+        seen[broker.host, broker.port] += 1
+        n = seen[broker.host, broker.port]
+        if given is not None:
+            ids.append(given if n == 1 else f"{given}-{n}")
+        else:
+            ids.append(default_client_id(*stable, *(() if n == 1 else (broker.topic_filter,))))
+    return ids
 
 
 class Outcome(Enum):

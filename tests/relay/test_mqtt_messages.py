@@ -12,6 +12,7 @@ from geotrack.relay.mqtt_messages import (
     Outcome,
     check_filter,
     check_template,
+    client_ids,
     default_client_id,
     parse_broker,
     read_message,
@@ -196,3 +197,16 @@ def test_geotrack_json_on_the_json_filter_keeps_the_good_positions() -> None:
         "geotrack/out/x", json.dumps(frame[0]).encode(), retain=False, json_filter="geotrack/in/#"
     )
     assert other.outcome is Outcome.REJECTED and "_type" in other.rejected[0].error
+
+
+def test_two_urls_to_one_broker_get_two_client_ids() -> None:
+    brokers = [parse_broker(u) for u in ("mqtt://a/x/#", "mqtt://b/x/#", "mqtt://a/y/#")]
+    given = client_ids(brokers, "relay-1", ())
+    assert given == ["relay-1", "relay-1", "relay-1-2"]
+    derived = client_ids(brokers, None, ("host", "sqlite:///s.db", 8765))
+    assert derived[0] == derived[1] == default_client_id("host", "sqlite:///s.db", 8765)
+    assert derived[2] not in derived[:2]
+    # The first URL's id does not depend on its filter: changing it keeps the session.
+    assert client_ids([parse_broker("mqtt://a/z/#")], None, ("host",)) == [
+        default_client_id("host")
+    ]
