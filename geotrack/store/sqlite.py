@@ -41,6 +41,7 @@ from geotrack.store.sqlite_events import (
     select_states,
     upsert_states,
 )
+from geotrack.store.sqlite_prune import Pacer, count_before, prune_batches
 
 __all__ = ["CURSOR_PREFIX", "SQLiteChangeFeed", "SQLiteStore", "parse_cursor"]
 
@@ -538,170 +539,22 @@ class SQLiteStore(Store):
     def prune(
         self, before_ms: int, devices: Collection[str] = (), *, dry_run: bool = False
     ) -> Generator[Pruned, None, None]:
+        # The batches are in sqlite_prune.py. Its own connection: a checkpoint that one of
+        # its commits runs does not hold this store's lock, and writers (this process's
+        # too) wait for a batch in SQLite's busy handler, as for another process's.
         names = sorted(set(devices)) if devices else self.devices()
-        if dry_run:
-            yield from self._count_before(names, before_ms)
-            yield from self._count_events_before(devices, before_ms)
-            return
-        pacer = _Pacer(self.prune_batch, self.prune_hold, self.prune_pause)
-        if not devices:
-            # Old fixes were mostly stored long ago: they fill the table's first pages,
-            # in seq order. Deleting seq ranges frees whole pages at a time; one device's
-            # fixes are spread over every page of its time (the devices' fixes are
-            # interleaved), so a batch of them would rewrite a page per row.
-            yield from self._prune_by_seq(before_ms, pacer)
-        # The rest (and a prune of some devices only) down the (device, ts) index: fixes
-        # stored after the cut with an older fix time, such as an imported GPX file.
-        for device in names:
-            while True:
-                pacer.wait()
-                deleted, held = self._delete_before(device, before_ms, pacer.batch)
-                if deleted:
-                    yield Pruned(device, deleted)
-                if deleted < pacer.batch:
-                    pacer.took(held)
-                    break
-                pacer.took(held)
-        yield from self._prune_events(before_ms, devices, pacer)
-
-    def _prune_events(
-        self, before_ms: int, devices: Collection[str], pacer: _Pacer
-    ) -> Iterator[Pruned]:
-        """The events' part of :meth:`prune`: oldest first down their (ts) index."""
-        narrow = f" AND device IN ({','.join('?' * len(devices))})" if devices else ""
-        while True:
-            pacer.wait()
-            with self._lock:
-                self._check_open()
-                try:
-                    self._writer.execute("BEGIN IMMEDIATE")
-                    locked = time.monotonic()
-                    try:
-                        found = self._writer.execute(
-                            f"SELECT seq, device FROM events WHERE ts < ?{narrow} "
-                            "ORDER BY ts LIMIT ?",
-                            (before_ms, *devices, pacer.batch),
-                        ).fetchall()
-                        self._writer.executemany(
-                            "DELETE FROM events WHERE seq = ?", [(seq,) for seq, _ in found]
-                        )
-                        self._writer.execute("COMMIT")
-                    except BaseException:
-                        if self._writer.in_transaction:
-                            self._writer.execute("ROLLBACK")
-                        raise
-                except sqlite3.Error as exc:
-                    raise StoreError(f"prune of {self.display_url} failed: {exc}") from None
-                held = time.monotonic() - locked
-            counts: dict[str, int] = {}
-            for _, device in found:
-                counts[device] = counts.get(device, 0) + 1
-            for device, count in counts.items():
-                yield Pruned(device, count, events=True)
-            if len(found) < pacer.batch:
-                return
-            pacer.took(held)
-
-    def _count_events_before(self, devices: Collection[str], before_ms: int) -> Iterator[Pruned]:
-        narrow = f" AND device IN ({','.join('?' * len(devices))})" if devices else ""
         conn = self._reader()
         try:
-            rows = conn.execute(
-                f"SELECT device, COUNT(*) FROM events WHERE ts < ?{narrow} GROUP BY device",
-                (before_ms, *devices),
-            ).fetchall()
-        except sqlite3.Error as exc:
-            raise StoreError(f"query on {self.display_url} failed: {exc}") from None
-        finally:
-            conn.close()
-        for device, count in rows:
-            yield Pruned(device, count, events=True)
-
-    def _prune_by_seq(self, before_ms: int, pacer: _Pacer) -> Iterator[Pruned]:
-        """Delete old fixes in seq order, range by range, from the first row on.
-
-        It stops at the first range with rows but no old fix: the rest of the table is
-        newer, but for strays that the per-device pass finds through the index.
-        """
-        after = 0
-        while True:
-            pacer.wait()
-            span = pacer.batch
-            with self._lock:
-                self._check_open()
+            if dry_run:
                 try:
-                    self._writer.execute("BEGIN IMMEDIATE")
-                    locked = time.monotonic()
-                    try:
-                        # Per device: the rows of the range, and how many of them are old.
-                        rows = self._writer.execute(
-                            "SELECT device, COUNT(*), SUM(ts < ?) FROM positions "
-                            "WHERE seq > ? AND seq <= ? GROUP BY device",
-                            (before_ms, after, after + span),
-                        ).fetchall()
-                        counts = [(device, old) for device, _, old in rows if old]
-                        if counts:
-                            self._writer.execute(
-                                "DELETE FROM positions WHERE seq > ? AND seq <= ? AND ts < ?",
-                                (after, after + span, before_ms),
-                            )
-                        following = self._writer.execute(
-                            "SELECT seq FROM positions WHERE seq > ? ORDER BY seq LIMIT 1",
-                            (after + span,),
-                        ).fetchone()
-                        self._writer.execute("COMMIT")
-                    except BaseException:
-                        if self._writer.in_transaction:
-                            self._writer.execute("ROLLBACK")
-                        raise
+                    yield from count_before(conn, before_ms, devices, names)
                 except sqlite3.Error as exc:
-                    raise StoreError(f"prune of {self.display_url} failed: {exc}") from None
-                held = time.monotonic() - locked
-            for device, count in counts:
-                yield Pruned(device, count)
-            pacer.took(held)
-            if following is None or (rows and not counts):
+                    raise StoreError(f"query on {self.display_url} failed: {exc}") from None
                 return
-            # Over a gap of deleted seqs at once: the next range starts at a row.
-            after = following[0] - 1
-
-    def _delete_before(self, device: str, before_ms: int, limit: int) -> tuple[int, float]:
-        """Delete up to ``limit`` of ``device``'s oldest positions before ``before_ms``.
-
-        Returns how many went and how long the write lock was held, in seconds.
-        """
-        with self._lock:
-            self._check_open()
-            try:
-                self._writer.execute("BEGIN IMMEDIATE")
-                locked = time.monotonic()
-                try:
-                    deleted = self._writer.execute(
-                        "DELETE FROM positions WHERE seq IN (SELECT seq FROM positions "
-                        "WHERE device = ? AND ts < ? ORDER BY ts LIMIT ?)",
-                        (device, before_ms, limit),
-                    ).rowcount
-                    self._writer.execute("COMMIT")
-                except BaseException:
-                    if self._writer.in_transaction:
-                        self._writer.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise StoreError(f"prune of {self.display_url} failed: {exc}") from None
-            return deleted, time.monotonic() - locked
-
-    def _count_before(self, names: list[str], before_ms: int) -> Iterator[Pruned]:
-        conn = self._reader()
-        try:
-            for device in names:
-                (count,) = conn.execute(
-                    "SELECT COUNT(*) FROM positions WHERE device = ? AND ts < ?",
-                    (device, before_ms),
-                ).fetchone()
-                if count:
-                    yield Pruned(device, count)
-        except sqlite3.Error as exc:
-            raise StoreError(f"query on {self.display_url} failed: {exc}") from None
+            pacer = Pacer(self.prune_batch, self.prune_hold, self.prune_pause)
+            yield from prune_batches(
+                conn, before_ms, devices, names, pacer, self._check_open, self.display_url
+            )
         finally:
             conn.close()
 
@@ -784,31 +637,6 @@ def _identity(st: os.stat_result) -> tuple[int, int]:
 def _last_seq(conn: sqlite3.Connection) -> int:
     seq: int = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM positions").fetchone()[0]
     return seq
-
-
-class _Pacer:
-    """Sizes prune batches to hold the write lock ``hold`` seconds, and spaces them out.
-
-    After a batch the next one waits ``pause`` times as long as the batch held the lock.
-    The size follows the time held slowly: a WAL checkpoint now and then makes a commit
-    slow whatever its size, and must not shrink every batch after it.
-    """
-
-    def __init__(self, batch: int, hold: float, pause: float) -> None:
-        self.batch = batch
-        self._hold = hold
-        self._pause = pause
-        self._next = 0.0
-
-    def wait(self) -> None:
-        time.sleep(self._next)
-
-    def took(self, held: float) -> None:
-        self._next = self._pause * held
-        scale = min(1.25, max(0.8, self._hold / max(held, 1e-4)))
-        # Not below a few hundred rows: a batch has a fixed cost (a page of the (device,
-        # ts) index per device it touches), and a loaded machine's noise would shrink it.
-        self.batch = min(50_000, max(min(self.batch, 500), round(self.batch * scale)))
 
 
 def parse_cursor(text: str) -> int:
