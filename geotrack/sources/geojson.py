@@ -7,7 +7,8 @@ What becomes positions (coordinates are ``[lon, lat]`` or ``[lon, lat, alt]``):
   (togeojson, older) or ``coordinateProperties.times`` (togeojson, newer; in the feature or
   its properties). A ``MultiLineString`` likewise, with a list of lists. Other parallel
   lists in ``coordinateProperties`` (``speed``, ``heading``, ``acc``, ``attrs`` and any
-  other) give each point those fields, ``alt`` too for 2D coordinates. A ``Point`` with
+  other, togeojson's ``heart``, ``cads``, ``atemps``... as ``hr``, ``cad``, ``atemp``) give
+  each point those fields, ``alt`` too for 2D coordinates. A ``Point`` with
   such a list of one time is read the same way (the export's device with one fix).
 - A ``Point`` with a time in its properties (``time``, ``timestamp``, ``datetime``,
   ``date``, ``ts``, ``when``); its properties ``speed``, ``heading``/``course``,
@@ -15,7 +16,9 @@ What becomes positions (coordinates are ``[lon, lat]`` or ``[lon, lat, alt]``):
   properties become attrs.
 
 The device is ``--device``, else the feature's ``device`` (or ``device_id``) property, else
-the file's stem. A FeatureCollection streams feature by feature: memory holds one feature.
+the file's stem. A line feature's ``name`` property is its track's name: its points carry
+it in ``attrs["track"]``, as GPX, KML and TCX tracks' points do. A FeatureCollection
+streams feature by feature: memory holds one feature.
 """
 
 from __future__ import annotations
@@ -54,6 +57,19 @@ _FIELD_KEYS: Final = {
     "alt": "alt",
     "ele": "alt",
     "elevation": "alt",
+}
+# togeojson's names for the lists it makes of GPX extensions and TCX fields, as the fields
+# and attrs GPX's Garmin TrackPointExtension names (hr, cad, atemp) everywhere in geotrack.
+_TOGEOJSON_NAMES: Final = {
+    "heart": "hr",
+    "heartRates": "hr",
+    "cads": "cad",
+    "cadences": "cad",
+    "atemps": "atemp",
+    "wtemps": "wtemp",
+    "powers": "power",
+    "speeds": "speed",
+    "courses": "heading",
 }
 # Properties of a line feature that describe the feature, not its points.
 _LINE_KEYS: Final = frozenset(
@@ -200,6 +216,9 @@ class _Reader:
         if not isinstance(times, list):
             yield Skipped("no times", f"{where} ({len(coordinates)} points)")
             return
+        # A line's name is its track's, kept as GPX, KML and TCX tracks keep theirs.
+        name = properties.get("name")
+        track = name if isinstance(name, str) and name else None
         if len(times) != len(coordinates):
             yield Notice(
                 f"{where}: {len(coordinates)} coordinates but {len(times)} times; "
@@ -212,16 +231,19 @@ class _Reader:
                 continue
             fields: dict[str, Any] = {}
             attrs: dict[str, Any] = {}
-            for key, values in extra.items():
+            for name, values in extra.items():
                 value = values[i] if isinstance(values, list) and i < len(values) else None
                 if value is None:
                     continue
+                key = _TOGEOJSON_NAMES.get(name, name)
                 if key in ("alt", "speed", "heading", "acc"):
                     fields[key] = value
                 elif key == "attrs" and isinstance(value, dict):
                     attrs.update(value)
                 else:
                     attrs[key] = _attr(value)
+            if track is not None:
+                attrs.setdefault("track", track)
             try:
                 yield _position(device, point, times[i], fields, attrs, self.options)
             except (InvalidParameter, InvalidPosition, ValueError) as exc:

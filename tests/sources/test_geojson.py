@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from geotrack.errors import SourceError
@@ -17,6 +18,7 @@ from geotrack.sources.base import Item, Notice, ReadOptions, Skipped
 from geotrack.sources.formats import formats
 from geotrack.sources.geojson import read_geojson
 from geotrack.store import open_store
+from tests.conftest import SAMPLES
 from tests.factories import pos, stored
 
 
@@ -134,10 +136,11 @@ def test_lines_with_parallel_times_every_convention(tmp_path: Path) -> None:
         assert [(p.lon, p.lat, p.alt) for p in track] == [tuple(c) for c in coords]
         assert [p.ts for p in track] == [t.replace("Z", ".000Z") for t in times]
     extras = [p for p in got if p.device == "extras"]
+    # togeojson's "heart" is what GPX (and so geotrack everywhere) calls "hr".
     assert [(p.speed, p.attrs) for p in extras] == [
-        (1, {"heart": 100}),
-        (2, {"heart": 101}),
-        (3, {"heart": 102}),
+        (1, {"hr": 100}),
+        (2, {"hr": 101}),
+        (3, {"hr": 102}),
     ]
 
 
@@ -232,3 +235,24 @@ def test_export_import_round_trip_through_sqlite(tmp_path: Path) -> None:
     assert (again.stored, again.duplicates) == (0, 60)
     assert stored(copy, sort=True) == stored(source, sort=True)
     assert stored(copy, sort=True) == sorted(positions_in, key=lambda p: p.key)
+
+
+@pytest.mark.parametrize("name", ["walk", "multi_segment"])
+def test_what_togeojson_makes_of_a_gpx_reads_as_the_gpx_does(name: str) -> None:
+    """togeojson's output (samples/geojson, made from samples/*.gpx): the same positions.
+
+    Coordinates, elevations, times, heart rate and cadence (togeojson's ``heart`` and
+    ``cads``) and the track's name all come out as the GPX reader gives them.
+    """
+    path = SAMPLES / "geojson" / f"{name}.togeojson.json"
+    from_gpx = list(formats()["gpx"].read(SAMPLES / f"{name}.gpx", ReadOptions(device="x")))
+    from_geojson = read(path, device="x")
+    assert len(from_geojson) > 100
+    if name == "walk":
+        assert from_geojson == from_gpx
+    else:
+        # GPX names several tracks' devices x-1, x-2: compare all but the device.
+        assert [msgspec.structs.replace(p, device="x") for p in positions(from_gpx)] == (
+            positions(from_geojson)
+        )
+    assert detect(path) == "geojson"
