@@ -458,7 +458,7 @@ _ERRORS: list[tuple[str, list[str], str]] = [
     ("export-until", ["export", "--until", "12:00"], "--until: "),
     ("bbox-three", ["publish", "--simulate", "2", "--bbox", "1,2,3"], "--bbox: "),
     ("bbox-lat", ["publish", "--simulate", "2", "--bbox", "0,95,1,96"], "--bbox: latitudes"),
-    ("export-format", ["export", "--format", "kml"], "unknown format 'kml'"),
+    ("export-format", ["export", "--format", "shp"], "unknown format 'shp'"),
     ("speed-negative", ["publish", "{walk}", "--speed", "-1"], "--speed: "),
     ("no-source", ["publish"], "give GPX files"),
     ("both-sources", ["publish", "{walk}", "--simulate", "1"], "not both"),

@@ -82,7 +82,7 @@ def test_a_match_still_says_how_many_and_only_to_a_file(stored: Path) -> None:
             ["--since", "2026-03-14T10:00:00Z", "--until", "2026-03-14T09:00:00Z"],
             "Error: --until: 2026-03-14T09:00:00Z is before --since 2026-03-14T10:00:00Z",
         ),
-        (["--format", "kml"], "Error: --format: unknown format 'kml'"),
+        (["--format", "shp"], "Error: --format: unknown format 'shp'"),
         (["--since", "yesterday"], "Error: --since: expected an RFC 3339"),
     ],
     ids=["output-dir", "output-under-a-file", "until-before-since", "format", "since"],
