@@ -93,15 +93,15 @@ def read_google(path: Path, options: ReadOptions) -> Iterator[Item]:
     reader = _Reader(device, options)
     if text.startswith("["):
         for n, segment in enumerate(stream_items(path, "item"), 1):
-            yield from reader.segment(segment, f"segment {n}")
+            yield from reader.once(reader.segment(segment, f"segment {n}"))
     elif '"timelineObjects"' in text:
         for n, item in enumerate(stream_items(path, "timelineObjects.item"), 1):
-            yield from reader.timeline_object(item, f"timelineObjects {n}")
+            yield from reader.once(reader.timeline_object(item, f"timelineObjects {n}"))
     elif '"semanticSegments"' in text or '"rawSignals"' in text:
         # Two passes, one per array: the C parser skips the other fast, and neither is
         # held in memory.
         for n, segment in enumerate(stream_items(path, "semanticSegments.item"), 1):
-            yield from reader.segment(segment, f"semanticSegments {n}")
+            yield from reader.once(reader.segment(segment, f"semanticSegments {n}"))
         for n, signal in enumerate(stream_items(path, "rawSignals.item"), 1):
             yield from reader.raw_signal(signal, f"rawSignals {n}")
     elif text.startswith("{"):
@@ -109,6 +109,11 @@ def read_google(path: Path, options: ReadOptions) -> Iterator[Item]:
             yield from reader.record(record, f"locations {n}")
     else:
         raise SourceError(str(path), "not Google location history: expected a JSON object")
+    if reader.shared:
+        yield Notice(
+            f"{plural(reader.shared, 'segment end')} at the time the next segment starts "
+            "read once (the first of the two kept)"
+        )
     if reader.waypoints:
         yield Notice(
             f"{plural(reader.waypoints, 'waypoint')} without a time got one along their "
@@ -140,6 +145,23 @@ class _Reader:
         self.device = device
         self.tz = options.tz
         self.waypoints = 0
+        self.shared = 0
+        self._last_ts = ""
+
+    def once(self, items: Iterator[Item]) -> Iterator[Item]:
+        """The items, less a position at the very time of the one before it.
+
+        A segment ends when the next one starts: an activity's end and the visit after it
+        (or a path's last point) are two points at one time, which a store keeps once and a
+        replay cannot place; the first is kept.
+        """
+        for item in items:
+            if isinstance(item, Position):
+                if item.ts == self._last_ts:
+                    self.shared += 1
+                    continue
+                self._last_ts = item.ts
+            yield item
 
     def _position(self, lat: float, lon: float, ts: str, **rest: Any) -> Position:
         fields = {k: v for k, v in rest.items() if v is not None}
