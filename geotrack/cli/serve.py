@@ -177,6 +177,27 @@ def serve(
         str,
         typer.Option(metavar="DURATION", help="How often --retain looks for old fixes."),
     ] = "5m",
+    fences: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            help="A GeoJSON FeatureCollection of fences (Polygon or MultiPolygon with "
+            "properties.name; a Point with properties.radius in metres is a circle): every "
+            "stored position is checked, and enter/exit events are stored and sent on "
+            "/events. SIGHUP rereads the file; PUT/DELETE /api/fences/NAME edit it "
+            "(docs/fences.md).",
+            show_default=False,
+        ),
+    ] = None,
+    fence_dwell: Annotated[
+        float,
+        typer.Option(
+            metavar="SECONDS",
+            help="Seconds (device time) a device must be seen inside a fence before "
+            "'enter', and outside before 'exit': stops GPS jitter at an edge from "
+            "flapping. 0: the first fix decides.",
+        ),
+    ] = 0.0,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Log warnings and errors only.")
     ] = False,
@@ -205,6 +226,8 @@ def serve(
       `geotrack serve --store sqlite:///tracks.db --retain 90d`
 
       `geotrack serve --mqtt mqtt://localhost --mqtt-publish 'geotrack/{device}'`
+
+      `geotrack serve --fences depots.geojson --fence-dwell 30 --http-port 8080`
 
       `geotrack serve --host 0.0.0.0 --auth tokens.toml --certfile cert.pem --keyfile key.pem`
     """
@@ -238,6 +261,8 @@ def serve(
             mqtt_client_id=mqtt_client_id,
             mqtt_publish=mqtt_publish,
             cafile=cafile,
+            fences=fences,
+            fence_dwell=fence_dwell,
         )
     with errors(), open_db(store) as db, event_loop_runner() as runner:
         runner.run(serve(db, config))

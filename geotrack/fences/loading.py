@@ -21,7 +21,7 @@ import shapely
 from shapely.geometry import shape
 
 from geotrack.errors import FenceError
-from geotrack.schema.events import FENCE_NAME_MAX
+from geotrack.schema import FENCE_NAME_MAX
 
 __all__ = ["FENCE_NAME_PATTERN", "Fence", "fence_from_feature", "load_fences", "parse_fences"]
 

@@ -24,11 +24,13 @@ from typing import Final, Literal
 from geotrack.auth import Grant, Tokens, presented_token
 from geotrack.errors import InvalidParameter, LinkRefused, RelayError
 from geotrack.schema import DEVICE_PATTERN, Position, Rejection, SubscribeFilter
+from geotrack.schema import EVENTS_PARAMETERS as _EVENT_FILTERS
 from geotrack.schema import SUBSCRIBE_PARAMETERS as _FILTER_PARAMETERS
 
 __all__ = [
     "BEARER_CHALLENGE",
     "CHALLENGES",
+    "EVENTS_PARAMETERS",
     "HTTP_FEED_PARAMETERS",
     "PARAMETERS",
     "POLL_PARAMETERS",
@@ -55,9 +57,12 @@ Role = Literal["publish", "subscribe"]
 #: docs/protocol.md documents exactly these (a test holds the two together).
 PUBLISH_PARAMETERS: Final[tuple[str, ...]] = ("token",)
 SUBSCRIBE_PARAMETERS: Final[tuple[str, ...]] = (*_FILTER_PARAMETERS, "since", "token")
+#: /events (geofence events, v1.2): by device and fence, resumable like /subscribe.
+EVENTS_PARAMETERS: Final[tuple[str, ...]] = (*_EVENT_FILTERS, "since", "token")
 PARAMETERS: Final[Mapping[str, tuple[str, ...]]] = {
     "/publish": PUBLISH_PARAMETERS,
     "/subscribe": SUBSCRIBE_PARAMETERS,
+    "/events": EVENTS_PARAMETERS,
 }
 #: Query parameters of the HTTP live feeds (docs/protocol.md's second table): those of
 #: /subscribe, and how long a long poll may be held.

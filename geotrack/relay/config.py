@@ -15,12 +15,15 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from ssl import SSLContext
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from geotrack.auth import Tokens
 from geotrack.errors import InvalidParameter
 from geotrack.relay.mqtt_messages import Broker, check_filter, check_template, parse_broker
 from geotrack.schema import MAX_BATCH
+
+if TYPE_CHECKING:
+    from geotrack.fences import Fence
 
 __all__ = ["DEFAULT_TILES", "OSM_ATTRIBUTION", "RelayConfig", "is_loopback", "server_tls"]
 
@@ -106,6 +109,14 @@ class RelayConfig:
     mqtt_brokers: tuple[Broker, ...] = ()
     #: The TLS context for mqtts:// brokers (made from ``cafile`` when one is mqtts://).
     mqtt_tls: SSLContext | None = None
+    #: A GeoJSON file of fences (``--fences``): stored positions are checked against them
+    #: and enter/exit events stored and sent on /events (docs/fences.md). Loaded into
+    #: ``fence_list`` here, so a bad file is refused before the relay starts.
+    fences: Path | None = None
+    #: Seconds a device must be seen inside before ``enter``, outside before ``exit``.
+    fence_dwell: float = 0.0
+    #: ``fences``, read (filled in from it).
+    fence_list: tuple[Fence, ...] = ()
 
     def __post_init__(self) -> None:
         _within("--port", self.port, 0, 65535)
@@ -135,6 +146,19 @@ class RelayConfig:
         if self.tokens is None and self.auth is not None:
             self.tokens = Tokens.load(self.auth)
         self._check_mqtt()
+        self._check_fences()
+
+    def _check_fences(self) -> None:
+        """Load ``fences`` (FenceError naming the feature) and check ``fence_dwell``."""
+        _within("--fence-dwell", self.fence_dwell, 0.0, 86400.0)
+        if self.fences is None:
+            if self.fence_dwell:
+                raise InvalidParameter("--fence-dwell", "give --fences FILE too")
+            return
+        if not self.fence_list:
+            from geotrack.fences import load_fences
+
+            self.fence_list = tuple(load_fences(self.fences))
 
     def _check_mqtt(self) -> None:
         """Read ``mqtt`` and check the options that only make sense with it."""

@@ -60,6 +60,7 @@ from geotrack.relay.access import (
 )
 from geotrack.relay.http_devices import device_id, parse_osmand, parse_owntracks
 from geotrack.relay.http_feeds import Feeds
+from geotrack.relay.http_fences import fence_item, fences_list
 from geotrack.relay.metrics import Family, exposition
 from geotrack.relay.publishers import RateLimiter
 from geotrack.relay.server import Relay
@@ -85,6 +86,7 @@ from geotrack.sources.overland import parse_overland
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
+    from geotrack.relay.fencing import Fencing
     from geotrack.relay.mqtt import MqttBridge
 
 __all__ = ["CONTENT_TYPES", "HttpListener"]
@@ -154,6 +156,8 @@ class HttpListener:
         self._limiters: dict[str, RateLimiter] = {}
         #: The relay's MQTT brokers (``--mqtt``), shown in /healthz and /metrics.
         self.mqtt: list[MqttBridge] = []
+        #: The relay's fences (``--fences``), for /api/fences; None without them.
+        self.fences: Fencing | None = None
         #: Long polling and Server-Sent Events (GET /api/positions/poll, /api/stream).
         self.feeds = Feeds(
             relay.store, relay.hub, relay.id, self._grant, self._viewable, self._store_call
@@ -192,6 +196,8 @@ class HttpListener:
         app.router.add_route("GET", "/api/devices", self._devices)
         app.router.add_get("/api/positions/poll", self.feeds.poll)
         app.router.add_get("/api/stream", self.feeds.stream)
+        app.router.add_get("/api/fences", self._fences_list)
+        app.router.add_route("*", "/api/fences/{name}", self._fence)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
         await self.feeds.start()
@@ -464,6 +470,12 @@ class HttpListener:
             return web.Response(status=304, headers={"ETag": etag})
         query = msgspec.structs.replace(query, devices=devices, etag=etag)
         return await self._stream_export(request, query)
+
+    async def _fences_list(self, request: web.Request) -> web.StreamResponse:
+        return await fences_list(request, self.fences, self._grant)
+
+    async def _fence(self, request: web.Request) -> web.StreamResponse:
+        return await fence_item(request, self.fences, self._grant)
 
     async def _devices(self, request: web.Request) -> web.StreamResponse:
         grant = self._grant(request, "subscribe")

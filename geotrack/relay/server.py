@@ -41,6 +41,7 @@ from geotrack.relay.access import (
     watch_tls_failures,
 )
 from geotrack.relay.config import RelayConfig
+from geotrack.relay.events import EventSubscriptions
 from geotrack.relay.fanout import Hub
 from geotrack.relay.ingest import GroupCommitter
 from geotrack.relay.metrics import Histogram
@@ -122,6 +123,11 @@ class Relay:
         #: Called after each commit with the positions it newly stored, after the fan-out
         #: (``--mqtt-publish`` forwards them); an exception is logged, not raised.
         self.stored_hooks: list[Callable[[list[Position]], None]] = []
+        #: Called with the positions other relays on the store stored, as the follower
+        #: reads them (the fence engine evaluates those too); exceptions are logged.
+        self.peer_hooks: list[Callable[[list[Position]], None]] = []
+        #: WebSocket /events: geofence events from the store (relay/events.py).
+        self.events = EventSubscriptions(self)
         #: Refused handshakes and requests (both transports), logged at a bounded rate.
         self.refusals = RefusalLog(log, self.config.refusals_logged, self.config.refusal_interval)
         # One commit's new positions all go to every subscriber at once: a commit larger
@@ -247,11 +253,11 @@ class Relay:
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         parts = urlsplit(request.path)
         role = literal_role(parts.path)
-        if role is None:
+        if role is None and parts.path != "/events":
             return _text_response(
                 connection,
                 HTTPStatus.NOT_FOUND,
-                f"no such endpoint {parts.path[:100]!r}: use /publish or /subscribe\n",
+                f"no such endpoint {parts.path[:100]!r}: use /publish or /subscribe (or /events)\n",
             )
         if self._stopping:
             return _text_response(
@@ -263,6 +269,8 @@ class Relay:
             return _text_response(
                 connection, HTTPStatus.SERVICE_UNAVAILABLE, "too many connections, retry later\n"
             )
+        if role is None:  # /events
+            return self.events.admit(connection, request, parts.query, _text_response)
         query = parse_qs(parts.query, keep_blank_values=True)
         try:
             grant = authorize(self.config.tokens, request.headers, query, role)
@@ -310,6 +318,14 @@ class Relay:
         return parse_time(text, time.time_ns() // 1_000_000, "since")
 
     async def _handle(self, ws: ServerConnection) -> None:
+        events = self.events.take(ws)
+        if events is not None and isinstance(ws, RelayConnection):
+            self._connected += 1
+            try:
+                await self.events.serve(ws, peer_name(ws), events)
+            finally:
+                self._connected -= 1
+            return
         admission = self._admissions.pop(ws, None)
         if admission is None or not isinstance(ws, RelayConnection):  # cannot happen
             await ws.close(CLOSE_STORE_FAILED, "internal error")
@@ -402,7 +418,13 @@ class Relay:
                     continue
                 if changes:
                     self.counters.from_peers += len(changes)
-                    self.hub.publish([c.position for c in changes])
+                    positions = [c.position for c in changes]
+                    self.hub.publish(positions)
+                    for hook in self.peer_hooks:
+                        try:
+                            hook(positions)
+                        except Exception:
+                            log.exception("a peer-positions hook failed")
         finally:
             await loop.run_in_executor(self._follow_executor, feed.close)
 

@@ -16,6 +16,7 @@ where each lives:
 from geotrack.schema.events import (
     EVENT_TYPES,
     EVENTS_PARAMETERS,
+    FENCE_NAME_MAX,
     Event,
     EventFilter,
     FenceState,
@@ -53,6 +54,7 @@ __all__ = [
     "DEVICE_PATTERN",
     "EVENTS_PARAMETERS",
     "EVENT_TYPES",
+    "FENCE_NAME_MAX",
     "MAX_ATTRS",
     "MAX_ATTR_KEY",
     "MAX_ATTR_STRING",

@@ -24,6 +24,7 @@ from geotrack.schema.time import parse_ts
 __all__ = [
     "EVENTS_PARAMETERS",
     "EVENT_TYPES",
+    "FENCE_NAME_MAX",
     "Event",
     "EventFilter",
     "FenceState",

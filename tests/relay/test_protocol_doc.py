@@ -23,7 +23,13 @@ from tests.relay_helpers import arun, running_http, running_relay
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 TOKEN = "both-roles-token-0123456789"
 #: A valid value of each parameter, to try it in a real handshake.
-VALUES = {"token": TOKEN, "device": "car-1", "bbox": "13,52,14,53", "since": "10m"}
+VALUES = {
+    "token": TOKEN,
+    "device": "car-1",
+    "bbox": "13,52,14,53",
+    "since": "10m",
+    "fence": "depot",
+}
 
 
 def documented() -> dict[str, set[str]]:

@@ -1,0 +1,259 @@
+"""The relay's geofencing: the fence engine in a worker thread, the fences file, reloads.
+
+:class:`Fencing` takes every position the relay stored (after the commit, and those its
+peers stored, read from the change feed) on a queue; one worker thread runs the
+:class:`~geotrack.fences.FenceEngine` on them, writes the events it decides to the store
+(where ``/events`` subscribers and other relays find them) and saves the engine's
+changed states, so the event loop never evaluates a fence and the acks never wait for it.
+
+The fences file is the one truth: SIGHUP rereads it (a file that does not load is logged
+and the fences in use stay), and the REST API (``PUT``/``DELETE /api/fences/NAME``)
+rereads it, changes one feature, writes it back atomically and applies it, so a hand
+edit not yet reloaded is not lost by a REST change and a reload after a REST change
+finds it in the file (docs/fences.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from geotrack.errors import FenceError, StoreError
+from geotrack.fences import Fence, FenceEngine, fence_from_feature, load_fences
+from geotrack.schema import Event, Position
+from geotrack.store import Store
+
+if TYPE_CHECKING:
+    from geotrack.relay.server import Relay
+
+__all__ = ["Fencing"]
+
+log = logging.getLogger("geotrack.relay")
+
+#: Positions taken from the queue for one evaluation at most.
+_MAX_BATCH = 20_000
+_Command = Callable[[], None]
+
+
+class Fencing:
+    """Fences and their engine for one relay; see the module docstring."""
+
+    def __init__(
+        self,
+        store: Store,
+        path: Path,
+        fences: Sequence[Fence],
+        dwell: float,
+        origin: str,
+    ) -> None:
+        self.store = store
+        self.path = path
+        self.dwell = dwell
+        self._origin = origin
+        self._fences: tuple[Fence, ...] = tuple(fences)
+        self._engine = FenceEngine(fences, dwell)
+        self._queue: queue.SimpleQueue[list[Position] | _Command | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._file_lock = asyncio.Lock()
+        #: Positions evaluated, events decided, events the store took as new (another
+        #: relay may have stored the same first), and failed store writes.
+        self.evaluated = 0
+        self.decided = 0
+        self.stored = 0
+        self.failures = 0
+
+    @classmethod
+    def from_file(cls, store: Store, path: Path, dwell: float, origin: str) -> Fencing:
+        """Load the fences file (FenceError when it does not load)."""
+        return cls(store, path, load_fences(path), dwell, origin)
+
+    @classmethod
+    async def attach(cls, relay: Relay) -> Fencing:
+        """Start the fencing of a started relay from its config (``--fences``): every
+        position it stores, and every one its peers store, is evaluated."""
+        config = relay.config
+        if config.fences is None:
+            raise FenceError("--fences", "no fences file given")
+        fencing = cls(relay.store, config.fences, config.fence_list, config.fence_dwell, relay.id)
+        await fencing.start()
+        relay.stored_hooks.append(fencing.submit)
+        relay.peer_hooks.append(fencing.submit)
+        log.info(
+            "fences: %d from %s, dwell %gs; events on %s/events",
+            len(fencing.fences),
+            config.fences,
+            config.fence_dwell,
+            relay.url,
+        )
+        return fencing
+
+    @property
+    def fences(self) -> tuple[Fence, ...]:
+        """The fences in use."""
+        return self._fences
+
+    async def start(self) -> None:
+        """Load the saved states (the state survives a restart), start the worker."""
+        states = await asyncio.to_thread(self.store.fence_states)
+        self._engine.load(states)
+        self._thread = threading.Thread(target=self._run, name="geotrack-fences", daemon=True)
+        self._thread.start()
+
+    def submit(self, positions: list[Position]) -> None:
+        """Queue newly stored positions for evaluation (cheap: called on the event loop)."""
+        if positions and not self._stopping:
+            self._queue.put(positions)
+
+    async def stop(self) -> None:
+        """Evaluate what is queued, then stop the worker."""
+        self._stopping = True
+        self._queue.put(None)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+
+    # -- changing the fences -----------------------------------------------------------
+
+    def _apply(self, fences: Sequence[Fence]) -> None:
+        """Use these fences from the next evaluation on (in the worker's order)."""
+        self._fences = tuple(fences)
+        engine = self._engine
+        self._queue.put(lambda: engine.set_fences(fences))
+
+    async def reload(self) -> bool:
+        """Reread the fences file (SIGHUP); on an error log it and keep the fences in use."""
+        async with self._file_lock:
+            try:
+                fences = await asyncio.to_thread(load_fences, self.path)
+            except FenceError as exc:
+                log.error("fences not reloaded, the %d in use stay: %s", len(self._fences), exc)
+                return False
+            self._apply(fences)
+        log.info("fences reloaded from %s: %d fences", self.path, len(fences))
+        return True
+
+    async def put(self, name: str, feature: Any) -> bool:
+        """Add or replace the fence ``name`` in the file and in use; True when it is new.
+
+        FenceError when the feature is not a fence, or the file does not load now.
+        """
+        fence = fence_from_feature(feature, f"fence {name!r}", name=name)
+        properties = dict(fence.feature.get("properties") or {})
+        properties["name"] = name
+        fence.feature["properties"] = properties
+        async with self._file_lock:
+            fences = await asyncio.to_thread(load_fences, self.path)
+            new = all(f.name != name for f in fences)
+            fences = [fence if f.name == name else f for f in fences]
+            if new:
+                fences.append(fence)
+            await asyncio.to_thread(_write, self.path, fences)
+            self._apply(fences)
+        log.info("fence %r %s through the REST API", name, "added" if new else "replaced")
+        return new
+
+    async def delete(self, name: str) -> bool:
+        """Remove the fence ``name`` from the file and from use; False when there is none."""
+        async with self._file_lock:
+            fences = await asyncio.to_thread(load_fences, self.path)
+            kept = [f for f in fences if f.name != name]
+            if len(kept) == len(fences):
+                return False
+            await asyncio.to_thread(_write, self.path, kept)
+            self._apply(kept)
+        log.info("fence %r deleted through the REST API", name)
+        return True
+
+    # -- the worker thread -------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if callable(item):
+                item()
+                continue
+            batch = list(item)
+            # Take what else is queued, up to a command: one evaluation, one store write.
+            while len(batch) < _MAX_BATCH:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if not isinstance(more, list):
+                    self._evaluate(batch)
+                    if more is None:
+                        return
+                    more()
+                    batch = []
+                    continue
+                batch.extend(more)
+            self._evaluate(batch)
+
+    def _evaluate(self, positions: list[Position]) -> None:
+        if not positions:
+            return
+        try:
+            events = self._engine.evaluate(positions)
+        except Exception:  # an engine bug must not stop the worker
+            log.exception("evaluating %d positions against the fences failed", len(positions))
+            return
+        self.evaluated += len(positions)
+        self.decided += len(events)
+        if events:
+            self._write(events)
+        states = self._engine.take_changed()
+        if states:
+            try:
+                self.store.save_fence_states(states)
+            except StoreError as exc:
+                self.failures += 1
+                log.error("saving %d fence states failed: %s", len(states), exc)
+
+    def _write(self, events: list[Event]) -> None:
+        """Store events, retrying while the store fails (until the relay stops)."""
+        pause = 0.1
+        while True:
+            try:
+                new = self.store.write_events(events, self._origin)
+            except StoreError as exc:
+                self.failures += 1
+                if self._stopping:
+                    log.error("%d fence events lost at shutdown: %s", len(events), exc)
+                    return
+                log.error("storing %d fence events failed, retrying: %s", len(events), exc)
+                time.sleep(pause)
+                pause = min(pause * 2, 5.0)
+                continue
+            self.stored += sum(new)
+            for event, fresh in zip(events, new, strict=True):
+                if fresh:
+                    log.info(
+                        "event %s: %s %s at %s", event.type, event.device, event.fence, event.ts
+                    )
+            return
+
+
+def _write(path: Path, fences: Sequence[Fence]) -> None:
+    """Write the fences as a FeatureCollection, atomically (a temporary file, renamed)."""
+    document = {"type": "FeatureCollection", "features": [f.feature for f in fences]}
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with temporary.open("w", encoding="utf-8") as out:
+            json.dump(document, out, indent=1, ensure_ascii=False)
+            out.write("\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise FenceError(str(path), f"cannot write: {exc.strerror or exc}") from None
