@@ -21,6 +21,7 @@ from geotrack.relay.server import Counters, Relay
 from geotrack.store import Store
 
 if TYPE_CHECKING:
+    from geotrack.relay.fencing import Fencing
     from geotrack.relay.mqtt import MqttBridge
 
 __all__ = ["STOP_SIGNALS", "serve"]
@@ -47,20 +48,24 @@ async def serve(store: Store, config: RelayConfig, stop: asyncio.Event | None = 
             address,
         )
     await relay.start()
+    fencing = await _start_fencing(relay, config)
     listener = None
     if config.http_port is not None:
         from geotrack.relay.http import HttpListener
 
         listener = HttpListener(relay, config.http_address, config.http_port, config.tokens)
+        listener.fences = fencing
         try:
             await listener.start()
         except BaseException:
             await relay.stop()
+            if fencing is not None:
+                await fencing.stop()
             raise
     bridges = await _start_mqtt(relay, config)
     if listener is not None:
         listener.mqtt = bridges
-    with _signals_set(stop):
+    with _signals_set(stop), _reload_on_sighup(fencing):
         log.info("geotrack relay listening on %s (store %s)", relay.url, store.display_url)
         log.info("publish to %s/publish, subscribe at %s/subscribe", relay.url, relay.url)
         if listener is not None:
@@ -77,6 +82,8 @@ async def serve(store: Store, config: RelayConfig, stop: asyncio.Event | None = 
         if listener is not None:
             await listener.stop()  # before the relay: what it accepted still gets stored
         await relay.stop()
+        if fencing is not None:
+            await fencing.stop()  # after the relay: every committed position is evaluated
     c = relay.counters
     log.info("stopped: %d stored, %d duplicates, %d rejected", c.stored, c.duplicates, c.rejected)
     return c
@@ -110,6 +117,45 @@ async def _start_mqtt(relay: Relay, config: RelayConfig) -> list[MqttBridge]:
         await bridge.start()
         log.info("MQTT: subscribing to %s as %s", bridge.broker.url, bridge.client_id)
     return bridges
+
+
+async def _start_fencing(relay: Relay, config: RelayConfig) -> Fencing | None:
+    """With ``--fences``, a started :class:`Fencing` fed by every stored position."""
+    if config.fences is None:
+        return None
+    from geotrack.relay.fencing import Fencing
+
+    try:
+        return await Fencing.attach(relay)
+    except BaseException:
+        await relay.stop()
+        raise
+
+
+@contextlib.contextmanager
+def _reload_on_sighup(fencing: Fencing | None) -> Iterator[None]:
+    """SIGHUP rereads the fences file while inside (when there is one)."""
+    loop = asyncio.get_running_loop()
+    if fencing is None or not hasattr(signal, "SIGHUP"):
+        yield
+        return
+    tasks: set[asyncio.Task[bool]] = set()
+
+    def reload() -> None:
+        log.info("SIGHUP: reloading the fences from %s", fencing.path)
+        task = loop.create_task(fencing.reload())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    try:
+        loop.add_signal_handler(signal.SIGHUP, reload)
+    except (NotImplementedError, RuntimeError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGHUP)
 
 
 def _start_retention(store: Store, config: RelayConfig) -> Retention | None:
