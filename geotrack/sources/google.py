@@ -23,7 +23,6 @@ memory stays flat.
 from __future__ import annotations
 
 import itertools
-import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,13 +31,15 @@ from typing import Any, Final
 from geotrack._text import plural
 from geotrack.errors import GeotrackError, InvalidParameter, SourceError
 from geotrack.schema import Position, ms_to_ts, ts_to_ms, validate
-from geotrack.sources.base import Format, Item, Notice, ReadOptions
+from geotrack.sources.base import Format, Item, Notice, ReadOptions, haversine_m
 from geotrack.sources.jsonstream import (
     E7,
     file_time,
     head_text,
     number,
+    optional,
     read_head,
+    required,
     skip,
     stem_device,
     stream_items,
@@ -66,7 +67,6 @@ _RECORD_FIELDS: Final = frozenset(
         "activity",
     }
 )
-_EARTH_RADIUS_M: Final = 6_371_008.8
 
 
 def sniff_google(head: bytes) -> bool:
@@ -157,10 +157,10 @@ class _Reader:
         """
         for item in items:
             if isinstance(item, Position):
-                if item.ts == self._last_ts:
+                if item.time == self._last_ts:
                     self.shared += 1
                     continue
-                self._last_ts = item.ts
+                self._last_ts = item.time
             yield item
 
     def _position(self, lat: float, lon: float, ts: str, **rest: Any) -> Position:
@@ -185,14 +185,14 @@ class _Reader:
             activity = _top_activity(record.get("activity"))
             if activity:
                 attrs["activity"] = activity
-            heading = _optional(record, "heading")
-            speed = _optional(record, "velocity")
-            accuracy = _optional(record, "accuracy")
+            heading = optional(record, "heading")
+            speed = optional(record, "velocity")
+            accuracy = optional(record, "accuracy")
             yield self._position(
-                _e7(_required(record, "latitudeE7"), "latitudeE7", 90),
-                _e7(_required(record, "longitudeE7"), "longitudeE7", 180),
+                _e7(required(record, "latitudeE7"), "latitudeE7", 90),
+                _e7(required(record, "longitudeE7"), "longitudeE7", 180),
                 file_time(stamp, "timestamp", self.tz),
-                alt=_optional(record, "altitude"),
+                alt=optional(record, "altitude"),
                 acc=accuracy if accuracy is None or accuracy >= 0 else None,
                 speed=speed if speed is None or speed >= 0 else None,
                 heading=None if heading is None or heading < 0 else heading % 360,
@@ -263,8 +263,8 @@ class _Reader:
                 if not isinstance(location, dict):
                     raise InvalidParameter(edge, "required")
                 point = (
-                    _e7(_required(location, "latitudeE7"), f"{edge}.latitudeE7", 90),
-                    _e7(_required(location, "longitudeE7"), f"{edge}.longitudeE7", 180),
+                    _e7(required(location, "latitudeE7"), f"{edge}.latitudeE7", 90),
+                    _e7(required(location, "longitudeE7"), f"{edge}.longitudeE7", 180),
                 )
                 ends.append(point)
                 yield self._position(*point, ts, attrs=attrs)
@@ -289,10 +289,10 @@ class _Reader:
                 if stamp is None:
                     raise InvalidParameter("timestamp", "required")
                 yield self._position(
-                    _e7(_required(point, "latE7"), "latE7", 90),
-                    _e7(_required(point, "lngE7"), "lngE7", 180),
+                    _e7(required(point, "latE7"), "latE7", 90),
+                    _e7(required(point, "lngE7"), "lngE7", 180),
                     file_time(stamp, "timestamp", self.tz),
-                    acc=_optional(point, "accuracyMeters"),
+                    acc=optional(point, "accuracyMeters"),
                     attrs=attrs,
                 )
             except (GeotrackError, ValueError) as exc:
@@ -304,7 +304,7 @@ class _Reader:
         """The waypoints between the first and the last, timed by distance along the path."""
         try:
             points = [
-                (_e7(_required(w, "latE7"), "latE7", 90), _e7(_required(w, "lngE7"), "lngE7", 180))
+                (_e7(required(w, "latE7"), "latE7", 90), _e7(required(w, "lngE7"), "lngE7", 180))
                 for w in waypoints
             ]
         except (GeotrackError, ValueError, TypeError, AttributeError) as exc:
@@ -312,7 +312,7 @@ class _Reader:
             return
         along = [0.0]
         for a, b in itertools.pairwise(points):
-            along.append(along[-1] + _haversine_m(*a, *b))
+            along.append(along[-1] + haversine_m(*a, *b))
         start_ms, end_ms = ts_to_ms(start), ts_to_ms(end)
         total = along[-1]
         if total <= 0 or end_ms - start_ms < len(points):
@@ -334,7 +334,7 @@ class _Reader:
             yield skip(InvalidParameter("segment", "expected an object"), where)
             return
         try:
-            start = file_time(_required(segment, "startTime"), "startTime", self.tz)
+            start = file_time(required(segment, "startTime"), "startTime", self.tz)
             end = file_time(segment.get("endTime", segment["startTime"]), "endTime", self.tz)
         except (GeotrackError, ValueError) as exc:
             yield skip(exc, where)
@@ -376,7 +376,7 @@ class _Reader:
                 ts = file_time(point["time"], "time", self.tz)
             else:
                 minutes = number(
-                    _required(point, "durationMinutesOffsetFromStartTime"),
+                    required(point, "durationMinutesOffsetFromStartTime"),
                     "durationMinutesOffsetFromStartTime",
                 )
                 ts = ms_to_ts(ts_to_ms(start) + round(minutes * 60_000))
@@ -389,31 +389,17 @@ class _Reader:
         if not isinstance(position, dict):
             return  # wifiScan, activityRecord: no position in them
         try:
-            speed = _optional(position, "speedMetersPerSecond")
+            speed = optional(position, "speedMetersPerSecond")
             yield self._position(
                 *parse_point(position.get("LatLng", position.get("latLng")), "position.LatLng"),
-                file_time(_required(position, "timestamp"), "position.timestamp", self.tz),
-                acc=_optional(position, "accuracyMeters"),
-                alt=_optional(position, "altitudeMeters"),
+                file_time(required(position, "timestamp"), "position.timestamp", self.tz),
+                acc=optional(position, "accuracyMeters"),
+                alt=optional(position, "altitudeMeters"),
                 speed=speed if speed is None or speed >= 0 else None,
                 attrs={"source": position.get("source")},
             )
         except (GeotrackError, ValueError) as exc:
             yield skip(exc, where)
-
-
-def _required(holder: Any, key: str) -> Any:
-    if not isinstance(holder, dict):
-        raise InvalidParameter(key, "required")
-    value = holder.get(key)
-    if value is None:
-        raise InvalidParameter(key, "required")
-    return value
-
-
-def _optional(holder: dict[str, Any], key: str) -> float | None:
-    value = holder.get(key)
-    return None if value is None else number(value, key)
 
 
 def _scalar(value: object) -> bool:
@@ -429,13 +415,6 @@ def _top_activity(activity: object) -> str | None:
         return None
     kind = guesses[0].get("type")
     return kind if isinstance(kind, str) else None
-
-
-def _haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lon2 - lon1)
-    h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * _EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(h)))
 
 
 FORMAT: Final = Format(

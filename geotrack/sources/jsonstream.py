@@ -27,7 +27,9 @@ __all__ = [
     "file_time",
     "head_text",
     "number",
+    "optional",
     "read_head",
+    "required",
     "skip",
     "stem_device",
     "stream_items",
@@ -183,6 +185,20 @@ def number(value: object, name: str) -> float:
     if not math.isfinite(result):
         raise InvalidParameter(name, "must be a finite number")
     return result
+
+
+def required(holder: Any, key: str) -> Any:
+    """``holder[key]``; InvalidParameter(key, "required") when it is missing or null."""
+    value = holder.get(key) if isinstance(holder, dict) else None
+    if value is None:
+        raise InvalidParameter(key, "required")
+    return value
+
+
+def optional(holder: dict[str, Any], key: str) -> float | None:
+    """``holder[key]`` as a finite number, or None when it is missing or null."""
+    value = holder.get(key)
+    return None if value is None else number(value, key)
 
 
 def skip(exc: Exception, where: str) -> Skipped:
