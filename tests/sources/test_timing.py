@@ -13,7 +13,9 @@ import pytest
 
 from geotrack.sources.timing import SHARED_TIME, Anchor, RawPoint, place_track
 from tests.cli_helpers import geotrack
+from tests.conftest import free_port
 from tests.factories import stored
+from tests.relay_helpers import relay_process
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 GPX_OPEN = '<?xml version="1.0"?><gpx version="1.1" xmlns="http://www.topografix.com/GPX/1/1">'
@@ -48,6 +50,24 @@ def test_points_at_one_time_exit_1_and_retime_stores_them(tmp_path: Path) -> Non
     assert len(positions) == 184
     assert positions[0].ts == "1901-12-13T20:45:52.207Z"
     assert {(p.attrs or {}).get("track") for p in positions} == {"Ride"}
+
+
+def test_publishing_points_at_one_time_exits_non_zero_and_twice_stores_once(
+    tmp_path: Path,
+) -> None:
+    stuck_clock_gpx(tmp_path / "ride.gpx", n=20)
+    shutil.copy(SAMPLES / "no_times.gpx", tmp_path / "planned.gpx")
+    port = free_port()
+    url = f"ws://127.0.0.1:{port}"
+    with relay_process("sqlite:///relay.db", port, cwd=tmp_path):
+        stuck = geotrack("publish", "--url", url, "ride.gpx", "--speed", "0", cwd=tmp_path)
+        first = geotrack("publish", "--url", url, "planned.gpx", "--speed", "0", cwd=tmp_path)
+        again = geotrack("publish", "--url", url, "planned.gpx", "--speed", "0", cwd=tmp_path)
+    assert stuck.returncode != 0, stuck.stderr
+    assert "track 'Ride': 19 of 20 points have the same time" in stuck.stderr
+    assert (first.returncode, again.returncode) == (0, 0), first.stderr + again.stderr
+    devices = [p.device for p in stored(tmp_path / "relay.db")]
+    assert (devices.count("ride"), devices.count("planned")) == (1, 60)
 
 
 @pytest.mark.parametrize(
