@@ -16,6 +16,7 @@ from geotrack.sources.base import Item, Notice, Skipped
 from geotrack.sources.replay import SAME_TIME, Input, _pages, schedule, stored_lanes
 from geotrack.store import open_store
 from tests.factories import T0, pos, stored
+from tests.mongo_servers import fresh_database, nx27017_server
 from tests.relay_helpers import arun, running_relay
 
 DAY = 86_400_000
@@ -237,3 +238,30 @@ def test_priming_raises_for_a_file_that_cannot_be_read_at_all() -> None:
     source.prime()
     assert [p.device for _, p in schedule([source])] == ["a"]
     assert opened == 2  # the primed lane is the one played, not a second read
+
+
+def test_a_mongodb_store_replays_into_a_relay_on_sqlite(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The store source uses only the Store interface: MongoDB (nx-27017) pages the same."""
+    nx = nx27017_server(request)
+    database = fresh_database()
+    request.addfinalizer(lambda: nx.drop_database(database))
+    fleet = [pos(d, i, ts=ms_to_ts(T0 + i * 1000)) for d in ("bus-1", "bus-2") for i in range(25)]
+    with open_store(nx.url(database)) as store:
+        store.write(fleet)
+
+    async def main() -> int:
+        with open_store(nx.url(database), create=False) as a:
+            paged = list(_pages(a, "bus-2", T0 + 3000, T0 + 20_000, 4))
+            assert paged == [p for p in fleet if p.device == "bus-2"][3:21]
+            plan = list(schedule([Input("a", lambda: stored_lanes(a), ordered=True)]))
+            async with running_relay(tmp_path / "b.db") as relay:
+                publisher = Publisher(relay.url)
+                await publisher.connect()
+                assert await play(plan, publisher, speed=0)
+                await publisher.close()
+        return publisher.stats.stored
+
+    assert arun(main()) == 50
+    assert stored(tmp_path / "b.db") == fleet
