@@ -75,7 +75,8 @@ class _Placemark:
 
 def _sniff(head: bytes) -> bool:
     if head.startswith(b"PK\x03\x04"):
-        return b".kml" in head[30:400].lower()
+        # A KMZ's entries' names are in their local headers: doc.kml, usually first.
+        return b".kml" in head.lower()
     return _KML_ROOT_RE.search(head) is not None
 
 

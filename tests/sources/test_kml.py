@@ -298,6 +298,19 @@ def test_wrong_files_get_one_line(tmp_path: Path, content: bytes, reason: str) -
     assert refused(path).startswith(reason)
 
 
+def test_truncated_kmz_is_one_line(tmp_path: Path) -> None:
+    text = (SAMPLES / "gxtrack.kml").read_text(encoding="utf-8")
+    path = kmz(tmp_path, {"doc.kml": text})
+    path.write_bytes(path.read_bytes()[:-30])
+    assert refused(path).startswith("a broken KMZ (ZIP) file")
+
+
+def test_kmz_with_its_kml_after_images_is_detected(tmp_path: Path) -> None:
+    text = (SAMPLES / "gxtrack.kml").read_text(encoding="utf-8")
+    path = kmz(tmp_path, {"images/a.png": "x" * 5000, "doc.kml": text}, "trip.zip")
+    assert detect(path) is FORMAT
+
+
 def test_kmz_without_kml(tmp_path: Path) -> None:
     assert refused(kmz(tmp_path, {"a.txt": "x"})) == "a ZIP archive without a .kml file: not a KMZ"
 
