@@ -197,7 +197,11 @@ class _Reporter(ImportProgress):
         now = time.monotonic()
         rate = positions / max(now - self.started, 1e-6)
         if self.bar is not None and self.task is not None:
-            self.bar.update(self.task, completed=done_bytes or 0, positions=positions, rate=rate)
+            if done_bytes is None:
+                # A reader that does not say how far it got: a pulsing bar, no ETA.
+                self.bar.update(self.task, total=None, positions=positions, rate=rate)
+            else:
+                self.bar.update(self.task, completed=done_bytes, positions=positions, rate=rate)
         elif not self.quiet and now - self.last_line >= _PLAIN_EVERY_S:
             self.last_line = now
             share = f", {done_bytes / self.size:.0%}" if done_bytes and self.size else ""
