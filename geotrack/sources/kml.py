@@ -58,7 +58,8 @@ _ATTR_NAMES: Final = {
     "temperature": "atemp",
 }
 _FIELDS: Final = {"speed": "speed", "heading": "heading", "acc": "acc", "accuracy": "acc"}
-_TEXT: Final = frozenset({"name", "when", "begin", "end", "coord", "coordinates", "value", "Data"})
+# The elements whose text is read.
+_TEXT: Final = frozenset({"name", "when", "begin", "end", "coord", "coordinates", "value"})
 
 
 @dataclass
@@ -141,7 +142,6 @@ class _Reader:
         self.untimed: list[tuple[str, str, list[RawPoint]]] = []
         self.timed_points: list[RawPoint] = []
         self.places = 0
-        self.seen_kml = False
 
     def walk(self, stream: Iterator[tuple[str, str, object]]) -> Iterator[Item]:
         stack: list[str] = []
