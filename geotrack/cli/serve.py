@@ -213,7 +213,8 @@ def serve(
 
     With --http-port, phones and trackers post over HTTP in the same process (Traccar
     Client, OsmAnd and GPSLogger to /, OwnTracks to /owntracks, Overland to /overland), and
-    the REST API, /healthz and /metrics are served there (docs/http.md), with the live web map at / (docs/web.md).
+    the REST API, /healthz and /metrics are served there (docs/http.md), with the live web
+    map at / (docs/web.md).
 
     Examples:
 
