@@ -11,7 +11,7 @@ namespace (:data:`geotrack.gpx_extensions.GT_NAMESPACE`), which
 Heart rate, cadence and temperatures (``attrs`` ``hr``, ``cad``, ``atemp``, ``wtemp``,
 ``depth``: the names :mod:`geotrack.sources.gpx` gives them) go into Garmin's
 TrackPointExtension v2 instead, where Garmin tools, Strava and gpxpy look for them, when
-their values fit its schema (``hr``/``cad`` whole numbers 0-255); other values stay
+their values fit its schema (``hr`` a whole number 1-255, ``cad`` 0-254); other values stay
 ``gt:attr``. A track's name (``attrs["track"]``, as readers keep it) becomes the
 ``<trk>``'s ``<name>``, and the device id goes into the ``<trk>``'s extensions
 (``<gt:device>``) so that reading the file back restores both.
@@ -48,13 +48,13 @@ _HEADER: Final = (
     f' xmlns:gpxtpx="{TPX_NAMESPACE}">\n'
 )
 # Its elements in the order its schema fixes, with the integer range of those that are
-# xsd:unsignedByte (None: any finite number).
+# xsd:unsignedByte, as TCX bounds them too (None: any finite number).
 _TPX_FIELDS: Final[dict[str, tuple[int, int] | None]] = {
     "atemp": None,
     "wtemp": None,
     "depth": None,
-    "hr": (0, 255),
-    "cad": (0, 255),
+    "hr": (1, 255),
+    "cad": (0, 254),
 }
 _NOT_XML_CHAR: Final = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 # '"' is escaped in text too: gpxpy finds namespace declarations with a regular expression

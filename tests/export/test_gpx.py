@@ -361,6 +361,7 @@ def test_gpxpy_reads_garmins_extension_back() -> None:
     [
         {"hr": 120.5},  # not a whole number: the schema's unsignedByte cannot hold it
         {"hr": 300, "cad": -1},
+        {"hr": 0, "cad": 255},
         {"hr": True},
         {"hr": "120"},
         {"atemp": None},
