@@ -11,6 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from typer.testing import CliRunner
+
+from geotrack.cli import app
+from geotrack.cli import import_ as import_cli
 from geotrack.export.csv import write_csv
 from geotrack.export.ndjson import write_ndjson
 from tests.cli_helpers import env, geotrack, only_error
@@ -162,3 +167,17 @@ def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     text = b"".join(chunks).decode(errors="replace")
     assert re.search(r"big\.ndjson.*[\d,]+ positions, [\d,]+/s", text), text[-2000:]
     assert f"{path} (ndjson): read 150,000, stored 150,000, 0 duplicates" in text
+
+
+def test_plain_progress_lines_where_stderr_is_not_a_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Elsewhere than a terminal (a log): a plain progress line now and then, no bar."""
+    ndjson, _ = write_files(tmp_path)
+    monkeypatch.setattr(import_cli, "_PLAIN_EVERY_S", 0.0)  # a line at every batch
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["import", str(ndjson), "--store", "sqlite:///g.db"])
+    assert result.exit_code == 0, result.output
+    first = lines(result.output)[0]
+    assert re.fullmatch(rf"{re.escape(str(ndjson))}: 40 positions, 100% \([\d,]+/s\)", first)
+    assert lines(result.output)[-1] == f"{ndjson} (ndjson): read 40, stored 40, 0 duplicates"
