@@ -109,6 +109,12 @@ def read_google(path: Path, options: ReadOptions) -> Iterator[Item]:
             yield from reader.record(record, f"locations {n}")
     else:
         raise SourceError(str(path), "not Google location history: expected a JSON object")
+    if reader.tags is not None and len(reader.tags) > 1:
+        devices = ", ".join(sorted(reader.tags.values()))
+        yield Notice(
+            f"{len(reader.tags)} phones in the file (deviceTag), stored as {devices}: "
+            "give --device to store them as one"
+        )
     if reader.shared:
         yield Notice(
             f"{plural(reader.shared, 'segment end')} at the time the next segment starts "
@@ -145,6 +151,8 @@ class _Reader:
         self.device = device
         self.tz = options.tz
         self.waypoints = 0
+        # Records.json's deviceTag -> device id, unless --device merges them (see record()).
+        self.tags: dict[object, str] | None = None if options.device else {}
         self.shared = 0
         self._last_ts = ""
 
@@ -163,12 +171,28 @@ class _Reader:
                 self._last_ts = item.time
             yield item
 
-    def _position(self, lat: float, lon: float, ts: str, **rest: Any) -> Position:
+    def _position(
+        self, lat: float, lon: float, ts: str, device: str | None = None, **rest: Any
+    ) -> Position:
         fields = {k: v for k, v in rest.items() if v is not None}
         attrs = {k: v for k, v in fields.pop("attrs", {}).items() if v is not None}
         if attrs:
             fields["attrs"] = attrs
-        return validate({"device": self.device, "lat": lat, "lon": lon, "ts": ts, **fields})
+        position = {"device": device or self.device, "lat": lat, "lon": lon, "ts": ts}
+        return validate(position | fields)
+
+    def tagged(self, tag: object) -> str | None:
+        """The device of a Records.json ``deviceTag``: each phone of the account its own.
+
+        The first tag in the file is the file's device, each other one ``DEVICE-TAG``, so
+        two phones' fixes do not zigzag as one track; with ``--device`` all are that one.
+        """
+        if self.tags is None or not isinstance(tag, int | str) or isinstance(tag, bool):
+            return None
+        found = self.tags.get(tag)
+        if found is None:
+            found = self.tags[tag] = f"{self.device[:40]}-{tag}"[:64] if self.tags else self.device
+        return found
 
     # -- Records.json ------------------------------------------------------------------
 
@@ -192,6 +216,7 @@ class _Reader:
                 _e7(required(record, "latitudeE7"), "latitudeE7", 90),
                 _e7(required(record, "longitudeE7"), "longitudeE7", 180),
                 file_time(stamp, "timestamp", self.tz),
+                device=self.tagged(record.get("deviceTag")),
                 alt=optional(record, "altitude"),
                 acc=accuracy if accuracy is None or accuracy >= 0 else None,
                 speed=speed if speed is None or speed >= 0 else None,

@@ -108,6 +108,30 @@ def test_records_json_every_field(tmp_path: Path) -> None:
     assert {p.device for p in positions(read(path, device="phone"))} == {"phone"}
 
 
+def test_records_of_several_phones_are_several_devices(tmp_path: Path) -> None:
+    def fix(i: int, tag: int) -> dict[str, Any]:
+        return {
+            "timestampMs": str(1_600_000_000_000 + i * 1000),
+            "latitudeE7": 480000000 + i,
+            "longitudeE7": 20000000,
+            "deviceTag": tag,
+        }
+
+    path = write(tmp_path, {"locations": [fix(0, 7), fix(1, -99), fix(2, 7), fix(3, -99)]})
+    items = read(path)
+    assert [p.device for p in positions(items)] == ["Records", "Records--99"] * 2
+    assert (
+        Notice(
+            "2 phones in the file (deviceTag), stored as Records, Records--99: give "
+            "--device to store them as one"
+        )
+        in items
+    )
+    merged = read(path, device="phone")
+    assert {p.device for p in positions(merged)} == {"phone"}
+    assert not [i for i in merged if isinstance(i, Notice)]
+
+
 def test_records_json_sample() -> None:
     """A real Records.json, randomized (reitti's test data)."""
     path = GOOGLE / "Records.json"
