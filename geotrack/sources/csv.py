@@ -15,11 +15,11 @@ is mapped by name, case and spaces ignored, units in brackets dropped:
 
 Times are Unix seconds or milliseconds (told apart by magnitude: from 1e11 on, a number
 is milliseconds), RFC 3339, or local times without an offset, which need a zone
-(``ReadOptions.tz``, ``--tz``). The delimiter is whichever of ``,`` ``;`` tab ``|`` maps
-the header; with ``;``, tab or ``|`` a decimal comma is read as a point. A UTF-8 BOM and
-quoted headers are fine; a file that is not UTF-8 is read as Windows-1252. Rows are
-streamed with the csv module; a row that is not a valid position is a Skipped naming its
-line.
+(``ReadOptions.tz``, ``--tz``) unless the time column's header says UTC or GMT. The
+delimiter is whichever of ``,`` ``;`` tab ``|`` maps the header; with ``;``, tab or ``|``
+a decimal comma is read as a point. A UTF-8 BOM and quoted headers are fine; a file that
+is not UTF-8 is read as Windows-1252. Rows are streamed with the csv module; a row that
+is not a valid position is a Skipped naming its line.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import math
 import re
 import typing
 from collections.abc import Iterator
-from datetime import datetime, tzinfo
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import IO, Any, Final
 
@@ -88,6 +88,9 @@ class _Columns(msgspec.Struct):
     attrs: dict[str, int]
     ignored: list[str]
     speed_factor: float = 1.0
+    #: The time column's header says UTC (``Time (UTC)``, ``gmt_time``): times without
+    #: an offset are UTC, not local.
+    utc: bool = False
 
 
 def _normalize(name: str) -> str:
@@ -124,7 +127,12 @@ def columns(header: list[str]) -> _Columns:
                         factor = value
                 if _KNOTS.search(lowered):
                     factor = 0.514444
-    return _Columns(roles, attrs, ignored, factor)
+    utc = any(
+        re.search(r"\b(utc|gmt)\b", header[roles[role]].lower().replace("_", " "))
+        for role in ("time", "date")
+        if role in roles
+    )
+    return _Columns(roles, attrs, ignored, factor, utc)
 
 
 def _header(text: str) -> tuple[str, list[str], _Columns] | None:
@@ -424,7 +432,7 @@ def _other_rows(
     device_i = roles.get("device")
     fallback = options.device or _device_id(path.name.split(".", 1)[0])
     devices: dict[str, str] = {}
-    tz = options.tz
+    tz = options.tz or (UTC if mapped.utc else None)
     factor = mapped.speed_factor
     for cells in rows:
         line = rows.line_num + 1  # the header was read before the csv reader

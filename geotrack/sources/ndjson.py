@@ -37,12 +37,13 @@ _BLOCK: Final = 1 << 20
 _decode_block: Final = msgspec.json.Decoder(list[Position]).decode
 _decode_any: Final = msgspec.json.Decoder().decode
 _DEVICE_RE: Final = re.compile(DEVICE_PATTERN)
+_BOM: Final = b"\xef\xbb\xbf"
 _NOT_IN_DEVICE: Final = re.compile(r"[^A-Za-z0-9._:-]+")
 
 
 def sniff(head: bytes) -> bool:
     """Whether the first non-blank line is a JSON object with ``lat``, ``lon`` and ``ts``."""
-    for raw in head.splitlines()[:50]:
+    for raw in head.removeprefix(_BOM).splitlines()[:50]:
         line = raw.strip()
         if not line:
             continue
@@ -89,6 +90,8 @@ def _read(path: Path, options: ReadOptions) -> Iterator[Item]:
             if not chunk:
                 break
             data = rest + chunk
+            if line_no == 1 and not rest:
+                data = data.removeprefix(_BOM)  # written by some Windows tools
             end = data.rfind(b"\n")
             if end < 0:
                 rest = data

@@ -138,3 +138,16 @@ def test_sniff() -> None:
     assert not sniff(b"name,x,y\n")
     assert not sniff(b'{"lat": 1}')
     assert not sniff(b"lat,lon\0\0\0")
+
+
+def test_a_header_that_says_utc_needs_no_zone(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "t.tsv", "Latitude\tLongitude\tTime (UTC)\n52,5\t13,4\t2025-11-25 12:00:00\n"
+    )
+    (p,) = positions(read(path))
+    assert (p.lat, p.time) == (52.5, ms_to_ts(T0))
+
+
+def test_pipes_and_a_header_only_file(tmp_path: Path) -> None:
+    path = write(tmp_path / "t.txt", "lat|lon|unix_time|timestamp\n")
+    assert read(path) == [Notice("columns not imported: unix_time")]

@@ -107,3 +107,10 @@ def test_retime_gives_lines_sharing_a_time_their_own(tmp_path: Path) -> None:
     items = list(read_ndjson(export(same, tmp_path / "t.ndjson"), ReadOptions(retime_kmh=50)))
     times = [p.ts_ms for p in items if isinstance(p, Position)]
     assert times[0] == same[0].ts_ms and times[0] < times[1] < times[2]
+
+
+def test_a_byte_order_mark_is_ignored(tmp_path: Path) -> None:
+    path = export([pos(i=0), pos(i=1)], tmp_path / "t.ndjson")
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert sniff(path.read_bytes())
+    assert list(read_ndjson(path, ReadOptions())) == [pos(i=0), pos(i=1)]
