@@ -113,3 +113,14 @@ def test_import_into_sqlite_and_again_store_nothing(tmp_path: Path, path: Path) 
     assert first.format == "fit" and first.error is None
     assert (again.stored, again.duplicates) == (0, first.stored)
     assert stored(db) == positions(read(path))
+
+
+def test_a_bad_checksum_is_reported_after_the_records(tmp_path: Path) -> None:
+    data = bytearray(WALK.read_bytes())
+    data[-1] ^= 0xFF  # the file's CRC, in its last two bytes
+    damaged = tmp_path / "crc.fit"
+    damaged.write_bytes(bytes(data))
+    got: list[Item] = []
+    with pytest.raises(SourceError, match=r"crc\.fit: mismatching CRC"):
+        got.extend(read_fit(damaged, ReadOptions()))
+    assert len(got) == 17
