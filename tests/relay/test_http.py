@@ -369,7 +369,7 @@ def test_history_defaults_to_ndjson_and_refuses_bad_parameters(tmp_path: Path) -
             _, _, body = await call(http, "GET", "/api/positions?format=geojson&device=none")
             assert json.loads(body) == {"type": "FeatureCollection", "features": []}
             for query, reason in [
-                ("format=kml", "format: unknown format 'kml'"),
+                ("format=shp", "format: unknown format 'shp'"),
                 ("since=yesterday", "since: expected an RFC 3339 time"),
                 ("until=2025-11-25", "until: expected an RFC 3339 time"),
                 ("device=a/b", "device: 'a/b' is not 1-64 characters"),
