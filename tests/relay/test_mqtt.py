@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
@@ -29,6 +30,7 @@ from geotrack.relay.runner import serve
 from geotrack.schema import Position
 from geotrack.store import open_store
 from geotrack.store.sqlite import SQLiteStore
+from tests.cli_helpers import geotrack, only_error
 from tests.conftest import free_port
 from tests.factories import T0_S, stored
 from tests.mqtt_broker import (
@@ -40,8 +42,6 @@ from tests.mqtt_broker import (
     subscription,
 )
 from tests.relay_helpers import Lines, arun, collect, fix, relay_process, roundtrip, within
-
-pytestmark = needs_mosquitto
 
 
 def owntracks(i: int, **extra: Any) -> str:
@@ -128,18 +128,27 @@ async def wait_stored(db: Path, count: int, seconds: float = 20) -> list[Positio
         await asyncio.sleep(0.05)
 
 
-def wait_stored_sync(db: Path, count: int, seconds: float = 30) -> list[Position]:
+def wait_stored_sync(db: Path, count: int, seconds: float = 30) -> int:
+    """How many positions the SQLite file holds, once at least ``count`` (or time is up).
+
+    Counted with one cheap query, polled often: the crash tests stop the relay as soon
+    as a stream is under way.
+    """
     deadline = time.monotonic() + seconds
     while True:
-        positions = stored(db) if db.exists() else []
-        if len(positions) >= count or time.monotonic() > deadline:
-            return positions
-        time.sleep(0.05)
+        n = 0
+        if db.exists():
+            with contextlib.closing(sqlite3.connect(db, timeout=10)) as conn:
+                n = conn.execute("SELECT count(*) FROM positions").fetchone()[0]
+        if n >= count or time.monotonic() > deadline:
+            return int(n)
+        time.sleep(0.01)
 
 
 # -- ingestion ---------------------------------------------------------------------------
 
 
+@needs_mosquitto
 def test_owntracks_messages_are_stored_delivered_and_counted(tmp_path: Path) -> None:
     db = tmp_path / "s.db"
 
@@ -183,6 +192,7 @@ def test_owntracks_messages_are_stored_delivered_and_counted(tmp_path: Path) -> 
     arun(main())
 
 
+@needs_mosquitto
 def test_retained_messages_are_stored_with_the_option(tmp_path: Path) -> None:
     db = tmp_path / "s.db"
 
@@ -195,6 +205,7 @@ def test_retained_messages_are_stored_with_the_option(tmp_path: Path) -> None:
     arun(main())
 
 
+@needs_mosquitto
 def test_geotrack_json_is_read_on_its_own_filter(tmp_path: Path) -> None:
     db = tmp_path / "s.db"
 
@@ -215,6 +226,7 @@ def test_geotrack_json_is_read_on_its_own_filter(tmp_path: Path) -> None:
     arun(main())
 
 
+@needs_mosquitto
 def test_stored_positions_are_forwarded_to_the_broker(tmp_path: Path) -> None:
     db = tmp_path / "s.db"
 
@@ -248,6 +260,7 @@ def _messages(lines: Sequence[str]) -> list[tuple[str, str]]:
     ]
 
 
+@needs_mosquitto
 def test_tls_and_a_password(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     db = tmp_path / "s.db"
     secret = "pa:ss@w0rd"
@@ -287,9 +300,35 @@ def test_settings_are_checked_where_they_are_made(tmp_path: Path) -> None:
     assert RelayConfig(mqtt=("mqtt://h",)).mqtt_tls is None
 
 
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (
+            ["--mqtt", "ws://geo:hunter2@broker"],
+            "Error: --mqtt: expected mqtt://HOST[:PORT][/FILTER] or mqtts://..., "
+            "got 'ws://…@broker'",
+        ),
+        (["--mqtt-publish", "x/{device}"], "Error: --mqtt-publish: give --mqtt BROKER_URL too"),
+        (
+            ["--mqtt", "mqtt://h", "--mqtt-publish", "geotrack/all"],
+            "Error: --mqtt-publish: the template has no {device}: 'geotrack/all'",
+        ),
+    ],
+)
+def test_the_command_refuses_bad_settings_in_one_line(
+    tmp_path: Path, args: list[str], error: str
+) -> None:
+    result = geotrack(
+        "serve", "--port", "0", "--store", f"sqlite:///{tmp_path / 's.db'}", *args, cwd=tmp_path
+    )
+    assert only_error(result) == error
+    assert "hunter2" not in result.stdout + result.stderr
+
+
 # -- faults ------------------------------------------------------------------------------
 
 
+@needs_mosquitto
 def test_the_broker_restarted_mid_stream_loses_nothing(tmp_path: Path) -> None:
     db = tmp_path / "s.db"
 
@@ -333,6 +372,7 @@ class FailingStore(SQLiteStore):
         return super().write(positions, origin)
 
 
+@needs_mosquitto
 def test_a_failed_commit_is_not_acked_and_comes_again(tmp_path: Path) -> None:
     db = tmp_path / "s.db"
 
@@ -366,6 +406,10 @@ def test_a_failed_commit_is_not_acked_and_comes_again(tmp_path: Path) -> None:
     arun(main(), timeout=90)
 
 
+#: Messages streamed while the relay is stopped: many more than it stores before the stop.
+TOTAL = 6000
+
+
 def _relay(db: Path, port: int, broker: MosquittoBroker, *extra: str) -> Any:
     return relay_process(f"sqlite:///{db}", port, "--mqtt", broker.url(), *extra)
 
@@ -374,6 +418,7 @@ def _wait_line(lines: Lines, text: str) -> None:
     lines.wait(lambda got: any(text in line for line in got), timeout=20)
 
 
+@needs_mosquitto
 @pytest.mark.parametrize(
     "stop",
     [
@@ -399,24 +444,25 @@ def test_a_relay_stopped_mid_stream_stores_every_message_once(
             _wait_line(lines, "connected as")
             feeder = threading.Thread(
                 target=mqtt_publish_lines,
-                args=(broker, topic, [owntracks(i) for i in range(2000)]),
+                args=(broker, topic, [owntracks(i) for i in range(TOTAL)]),
             )
             feeder.start()
-            assert len(wait_stored_sync(db, 200)) >= 200
+            assert wait_stored_sync(db, 200) >= 200
             stop(proc)
             proc.wait(timeout=20)
             feeder.join(30)
             first = len(stored(db))
             output = lines.join()
-        assert first < 2000, "the relay stopped after the stream ended: nothing was tested"
+        assert first < TOTAL, "the relay stopped after the stream ended: nothing was tested"
         if proc.returncode != -signal.SIGKILL:
             assert proc.returncode == 0, "\n".join(output)
         # Queued on the broker while no relay runs.
-        mqtt_publish_lines(broker, topic, [owntracks(i) for i in range(2000, 2500)])
+        mqtt_publish_lines(broker, topic, [owntracks(i) for i in range(TOTAL, TOTAL + 500)])
         with _relay(db, port, broker) as proc:
             assert proc.stdout is not None
             lines = Lines(proc.stdout)
             _wait_line(lines, "session resumed")
-            positions = wait_stored_sync(db, 2500)
-    assert len(positions) == 2500
+            assert wait_stored_sync(db, TOTAL + 500) == TOTAL + 500
+    positions = stored(db)
+    assert len(positions) == TOTAL + 500
     assert sorted(p.ts for p in positions) == sorted({p.ts for p in positions})
