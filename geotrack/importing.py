@@ -244,8 +244,12 @@ def _write(store: Store, batch: list[Position], report: FileReport) -> None:
     if not batch:
         return
     report.read += len(batch)
-    new = store.write(batch)
+    try:
+        new = store.write(batch)
+    finally:
+        # A batch the store refused is not tried again (the error ends the file).
+        n = len(batch)
+        batch.clear()
     stored = sum(new)
     report.stored += stored
-    report.duplicates += len(batch) - stored
-    batch.clear()
+    report.duplicates += n - stored

@@ -170,3 +170,16 @@ def test_points_sharing_a_time_elsewhere_are_skipped_and_retime_stores_them(
     assert retimed.ok and (retimed.stored, retimed.duplicates) == (184, 1)
     got = stored(tmp_path / "g.db")
     assert len(got) == 185 and len({p.ts for p in got}) == 185
+
+
+def test_a_batch_the_store_refuses_ends_the_file_and_the_next_file_is_tried(
+    tmp_path: Path,
+) -> None:
+    path = ndjson(tmp_path / "t.ndjson", [pos(i=i) for i in range(30)])
+    with open_store(f"sqlite:///{tmp_path / 'g.db'}") as store:
+        store.close()  # every write now fails with StoreError
+        first, second = import_files(store, [path, path], ImportConfig(batch=10))
+    for report in (first, second):
+        assert report.error is not None and report.error.endswith("is closed")
+        assert (report.read, report.stored, report.duplicates) == (10, 0, 0)
+        assert not report.ok
