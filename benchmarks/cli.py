@@ -34,6 +34,7 @@ from benchmarks.delivery import run_delivery
 from benchmarks.delivery_report import markdown as delivery_markdown
 from benchmarks.delivery_report import svg as delivery_svg
 from benchmarks.export_bench import run_export
+from benchmarks.fences_bench import fences_table, run_fences
 from benchmarks.import_bench import import_table, run_import
 from benchmarks.profiling import py_spy
 from benchmarks.prune_bench import prune_table, run_prune
@@ -53,6 +54,8 @@ NAMES = {
     "delivery": 10,
     # Only when asked (--only import): geotrack import of NDJSON and CSV (issue 12).
     "import": 12,
+    # Only when asked (--only fences): ingest with 10,000 geofences vs none (issue 13).
+    "fences": 13,
     # Only when asked (--only prune): pruning 1,000,000 rows under load (issue 14).
     "prune": 14,
 }
@@ -264,6 +267,10 @@ def _run(args: argparse.Namespace, chosen: set[int], baseline: Baseline | None) 
         log("[12] Import NDJSON and CSV files into SQLite (issue 12)")
         sizes = (50_000, 200_000) if settings.quick else (250_000, 1_000_000)
         imported = run_import(sizes, settings.rounds, log)
+    fenced = None
+    if 13 in chosen:
+        log("[13] Ingest with 10,000 geofences vs none, interleaved (issue 13)")
+        fenced = run_fences(settings.rounds, settings.warmup, settings.duration, log)
     pruned = None
     if 14 in chosen:
         log("[14] Pruning old positions while publishers run at 5,000/s (issue 14)")
@@ -285,6 +292,8 @@ def _run(args: argparse.Namespace, chosen: set[int], baseline: Baseline | None) 
         console.print(delivery_markdown(delivery["summary"]), highlight=False)
     if imported is not None:
         console.print(import_table(imported))
+    if fenced is not None:
+        console.print(fences_table(fenced))
     if pruned is not None:
         console.print(prune_table(pruned))
     label = None if baseline is None else baseline.label
@@ -316,6 +325,7 @@ def _run(args: argparse.Namespace, chosen: set[int], baseline: Baseline | None) 
         "delivery": delivery,
         "import": imported,
         "prune": pruned,
+        "fences": fenced,
         "targets": target_items,
     }
     output.write_text(json.dumps(document, indent=1, default=str))

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from operator import attrgetter
 
-from geotrack.fences.index import INSIDE, UNSURE, FenceSet
+from geotrack.fences.index import INSIDE, OUTSIDE, UNSURE, FenceSet
 from geotrack.fences.loading import Fence
 from geotrack.schema import Event, FenceState, Position, ms_to_ts, ts_to_ms
 
@@ -105,37 +105,51 @@ class FenceEngine:
         """Evaluate newly stored positions; return the events they decide, in order."""
         if not positions:
             return []
+        last = self._last
         if not self.fences.fences and not self._states:
             for p in positions:
-                if p.time > self._last.get(p.device, ""):
-                    self._last[p.device] = p.time
+                if p.time > last.get(p.device, ""):
+                    last[p.device] = p.time
             return []
         batch = sorted(positions, key=_BY_DEVICE_TIME)
-        candidates = self.fences.candidates(
+        fixes, fence_indexes, sides = self.fences.sides(
             [p.lon for p in batch], [p.lat for p in batch], [p.acc or 0.0 for p in batch]
         )
-        fences = self.fences.fences
+        # The pairs come ordered by fix (STRtree answers by input order): walk them along.
+        names = [f.name for f in self.fences.fences]
+        pairs = len(fixes)
+        k = 0
         events: list[Event] = []
-        last = self._last
-        for p, near in zip(batch, candidates, strict=True):
+        states = self._states
+        step = self._step
+        for i, p in enumerate(batch):
+            start = k
+            while k < pairs and fixes[k] == i:
+                k += 1
             device = p.device
             ts = p.time
             if ts <= last.get(device, ""):
                 continue  # late (or the same time): decides nothing
             last[device] = ts
-            held = self._states.get(device)
-            if not near and not held:
+            held = states.get(device)
+            if held is None:
+                # Only a fence it is clearly inside can change anything.
+                for m in range(start, k):
+                    if sides[m] == INSIDE:
+                        step(p, names[fence_indexes[m]], True, events)
                 continue
-            acc = p.acc or 0.0
-            sides: dict[str, int] = {}
-            for j in near:
-                fence = fences[j]
-                sides[fence.name] = self.fences.classify(fence, p.lon, p.lat, acc)
-            for name in held or ():
-                sides.setdefault(name, 0)  # not near: certainly outside
-            for name, side in sides.items():
-                if side != UNSURE:
-                    self._step(p, name, side == INSIDE, events)
+            # Per fence it is INSIDE or UNSURE of (every other one: OUTSIDE).
+            found = {names[fence_indexes[m]]: sides[m] for m in range(start, k)}
+            for name, state in list(held.items()):
+                side = found.get(name, OUTSIDE)
+                if side == UNSURE:
+                    continue
+                inside = side == INSIDE
+                if inside != state.inside or state.pending_ms is not None:
+                    step(p, name, inside, events)
+            for name, side in found.items():
+                if side == INSIDE and name not in held:
+                    step(p, name, True, events)
         return events
 
     def _step(self, p: Position, name: str, inside: bool, events: list[Event]) -> None:

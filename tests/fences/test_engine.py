@@ -163,3 +163,28 @@ def test_far_fixes_cost_no_state() -> None:
 def test_negative_dwell_is_refused() -> None:
     with pytest.raises(ValueError, match="dwell"):
         FenceEngine([], dwell=-1)
+
+
+def test_a_circle_with_accuracy_straddling_its_edge_is_unsure() -> None:
+    engine = FenceEngine([circle(radius=100)])
+    lon, lat = CENTRE
+    assert kinds(engine.evaluate([fix(0, lon, lat, acc=10)])) == [("enter", "yard", 0)]
+    # 95 m out with 10 m accuracy: the circle of the fix crosses the edge at 100 m.
+    assert engine.evaluate([fix(1, lon + 95 / M_PER_DEG_LON, lat, acc=10)]) == []
+    assert kinds(engine.evaluate([fix(2, lon + 115 / M_PER_DEG_LON, lat, acc=10)])) == [
+        ("exit", "yard", 2)
+    ]
+
+
+def test_many_fixes_and_fences_in_one_batch_match_fix_by_fix() -> None:
+    # The batch path (one STRtree query, vectorized tests) decides what fix-by-fix does.
+    fences = [square(), circle()]
+    track = [
+        fix(s * 0.5, 13.38 + (s // 3 % 60) * 0.0017, acc=(s % 4) * 20.0, device=f"d{s % 3}")
+        for s in range(900)
+    ]
+    whole = FenceEngine(fences, dwell=1).evaluate(track)
+    one = FenceEngine(fences, dwell=1)
+    single = [e for p in track for e in one.evaluate([p])]
+    assert sorted(whole, key=lambda e: e.key) == sorted(single, key=lambda e: e.key)
+    assert len(whole) > 10
