@@ -19,7 +19,7 @@ from geotrack.importing import (
     import_files,
 )
 from geotrack.schema import Position
-from geotrack.store import open_store
+from geotrack.store import Store, open_store
 from tests.factories import pos, stored
 from tests.sources.test_ndjson import varied
 
@@ -183,3 +183,12 @@ def test_a_batch_the_store_refuses_ends_the_file_and_the_next_file_is_tried(
         assert report.error is not None and report.error.endswith("is closed")
         assert (report.read, report.stored, report.duplicates) == (10, 0, 0)
         assert not report.ok
+
+
+def test_every_backend_imports_and_deduplicates(store: Store, tmp_path: Path) -> None:
+    """The importer only uses Store.write: MongoDB (over the wire) as well as SQLite."""
+    positions = sorted(varied(), key=lambda p: p.key)
+    files = [ndjson(tmp_path / "a.ndjson", positions), csv_file(tmp_path / "b.csv", positions)]
+    first, second = import_files(store, files)
+    assert (first.stored, second.stored, second.duplicates) == (6, 0, 6)
+    assert sorted(store.query(), key=lambda p: p.key) == positions
