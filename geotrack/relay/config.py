@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from ssl import SSLContext
 from typing import TYPE_CHECKING, TypeVar
@@ -92,8 +92,9 @@ class RelayConfig:
     #: The web map's tile URL template (``--tiles``); None: a plain background.
     tiles: str | None = DEFAULT_TILES
     #: MQTT brokers to take positions from (``--mqtt``), as given:
-    #: ``mqtt[s]://[user:pass@]host[:port][/filter]``; read into ``mqtt_brokers``.
-    mqtt: tuple[str, ...] = ()
+    #: ``mqtt[s]://[user:pass@]host[:port][/filter]``; read into ``mqtt_brokers``. Left
+    #: out of the repr: the URLs may hold passwords.
+    mqtt: tuple[str, ...] = field(default=(), repr=False)
     #: A second topic filter carrying geotrack's own JSON (``--mqtt-json-filter``).
     mqtt_json_filter: str | None = None
     #: Also store retained messages (``--mqtt-retained``): stale positions otherwise.

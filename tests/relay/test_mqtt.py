@@ -298,6 +298,7 @@ def test_settings_are_checked_where_they_are_made(tmp_path: Path) -> None:
     with pytest.raises(InvalidParameter, match="--cafile: cannot load"):
         RelayConfig(mqtt=("mqtts://h",), cafile=tmp_path / "missing.pem")
     assert RelayConfig(mqtt=("mqtt://h",)).mqtt_tls is None
+    assert "hunter2" not in repr(RelayConfig(mqtt=("mqtt://geo:hunter2@h",)))
 
 
 @pytest.mark.parametrize(
