@@ -81,6 +81,10 @@ def file_time(value: object, name: str, tz: tzinfo | None = None) -> str:
         if text.lstrip("-").replace(".", "", 1).isdigit():
             value = float(text) if "." in text else int(text)
         else:
+            try:
+                return parse_ts(text)  # RFC 3339, what most files hold: no detours
+            except ValueError:
+                pass
             text = _OFFSET_NO_COLON.sub(r"\1:\2", text) if "T" in text or " " in text else text
             if not _HAS_OFFSET.search(text):
                 if tz is None:
