@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
+import msgspec
+
 from geotrack.errors import GeotrackError, InvalidParameter
 from geotrack.schema import MAX_ATTRS, Position, validate
 from geotrack.sources.base import Format, Item, ReadOptions
@@ -35,6 +37,7 @@ from geotrack.sources.jsonstream import (
 
 __all__ = ["FORMAT", "parse_location", "parse_overland", "read_overland", "sniff_overland"]
 
+_encode: Final = msgspec.json.Encoder().encode
 #: Properties with a place in the schema (or consumed otherwise).
 _FIELDS: Final = frozenset(
     {
@@ -111,7 +114,9 @@ def parse_location(feature: Any, device: str | None = None) -> Position:
     for key, value in properties.items():
         if key in _FIELDS or value is None or value == "":
             continue
-        attrs[key] = value if isinstance(value, str | int | float | bool) else str(value)
+        # Lists and objects (a newer app's extras) as JSON text, as the OwnTracks endpoint.
+        scalar = isinstance(value, str | int | float | bool)
+        attrs[key] = value if scalar else _encode(value).decode()
     if len(attrs) > MAX_ATTRS:
         raise InvalidParameter("properties", f"{len(attrs)} properties; at most {MAX_ATTRS}")
     if attrs:

@@ -55,6 +55,8 @@ def test_mapping_of_the_properties() -> None:
         attrs={"batt": 50, "wifi": "home", "pauses": False},
     )
     assert parse_location(feature(course=360)).heading == 0
+    extras = parse_location(feature(beacons=[{"id": "a"}], steps={"today": 12}))
+    assert extras.attrs == {"beacons": '[{"id":"a"}]', "steps": '{"today":12}'}
     assert parse_location(feature(), device="given").device == "given"
 
 
