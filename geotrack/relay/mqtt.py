@@ -180,7 +180,7 @@ class MqttBridge:
                 await _in_thread(
                     self._client.connect, self.broker.host, self.broker.port, KEEPALIVE
                 )
-            except (OSError, ValueError) as exc:  # refused, unreachable, TLS, bad address
+            except Exception as exc:  # refused, unreachable, TLS, bad address...
                 self.last_error = _describe(exc)
                 log.warning("MQTT broker %s: cannot connect (%s)", self.broker.url, self.last_error)
             else:
@@ -191,7 +191,10 @@ class MqttBridge:
                     unsent, self._unsent = self._unsent, []
                     self._forward(unsent)
                 # Until the connection ends: lost, refused or disconnect() from stop().
-                await _in_thread(self._client.loop_forever)
+                try:
+                    await _in_thread(self._client.loop_forever)
+                except Exception as exc:  # paho raising from its loop must not end ours
+                    self.last_error = _describe(exc)
                 self._in_loop = False
                 self._connection += 1  # what was taken and not yet acked is sent again
                 self._taken.clear()
