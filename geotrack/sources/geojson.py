@@ -23,6 +23,7 @@ streams feature by feature: memory holds one feature.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
@@ -37,6 +38,7 @@ from geotrack.sources.jsonstream import (
     file_time,
     head_text,
     number,
+    read_head,
     skip,
     stem_device,
     stream_items,
@@ -76,6 +78,9 @@ _LINE_KEYS: Final = frozenset(
     {"times", "coordTimes", "coordinateProperties", "start", "end", "count", *_DEVICE_KEYS}
 )
 _encode: Final = msgspec.json.Encoder().encode
+_TYPE_RE: Final = re.compile(
+    r'"type"\s*:\s*"(FeatureCollection|Feature|Point|MultiPoint|LineString|MultiLineString)"'
+)
 
 
 def sniff_geojson(head: bytes) -> bool:
@@ -96,14 +101,18 @@ def read_geojson(path: Path, options: ReadOptions) -> Iterator[Item]:
         yield from reader.feature(feature, f"feature {features}")
     if features:
         return
-    # Not a FeatureCollection with features: one Feature, a bare geometry, or an empty one.
-    document = next(stream_items(path, ""), None)
-    if not isinstance(document, dict) or "type" not in document:
-        raise SourceError(str(path), 'not GeoJSON: expected an object with a "type"')
-    kind = document["type"]
+    # Not a FeatureCollection with features: one Feature, a bare geometry, or an empty
+    # collection. Only a Feature or a geometry is read whole (it is one track), never a
+    # large file of another kind given with --format geojson.
+    kind_match = _TYPE_RE.search(read_head(path))
+    kind = kind_match.group(1) if kind_match else None
     if kind == "FeatureCollection":
         yield Notice("the FeatureCollection has no features")
-    elif kind == "Feature":
+        return
+    document = next(stream_items(path, ""), None) if kind else None
+    if not isinstance(document, dict) or "type" not in document:
+        raise SourceError(str(path), 'not GeoJSON: expected an object with a "type"')
+    if document["type"] == "Feature":
         yield from reader.feature(document, "the feature")
     else:
         yield from reader.feature({"type": "Feature", "geometry": document}, "the geometry")

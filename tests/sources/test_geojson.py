@@ -256,3 +256,11 @@ def test_what_togeojson_makes_of_a_gpx_reads_as_the_gpx_does(name: str) -> None:
             positions(from_geojson)
         )
     assert detect(path) == "geojson"
+
+
+def test_a_file_of_another_kind_is_refused_without_being_read_whole(tmp_path: Path) -> None:
+    path = write(tmp_path, {"locations": [{"latitudeE7": 1, "longitudeE7": 2}] * 100})
+    with pytest.raises(
+        SourceError, match=r't\.geojson: not GeoJSON: expected an object with a "type"'
+    ):
+        read(path)
