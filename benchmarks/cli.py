@@ -35,6 +35,7 @@ from benchmarks.delivery_report import markdown as delivery_markdown
 from benchmarks.delivery_report import svg as delivery_svg
 from benchmarks.export_bench import run_export
 from benchmarks.fences_bench import fences_table, run_fences
+from benchmarks.fleet_bench import fleet_table, run_fleet, run_saturation, saturation_table
 from benchmarks.import_bench import import_table, run_import
 from benchmarks.profiling import py_spy
 from benchmarks.prune_bench import prune_table, run_prune
@@ -58,6 +59,9 @@ NAMES = {
     "fences": 13,
     # Only when asked (--only prune): pruning 1,000,000 rows under load (issue 14).
     "prune": 14,
+    # Only when asked (--only fleet, --only saturation): a fleet's paced publishers (issue 15).
+    "fleet": 15,
+    "saturation": 16,
 }
 
 
@@ -221,7 +225,7 @@ def _run(args: argparse.Namespace, chosen: set[int], baseline: Baseline | None) 
             notes.append(
                 f"{baseline.label} runs in scenarios 1-5 only; 6 and 8 measure the current tree"
             )
-    if settings.references and chosen & {1, 2, 3, 4, 5, 7}:
+    if settings.references and chosen & {1, 2, 3, 4, 5, 7, 15, 16}:
         try:
             ensure_node_modules(log)
         except SetupError as exc:
@@ -277,6 +281,14 @@ def _run(args: argparse.Namespace, chosen: set[int], baseline: Baseline | None) 
         rows = 100_000 if settings.quick else 1_000_000
         window = 4.0 if settings.quick else 8.0
         pruned = run_prune(rows, settings.rounds, settings.warmup, window, log)
+    fleet = None
+    if 15 in chosen:
+        log("[15] Fleet: 950 publishers paced to 5,000/s, 50 subscribers (issue 15)")
+        fleet = run_fleet(settings, log)
+    saturation = None
+    if 16 in chosen:
+        log("[16] Saturation at 1,000 and 10,000 publisher connections (issue 15)")
+        saturation = run_saturation(settings, log)
     elapsed = time.monotonic() - began
 
     target_items = report.targets(outcomes, export)
@@ -296,6 +308,10 @@ def _run(args: argparse.Namespace, chosen: set[int], baseline: Baseline | None) 
         console.print(fences_table(fenced))
     if pruned is not None:
         console.print(prune_table(pruned))
+    if fleet is not None:
+        console.print(fleet_table(fleet))
+    if saturation is not None:
+        console.print(saturation_table(saturation))
     label = None if baseline is None else baseline.label
     if 7 in chosen and (table := side_by_side(outcomes, label)) is not None:
         console.print(table)
@@ -326,6 +342,8 @@ def _run(args: argparse.Namespace, chosen: set[int], baseline: Baseline | None) 
         "import": imported,
         "prune": pruned,
         "fences": fenced,
+        "fleet": None if fleet is None else fleet.to_json(),
+        "saturation": saturation,
         "targets": target_items,
     }
     output.write_text(json.dumps(document, indent=1, default=str))
