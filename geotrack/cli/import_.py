@@ -117,12 +117,7 @@ def import_(
                 reports = import_files(db, files, config, reporter)
             finally:
                 reporter.stop()
-    failed = False
-    for report in reports:
-        for notice in report.notices:
-            err.print(f"{report.path}: {notice}", highlight=False, markup=False)
-        err.print(report.summary(), highlight=False, markup=False)
-        failed = failed or not report.ok
+    failed = not all(report.ok for report in reports)
     if len(reports) > 1:
         stored = sum(r.stored for r in reports)
         read = sum(r.read for r in reports)
@@ -215,6 +210,10 @@ class _Reporter(ImportProgress):
         if self.bar is not None and self.task is not None:
             self.bar.remove_task(self.task)
             self.task = None
+        # Each file's lines as it finishes (above the bar on a terminal).
+        for notice in report.notices:
+            err.print(f"{report.path}: {notice}", highlight=False, markup=False)
+        err.print(report.summary(), highlight=False, markup=False)
 
     def stop(self) -> None:
         if self.bar is not None:
