@@ -202,21 +202,29 @@ def mqtt_publish_lines(broker: MosquittoBroker, topic: str, payloads: list[str])
     )  # fmt: skip
 
 
-def _sub_args(topic: str, count: int) -> list[str]:
-    return ["-t", topic, "-v", "-d", "-C", str(count)]
+def _sub_args(topic: str, count: int, session: str | None) -> list[str]:
+    args = ["-t", topic, "-v", "-d", "-C", str(count)]
+    if session is not None:  # a persistent QoS 1 session: the broker queues meanwhile
+        args += ["-c", "-i", session, "-q", "1"]
+    return args
 
 
 @contextlib.contextmanager
-def subscription(broker: MosquittoBroker, topic: str, count: int) -> Iterator[Lines]:
+def subscription(
+    broker: MosquittoBroker, topic: str, count: int, *, session: str | None = None
+) -> Iterator[Lines]:
     """``mosquitto_sub -v`` on ``topic`` until ``count`` messages, subscribed on return.
 
     Its lines come as they arrive: ``TOPIC PAYLOAD``, among debug lines (``-d`` tells when
-    the broker confirmed the subscription) that start with ``Client``.
+    the broker confirmed the subscription) that start with ``Client``. With ``session``
+    (a client id) it subscribes at QoS 1 in a persistent session, which the broker keeps
+    (and queues for) after this subscriber is gone.
     """
     assert MOSQUITTO_SUB is not None
+    args = _sub_args(topic, count, session)
     proc = subprocess.Popen(
         # Line-buffered (stdbuf): a pipe would hold the lines until mosquitto_sub exits.
-        [*_LINE_BUFFERED, MOSQUITTO_SUB, *broker.client_args(), *_sub_args(topic, count)],
+        [*_LINE_BUFFERED, MOSQUITTO_SUB, *broker.client_args(), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -224,7 +232,11 @@ def subscription(broker: MosquittoBroker, topic: str, count: int) -> Iterator[Li
     assert proc.stdout is not None
     lines = Lines(proc.stdout)
     try:
-        lines.wait(lambda got: any("SUBACK" in line for line in got), timeout=10)
+        # (A resumed session may get all its queued messages, and exit, before the SUBACK.)
+        lines.wait(
+            lambda got: any("SUBACK" in line for line in got) or lines.closed,
+            timeout=10,
+        )
         yield lines
     finally:
         if proc.poll() is None:

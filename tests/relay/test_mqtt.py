@@ -252,6 +252,36 @@ def test_stored_positions_are_forwarded_to_the_broker(tmp_path: Path) -> None:
     arun(main())
 
 
+@needs_mosquitto
+def test_positions_stored_while_the_broker_is_down_are_forwarded_after(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+
+    async def main() -> None:
+        with (
+            running_broker(tmp_path / "broker", persistence=True) as broker,
+            open_store(f"sqlite:///{db}") as store,
+        ):
+            # A watcher's persistent session: the broker queues for it while it is away.
+            with subscription(broker, "geotrack/#", 100, session="watcher"):
+                pass
+            async with serving(store, broker.url(), mqtt_publish="geotrack/{device}") as served:
+                broker.stop()
+                await served.wait_health("disconnected")
+                async with connect(served.ws + "/publish", open_timeout=5) as pub:
+                    ack = await roundtrip(pub, [fix("car-1", i) for i in range(3)])
+                    assert ack["stored"] == 3
+                broker.start()
+                await served.wait_health(": connected")
+                with subscription(broker, "geotrack/#", 3, session="watcher") as seen:
+                    lines = await asyncio.to_thread(
+                        seen.wait, lambda got: len(_messages(got)) >= 3, 15
+                    )
+        ts = sorted(json.loads(payload)["ts"] for _, payload in _messages(lines))
+        assert ts == [f"2025-11-25T12:00:0{i}.000Z" for i in range(3)]
+
+    arun(main(), timeout=90)
+
+
 def _messages(lines: Sequence[str]) -> list[tuple[str, str]]:
     return [
         (topic, payload)
