@@ -191,6 +191,9 @@ class Parser:
 
     def _activity_segment(self, segment: dict[str, Any], where: str) -> Iterator[Item]:
         activity = segment.get("activityType")
+        guesses = segment.get("activities")
+        if activity is None and isinstance(guesses, list) and guesses:
+            activity = guesses[0].get("activityType") if isinstance(guesses[0], dict) else None
         attrs = {"activity": activity if isinstance(activity, str) else None}
         try:
             start, end = self._duration(segment)
@@ -198,17 +201,15 @@ class Parser:
             yield skip(exc, where)
             yield from self._raw_path(segment, where, attrs)
             return
-        ends = []
         for edge, ts in (("startLocation", start), ("endLocation", end)):
             location = segment.get(edge)
+            if not isinstance(location, dict) or not location:
+                continue  # Google leaves them out, or empty ({}), where it did not know
             try:
-                if not isinstance(location, dict):
-                    raise InvalidParameter(edge, "required")
                 point = (
                     _e7(required(location, "latitudeE7"), f"{edge}.latitudeE7", 90),
                     _e7(required(location, "longitudeE7"), f"{edge}.longitudeE7", 180),
                 )
-                ends.append(point)
                 yield self._position(*point, ts, attrs=attrs)
             except (GeotrackError, ValueError) as exc:
                 yield skip(exc, f"{where} {edge}")

@@ -285,6 +285,28 @@ def test_semantic_location_history(tmp_path: Path) -> None:
     assert detect(path) == "google"
 
 
+def test_semantic_location_history_sample() -> None:
+    """The first 12 objects of a real monthly file (GPSBabel's test data): all read."""
+    path = GOOGLE / "2013_MAY_first12.json"
+    objects = json.loads(path.read_text(encoding="utf-8"))["timelineObjects"]
+    expected = 0
+    for obj in objects:
+        kind, body = next(iter(obj.items()))
+        expected += len(body.get("simplifiedRawPath", {}).get("points", []))
+        if kind == "placeVisit":
+            expected += 2
+        else:
+            expected += sum(bool(body.get(e)) for e in ("startLocation", "endLocation"))
+            expected += max(0, len(body.get("waypointPath", {}).get("waypoints", [])) - 2)
+    items = read(path)
+    notices = [i.text for i in items if isinstance(i, Notice)]
+    shared = sum(int(n.split()[0]) for n in notices if "segment end" in n)
+    assert not skipped(items)
+    assert len(positions(items)) + shared == expected > 40
+    assert any(p.attrs and p.attrs.get("place") == "Facebook" for p in positions(items))
+    assert detect(path) == "google"
+
+
 # --- the on-device Timeline export ----------------------------------------------------------
 
 
@@ -447,7 +469,12 @@ def test_not_google_at_all(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["Records.json", "timeline_from_android_randomized.json", "timeline_from_ios_randomized.json"],
+    [
+        "Records.json",
+        "2013_MAY_first12.json",
+        "timeline_from_android_randomized.json",
+        "timeline_from_ios_randomized.json",
+    ],
 )
 def test_samples_import_into_sqlite_and_again_store_nothing(tmp_path: Path, name: str) -> None:
     """Positions in = positions out through a real SQLite file; a re-import adds nothing."""
