@@ -539,9 +539,8 @@ class SQLiteStore(Store):
     def prune(
         self, before_ms: int, devices: Collection[str] = (), *, dry_run: bool = False
     ) -> Generator[Pruned, None, None]:
-        # The batches are in sqlite_prune.py. Its own connection: a checkpoint that one of
-        # its commits runs does not hold this store's lock, and writers (this process's
-        # too) wait for a batch in SQLite's busy handler, as for another process's.
+        # The batches are in sqlite_prune.py, on a connection of their own that
+        # checkpoints outside this store's lock.
         names = sorted(set(devices)) if devices else self.devices()
         conn = self._reader()
         try:
@@ -553,7 +552,14 @@ class SQLiteStore(Store):
                 return
             pacer = Pacer(self.prune_batch, self.prune_hold, self.prune_pause)
             yield from prune_batches(
-                conn, before_ms, devices, names, pacer, self._check_open, self.display_url
+                conn,
+                before_ms,
+                devices,
+                names,
+                pacer,
+                self._lock,
+                self._check_open,
+                self.display_url,
             )
         finally:
             conn.close()

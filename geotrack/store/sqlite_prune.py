@@ -2,9 +2,10 @@
 
 A ``DELETE … WHERE ts < ?`` of a million rows would hold the write lock for seconds, and
 every relay writing to the file would stop acking meanwhile. A prune here is many short
-``BEGIN IMMEDIATE … COMMIT`` transactions on a connection of its own, as another process
-would run them: a WAL checkpoint one of its commits triggers runs outside the store's
-lock, and a writer that finds the lock taken waits in SQLite's busy handler for one batch.
+``BEGIN IMMEDIATE … COMMIT`` transactions on a connection of its own, which checkpoints
+the WAL after each batch, outside the store's lock (see ``_Batches``). A writer of
+another process that finds a batch holding the lock waits for it in SQLite's busy
+handler; the store's own writer (a relay with ``--retain``) waits on the store's lock.
 
 1. **seq ranges first.** Old fixes were almost always stored long ago, so they fill the
    table's first pages in ``seq`` order. Deleting ranges of ``seq`` frees whole pages at
@@ -21,6 +22,7 @@ lock, and a writer that finds the lock taken waits in SQLite's busy handler for 
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Collection, Iterator
 from functools import partial
@@ -61,30 +63,51 @@ class Pacer:
 
 
 class _Batches:
-    """One prune's transactions on ``conn``; ``check`` raises once the store is closed."""
+    """One prune's transactions on ``conn``, each under ``lock`` (the store's write lock).
 
-    def __init__(self, conn: sqlite3.Connection, check: Callable[[], None], where: str) -> None:
+    The store's own writer waits on ``lock`` and goes as soon as a batch ends, instead of
+    polling in SQLite's busy handler (1, 2, 5, 10 ms… between tries). The connection does
+    not checkpoint when it commits, which would be under the lock too: a passive
+    checkpoint after each batch, outside it, copies the batch's pages into the database.
+    ``check`` raises once the store is closed; ``where`` names it in errors.
+    """
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        lock: threading.Lock,
+        check: Callable[[], None],
+        where: str,
+    ) -> None:
         self.conn = conn
+        self.lock = lock
         self.check = check
         self.where = where
+        try:
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+        except sqlite3.Error as exc:
+            raise StoreError(f"prune of {where} failed: {exc}") from None
 
     def run(self, work: Callable[[sqlite3.Connection], _T]) -> tuple[_T, float]:
         """``work`` in one write transaction; its result and how long the lock was held."""
-        self.check()
         conn = self.conn
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            locked = time.monotonic()
-            try:
-                result = work(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+            with self.lock:
+                self.check()
+                conn.execute("BEGIN IMMEDIATE")
+                locked = time.monotonic()
+                try:
+                    result = work(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                held = time.monotonic() - locked
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         except sqlite3.Error as exc:
             raise StoreError(f"prune of {self.where} failed: {exc}") from None
-        return result, time.monotonic() - locked
+        return result, held
 
 
 def prune_batches(
@@ -93,15 +116,17 @@ def prune_batches(
     devices: Collection[str],
     names: list[str],
     pacer: Pacer,
+    lock: threading.Lock,
     check: Callable[[], None],
     where: str,
 ) -> Iterator[Pruned]:
     """Delete what is older than ``before_ms``, a committed batch per step.
 
     ``devices`` is what the caller narrowed to (empty: all), ``names`` the devices to go
-    through one by one; ``where`` names the store in errors.
+    through one by one; ``lock`` is the store's write lock, ``check`` raises once the
+    store is closed, ``where`` names it in errors.
     """
-    batches = _Batches(conn, check, where)
+    batches = _Batches(conn, lock, check, where)
     if not devices:
         yield from _by_seq(batches, before_ms, pacer)
     for device in names:
