@@ -24,6 +24,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from operator import attrgetter
 
+import numpy as np
+
 from geotrack.fences.index import INSIDE, OUTSIDE, UNSURE, FenceSet
 from geotrack.fences.loading import Fence
 from geotrack.schema import Event, FenceState, Position, ms_to_ts, ts_to_ms
@@ -58,6 +60,9 @@ class FenceEngine:
         self._states: dict[str, dict[str, _State]] = {}
         self._last: dict[str, str] = {}  # device -> ts of the latest fix evaluated
         self._changed: set[tuple[str, str]] = set()
+        # device -> the fence/side codes of its last fix, when no dwell was under way.
+        self._seen: dict[str, list[int]] = {}
+        self._names = [f.name for f in self.fences.fences]
         self.load(states)
 
     def load(self, states: Iterable[FenceState]) -> None:
@@ -77,6 +82,8 @@ class FenceEngine:
         of fences that are gone are forgotten (reported by :meth:`take_changed`), with no
         event."""
         self.fences = FenceSet(fences)
+        self._names = [f.name for f in self.fences.fences]
+        self._seen.clear()  # fence indexes changed meaning
         names = self.fences.by_name
         for device, states in self._states.items():
             for name in [n for n in states if n not in names]:
@@ -115,31 +122,38 @@ class FenceEngine:
         fixes, fence_indexes, sides = self.fences.sides(
             [p.lon for p in batch], [p.lat for p in batch], [p.acc or 0.0 for p in batch]
         )
-        # The pairs come ordered by fix (STRtree answers by input order): walk them along.
-        names = [f.name for f in self.fences.fences]
-        pairs = len(fixes)
-        k = 0
+        # Where each fix's pairs begin (they come ordered by fix), and per pair a code of
+        # fence and side: a device whose fix has the same codes as its last one, with no
+        # dwell under way, cannot change state (the usual case: parked, or far from all).
+        bounds = np.searchsorted(fixes, np.arange(len(batch) + 1)).tolist()
+        codes = (fence_indexes * 2 + (sides == UNSURE)).tolist()
+        fence_list = fence_indexes.tolist()
+        side_list = sides.tolist()
+        names = self._names
+        seen = self._seen
         events: list[Event] = []
         states = self._states
         step = self._step
         for i, p in enumerate(batch):
-            start = k
-            while k < pairs and fixes[k] == i:
-                k += 1
             device = p.device
-            ts = p.time
+            ts: str = p.ts  # type: ignore[assignment]  # canonical text once constructed
             if ts <= last.get(device, ""):
                 continue  # late (or the same time): decides nothing
             last[device] = ts
+            start, end = bounds[i], bounds[i + 1]
             held = states.get(device)
             if held is None:
+                seen.pop(device, None)
                 # Only a fence it is clearly inside can change anything.
-                for m in range(start, k):
-                    if sides[m] == INSIDE:
-                        step(p, names[fence_indexes[m]], True, events)
+                for m in range(start, end):
+                    if side_list[m] == INSIDE:
+                        step(p, names[fence_list[m]], True, events)
+                continue
+            signature = codes[start:end]
+            if seen.get(device) == signature:
                 continue
             # Per fence it is INSIDE or UNSURE of (every other one: OUTSIDE).
-            found = {names[fence_indexes[m]]: sides[m] for m in range(start, k)}
+            found = {names[fence_list[m]]: side_list[m] for m in range(start, end)}
             for name, state in list(held.items()):
                 side = found.get(name, OUTSIDE)
                 if side == UNSURE:
@@ -150,6 +164,11 @@ class FenceEngine:
             for name, side in found.items():
                 if side == INSIDE and name not in held:
                     step(p, name, True, events)
+            now = states.get(device)
+            if now is not None and all(s.pending_ms is None for s in now.values()):
+                seen[device] = signature
+            else:
+                seen.pop(device, None)
         return events
 
     def _step(self, p: Position, name: str, inside: bool, events: list[Event]) -> None:

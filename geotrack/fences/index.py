@@ -56,8 +56,9 @@ class FenceSet:
 
     def sides(
         self, lons: Sequence[float], lats: Sequence[float], accs: Sequence[float]
-    ) -> tuple[list[int], list[int], list[int]]:
-        """The fixes and fences where a fix is INSIDE or UNSURE, and which: three lists.
+    ) -> tuple[Any, Any, Any]:
+        """The fixes and fences where a fix is INSIDE or UNSURE, and which: three arrays,
+        ordered by fix.
 
         A (fix, fence) pair not listed is OUTSIDE. The work is a few vectorized calls
         per batch: one STRtree query for the candidates (the fences whose box meets each
@@ -65,7 +66,8 @@ class FenceSet:
         distances for circles, point-in-polygon, accuracy circles against polygons).
         """
         if not len(lons) or not self.fences:
-            return [], [], []
+            empty = np.empty(0, dtype=np.intp)
+            return empty, empty, np.empty(0, dtype=np.int8)
         lon = np.asarray(lons, dtype=float)
         lat = np.asarray(lats, dtype=float)
         acc = np.asarray(accs, dtype=float)
@@ -102,7 +104,7 @@ class FenceSet:
                 np.where(shapely.intersects(shapes, circles), UNSURE, OUTSIDE),
             )
         keep = side != OUTSIDE
-        return fix[keep].tolist(), fence[keep].tolist(), side[keep].tolist()
+        return fix[keep], fence[keep], side[keep]
 
     def classify(self, fence: Fence, lon: float, lat: float, acc: float) -> int:
         """INSIDE, OUTSIDE, or UNSURE when the accuracy circle (metres) crosses the edge,
@@ -112,7 +114,7 @@ class FenceSet:
         """
         only = FenceSet([fence])
         fixes, _, sides = only.sides([lon], [lat], [acc])
-        return sides[0] if fixes else OUTSIDE
+        return int(sides[0]) if len(fixes) else OUTSIDE
 
 
 def accuracy_circles(lons: Any, lats: Any, metres: Any) -> Any:

@@ -176,28 +176,37 @@ class Fencing:
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            if callable(item):
-                item()
+            try:
+                if not self._step():
+                    return
+            except Exception:  # a bug must not stop the evaluation of what follows
+                log.exception("the fence worker failed on an item; going on")
+
+    def _step(self) -> bool:
+        """Take the next item (or a run of positions) and handle it; False at the end."""
+        item = self._queue.get()
+        if item is None:
+            return False
+        if callable(item):
+            item()
+            return True
+        batch = list(item)
+        # Take what else is queued, up to a command: one evaluation, one store write.
+        while len(batch) < _MAX_BATCH:
+            try:
+                more = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if not isinstance(more, list):
+                self._evaluate(batch)
+                if more is None:
+                    return False
+                more()
+                batch = []
                 continue
-            batch = list(item)
-            # Take what else is queued, up to a command: one evaluation, one store write.
-            while len(batch) < _MAX_BATCH:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if not isinstance(more, list):
-                    self._evaluate(batch)
-                    if more is None:
-                        return
-                    more()
-                    batch = []
-                    continue
-                batch.extend(more)
-            self._evaluate(batch)
+            batch.extend(more)
+        self._evaluate(batch)
+        return True
 
     def _evaluate(self, positions: list[Position]) -> None:
         if not positions:
