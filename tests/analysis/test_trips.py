@@ -1,0 +1,239 @@
+"""Trips and stops on constructed tracks whose answers are known."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+import pytest
+from pyproj import Geod
+
+from geotrack.analysis import Params, Stop, Trip, analyze, stops, trips
+from geotrack.errors import InvalidParameter
+from geotrack.schema import Position, ms_to_ts
+from tests.factories import T0
+
+GEOD = Geod(ellps="WGS84")
+HOME = (52.52, 13.405)
+
+
+class Track:
+    """Builds one device's fixes: drive along a bearing, stand (with jitter), skip time."""
+
+    def __init__(self, device: str = "car-1", start: tuple[float, float] = HOME) -> None:
+        self.device = device
+        self.lat, self.lon = start
+        self.t = T0
+        self.fixes: list[Position] = []
+        self.rng = random.Random(13)
+
+    def _fix(self, lat: float, lon: float, **extra: float) -> None:
+        self.fixes.append(
+            Position(device=self.device, lat=lat, lon=lon, ts=ms_to_ts(self.t), **extra)
+        )
+
+    def move(
+        self,
+        seconds: float,
+        speed: float,
+        bearing: float,
+        every: float = 5.0,
+        jitter: float = 0.0,
+        reported: float | None = None,
+    ) -> Track:
+        """Fixes every ``every`` s while moving at ``speed`` m/s (the first at the start)."""
+        for _ in range(round(seconds / every)):
+            extra = {} if reported is None else {"speed": reported}
+            self._fix(*self._jittered(jitter), **extra)
+            lon, lat, _ = GEOD.fwd(self.lon, self.lat, bearing, speed * every)
+            self.lat, self.lon = lat, lon
+            self.t += round(every * 1000)
+        return self
+
+    def stand(self, seconds: float, every: float = 5.0, jitter: float = 0.0) -> Track:
+        """Fixes every ``every`` s, each up to ``jitter`` metres off in each axis."""
+        return self.move(seconds, 0.0, 0.0, every, jitter)
+
+    def skip(self, seconds: float) -> Track:
+        self.t += round(seconds * 1000)
+        return self
+
+    def jump(self, metres: float, bearing: float) -> Track:
+        lon, lat, _ = GEOD.fwd(self.lon, self.lat, bearing, metres)
+        self.lat, self.lon = lat, lon
+        return self
+
+    def _jittered(self, jitter: float) -> tuple[float, float]:
+        if not jitter:
+            return self.lat, self.lon
+        dx = self.rng.uniform(-jitter, jitter)
+        dy = self.rng.uniform(-jitter, jitter)
+        lon, lat, _ = GEOD.fwd(self.lon, self.lat, 90, dx)
+        lon, lat, _ = GEOD.fwd(lon, lat, 0, dy)
+        return lat, lon
+
+
+def metres(a: tuple[float, float], b: tuple[float, float]) -> float:
+    return float(GEOD.inv(a[1], a[0], b[1], b[0])[2])
+
+
+def split(items: list[Trip | Stop]) -> tuple[list[Trip], list[Stop]]:
+    return [i for i in items if isinstance(i, Trip)], [i for i in items if isinstance(i, Stop)]
+
+
+def test_a_ten_minute_stop_mid_drive() -> None:
+    track = Track().move(600, 15, 90)  # 9 km east at 54 km/h
+    arrived = track.t
+    place = (track.lat, track.lon)
+    track.stand(600, jitter=10)
+    left = track.t
+    track.move(600, 15, 0)
+    found = list(analyze(track.fixes))
+    drives, halts = split(found)
+    assert [type(i).__name__ for i in found] == ["Trip", "Stop", "Trip"]
+    (stop,) = halts
+    assert abs(stop.arrival_ms - arrived) <= 30_000
+    assert abs(stop.departure_ms - left) <= 30_000
+    assert 540 <= stop.duration_s <= 660
+    assert metres((stop.lat, stop.lon), place) < 20
+    first, second = drives
+    assert first.start_ms == T0
+    assert first.end_ms == stop.arrival_ms and second.start_ms == stop.departure_ms
+    assert first.distance_m == pytest.approx(9000, rel=0.03)
+    assert second.distance_m == pytest.approx(9000, rel=0.03)
+    assert first.max_speed == pytest.approx(15, rel=0.05)
+    assert first.avg_speed == pytest.approx(15, rel=0.05)
+
+
+def test_a_parked_device_jittering_30_m_for_an_hour_is_one_stop_and_no_trip() -> None:
+    for every in (1.0, 10.0, 30.0):
+        track = Track().stand(3600, every=every, jitter=30)
+        drives, halts = split(list(analyze(track.fixes)))
+        assert drives == [], every
+        (stop,) = halts
+        assert stop.arrival_ms == T0
+        assert stop.departure_ms == track.fixes[-1].ts_ms
+        assert stop.fixes == len(track.fixes)
+        assert metres((stop.lat, stop.lon), HOME) < 10
+
+
+def test_a_single_wild_fix_does_not_split_a_stop() -> None:
+    track = Track().stand(1200, jitter=20).jump(600, 45)
+    track.stand(5)  # one fix 600 m off
+    track.jump(600, 225).stand(1200, jitter=20)
+    drives, halts = split(list(analyze(track.fixes)))
+    assert drives == []
+    (stop,) = halts
+    assert stop.duration_s == pytest.approx(2405, abs=5)
+
+
+def test_a_long_gap_ends_the_trip() -> None:
+    track = Track().move(600, 15, 90)
+    before = track.fixes[-1]
+    track.skip(7200).jump(20_000, 180).move(600, 15, 90)
+    drives, halts = split(list(analyze(track.fixes)))
+    assert halts == []
+    first, second = drives
+    assert first.end_ms == before.ts_ms
+    assert second.start_ms == before.ts_ms + 5000 + 7_200_000
+    # No distance is counted across the gap.
+    assert first.distance_m + second.distance_m == pytest.approx(2 * 8925, rel=0.02)
+
+
+def test_a_tracker_asleep_while_parked_is_a_stop_through_the_gap() -> None:
+    track = Track().move(600, 15, 90)
+    parked = track.fixes[-1]
+    track.skip(3 * 3600).move(600, 15, 0)
+    drives, halts = split(list(analyze(track.fixes)))
+    assert len(drives) == 2
+    (stop,) = halts
+    assert stop.arrival_ms == parked.ts_ms
+    assert stop.departure_ms >= parked.ts_ms + 3 * 3_600_000
+    assert drives[0].end_ms == stop.arrival_ms
+
+
+def test_a_gap_shorter_than_the_gap_option_does_not_end_a_trip() -> None:
+    track = Track().move(600, 15, 90).skip(1800).jump(3000, 90).move(600, 15, 90)
+    assert len(list(trips(track.fixes))) == 1
+    assert len(list(trips(track.fixes, Params(gap_s=600)))) == 2
+
+
+@pytest.mark.parametrize("speed", [0.5, 0.8])
+def test_a_slow_walker_who_never_stops_has_no_stops(speed: float) -> None:
+    track = Track("walker").move(3600, speed, 30, every=5, jitter=3)
+    drives, halts = split(list(analyze(track.fixes)))
+    assert halts == []
+    (walk,) = drives
+    assert walk.start_ms == T0 and walk.end_ms == track.fixes[-1].ts_ms
+    # Jitter adds to a sum of short steps, never takes away.
+    assert speed * 3600 * 0.98 < walk.distance_m < speed * 3600 * 2
+
+
+def test_a_walker_who_stops_for_five_minutes_has_that_stop() -> None:
+    track = Track("walker").move(900, 1.2, 30, jitter=3)
+    arrived = track.t
+    track.stand(300, jitter=8).move(900, 1.2, 30, jitter=3)
+    drives, halts = split(list(analyze(track.fixes)))
+    assert len(drives) == 2
+    (stop,) = halts
+    # A walker is inside the 200 m circle for a while before and after.
+    assert abs(stop.arrival_ms - arrived) <= 120_000
+    assert 300 <= stop.duration_s <= 600
+
+
+def test_a_stop_shorter_than_the_stop_duration_is_no_stop() -> None:
+    track = Track().move(300, 15, 90).stand(120).move(300, 15, 90)
+    assert len(list(trips(track.fixes))) == 1
+    assert list(stops(track.fixes)) == []
+    assert len(list(stops(track.fixes, Params(stop_duration_s=60)))) == 1
+
+
+def test_reported_speeds_give_the_top_speed() -> None:
+    track = Track().move(300, 15, 90, reported=16.5).stand(600).move(30, 15, 0)
+    first = next(trips(track.fixes))
+    assert first.max_speed == 16.5
+
+
+def test_paths_and_devices_one_after_the_other() -> None:
+    a = Track("a").move(300, 10, 90).fixes
+    b = Track("b").stand(600).fixes
+    found = list(analyze(a + b, paths=True))
+    assert [(i.device, type(i).__name__) for i in found] == [("a", "Trip"), ("b", "Stop")]
+    trip = found[0]
+    assert isinstance(trip, Trip)
+    assert len(trip.path) == trip.fixes == len(a)
+    assert trip.path[0] == (a[0].lon, a[0].lat)
+
+
+def test_results_stream_before_the_input_ends() -> None:
+    track = Track().move(300, 15, 90).stand(600).move(300, 15, 90).stand(600)
+    read = 0
+
+    def counted() -> Iterator[Position]:
+        nonlocal read
+        for fix in track.fixes:
+            read += 1
+            yield fix
+
+    found = analyze(counted())
+    assert isinstance(next(found), Trip)
+    assert read < len(track.fixes) / 2
+
+
+def test_late_fixes_are_skipped() -> None:
+    fixes = Track().stand(600).fixes
+    (stop,) = stops([*fixes[:10], fixes[3], *fixes[10:]])
+    assert stop.fixes == len(fixes)
+
+
+@pytest.mark.parametrize(
+    ("field", "option"),
+    [
+        ("stop_radius_m", "--stop-radius"),
+        ("stop_duration_s", "--stop-duration"),
+        ("gap_s", "--gap"),
+    ],
+)
+def test_parameters_must_be_positive(field: str, option: str) -> None:
+    with pytest.raises(InvalidParameter, match=f"^{option}: must be a positive number"):
+        Params(**{field: 0.0})
