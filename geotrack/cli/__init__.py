@@ -17,6 +17,7 @@ from geotrack.cli import publish as _publish  # noqa: F401
 from geotrack.cli import serve as _serve  # noqa: F401
 from geotrack.cli import share as _share  # noqa: F401
 from geotrack.cli import tail as _tail  # noqa: F401
+from geotrack.cli import trips as _trips  # noqa: F401
 from geotrack.cli import watch as _watch  # noqa: F401
 from geotrack.cli._common import app
 
