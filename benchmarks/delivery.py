@@ -149,8 +149,9 @@ async def _poller(port: int, wire: Wire, probes: _Probes, every: float | None) -
         cursor = _cursor(await _get(reader, writer, wire, port, "/api/positions/poll"))
         wait = "30" if every is None else "0"
         next_at = time.monotonic()
+        more = False
         while True:
-            if every is not None:
+            if every is not None and not more:
                 next_at += every
                 await asyncio.sleep(max(0.0, next_at - time.monotonic()))
             body = await _get(
@@ -158,6 +159,7 @@ async def _poller(port: int, wire: Wire, probes: _Probes, every: float | None) -
             )
             probes.seen(wire, body)
             cursor = _cursor(body)
+            more = b'"more":true' in body[:200]  # a full answer: ask again at once
     finally:
         writer.close()
 

@@ -80,6 +80,8 @@ RECENT: Final = 10_000
 IDLE_AFTER: Final = 60.0
 #: The ``retry:`` an event stream advises: milliseconds before EventSource reconnects.
 _RETRY_MS: Final = 2000
+#: Changes one store read looks at, at most, for one answer.
+_READ_AT_MOST: Final = 50_000
 #: Seconds an answer may wait for a commit the tail is reading when its own wait is over.
 _SETTLE: Final = 1.0
 _EVENT_STREAM: Final = "text/event-stream; charset=utf-8"
@@ -100,6 +102,8 @@ class _Batch(NamedTuple):
 
     encoded: list[bytes]
     cursor: str | None
+    #: Whether it stopped at a limit with more to come at once.
+    more: bool = False
 
 
 class Tail:
@@ -393,7 +397,7 @@ class Feeds:
                 cursor = self.tail.cursor
                 if cursor is None:
                     return _text(503, "the store has not given a cursor yet: retry")
-                return _poll_answer([], cursor)
+                return _poll_answer(_Batch([], cursor))
             deadline = time.monotonic() + min(watch.wait, watch.expires - time.time())
             batch = await self._next(watch.since, watch.filter, deadline)
         except InvalidParameter as exc:
@@ -402,7 +406,7 @@ class Feeds:
             return _text(503, f"store read failed: {exc}")
         finally:
             self.tail.detach()
-        response = _poll_answer(batch.encoded, batch.cursor)
+        response = _poll_answer(batch)
         if self.tail.closed:
             response.force_close()
         return response
@@ -545,7 +549,9 @@ class Feeds:
             if batch.cursor is not None:
                 cursor = batch.cursor
             if batch.encoded or tail.closed:
-                return _Batch(batch.encoded, cursor if isinstance(cursor, str) else None)
+                return _Batch(
+                    batch.encoded, cursor if isinstance(cursor, str) else None, batch.more
+                )
             left = deadline - time.monotonic()
             if left <= 0:
                 return _Batch([], cursor if isinstance(cursor, str) else None)
@@ -567,20 +573,29 @@ def _select(entries: list[_Entry], end: str | None, flt: SubscribeFilter) -> _Ba
         if flt.matches(entry.position):
             encoded.append(entry.encoded)
             if len(encoded) == MAX_FRAME_POSITIONS:
-                return _Batch(encoded, entry.cursor)
+                return _Batch(encoded, entry.cursor, more=entry is not entries[-1])
     return _Batch(encoded, end)
 
 
 def _read_store(store: Store, since: str | int, flt: SubscribeFilter) -> _Batch:
-    """Run on a worker thread: the changes after ``since`` from a change feed of its own."""
+    """Run on a worker thread: the changes after ``since`` from a change feed of its own.
+
+    Reads until MAX_FRAME_POSITIONS pass the filter, the feed has no more, or
+    :data:`_READ_AT_MOST` changes were looked at (a bbox that matches little must not
+    hold a thread for a whole backlog): ``more`` then says to ask again at once.
+    """
+    encoded: list[bytes] = []
+    read = 0
     with store.follow(since, tuple(flt.devices)) as feed:
-        changes = feed.poll(0)
-        encoded: list[bytes] = []
-        for change in changes:
-            if flt.matches(change.position):
-                encoded.append(encode_position(change.position))
-                if len(encoded) == MAX_FRAME_POSITIONS:
-                    return _Batch(encoded, change.cursor)
+        while changes := feed.poll(0):
+            for change in changes:
+                if flt.matches(change.position):
+                    encoded.append(encode_position(change.position))
+                    if len(encoded) == MAX_FRAME_POSITIONS:
+                        return _Batch(encoded, change.cursor, more=change is not changes[-1])
+            read += len(changes)
+            if read >= _READ_AT_MOST:
+                return _Batch(encoded, _cursor_of(feed), more=True)
         return _Batch(encoded, _cursor_of(feed))
 
 
@@ -613,9 +628,11 @@ def _wait(text: str | None) -> float:
     return seconds
 
 
-def _poll_answer(encoded: list[bytes], cursor: str | None) -> web.Response:
-    cursor_json = b"null" if cursor is None else _json_string(cursor)
-    body = b'{"cursor":' + cursor_json + b',"positions":' + encode_batch(encoded) + b"}"
+def _poll_answer(batch: _Batch) -> web.Response:
+    cursor = b"null" if batch.cursor is None else _json_string(batch.cursor)
+    more = b"true" if batch.more else b"false"
+    body = b'{"cursor":' + cursor + b',"more":' + more + b',"positions":'
+    body += encode_batch(batch.encoded) + b"}"
     return web.Response(
         body=body, content_type="application/json", headers={"Cache-Control": "no-store"}
     )

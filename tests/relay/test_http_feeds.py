@@ -80,7 +80,26 @@ def test_long_polls_miss_nothing_and_repeat_nothing(tmp_path: Path) -> None:
             third = await poll(http, f"since={second['cursor']}&wait=0")
             assert [p["ts"][17:19] for p in third["positions"]] == [f"{i:02}" for i in range(3, 23)]
             fourth = await poll(http, f"since={third['cursor']}&wait=0")
-            assert fourth == {"cursor": third["cursor"], "positions": []}
+            assert fourth == {"cursor": third["cursor"], "more": False, "positions": []}
+            await ws.close()
+
+    arun(main())
+
+
+def test_an_answer_holds_at_most_1000_positions_and_says_when_there_are_more(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        async with running_http(tmp_path / "db") as (relay, _, http):
+            cursor = (await poll(http, ""))["cursor"]
+            ws = await publisher(relay)
+            await publish(ws, *(fix("car-1", i) for i in range(600)))
+            await publish(ws, *(fix("car-2", i) for i in range(600)))
+            first = await poll(http, f"since={cursor}&wait=0")
+            second = await poll(http, f"since={first['cursor']}&wait=0")
+            assert (len(first["positions"]), first["more"]) == (1000, True)
+            assert (len(second["positions"]), second["more"]) == (200, False)
+            assert len(set(ids(first["positions"] + second["positions"]))) == 1200
             await ws.close()
 
     arun(main())
@@ -91,7 +110,7 @@ def test_a_wait_that_runs_out_answers_nothing_and_the_same_cursor(tmp_path: Path
         async with running_http(tmp_path / "db") as (_, _, http):
             cursor = (await poll(http, ""))["cursor"]
             answer = await within(poll(http, f"since={cursor}&wait=300ms"), 5)
-            assert answer == {"cursor": cursor, "positions": []}
+            assert answer == {"cursor": cursor, "more": False, "positions": []}
 
     arun(main())
 
@@ -106,13 +125,16 @@ def test_a_cursor_older_than_memory_and_a_time_are_read_from_the_store(tmp_path:
             # sqlite:0 is before anything this relay has seen: the store answers, 1,000 at
             # a time, and the cursors lead on into memory without a gap.
             got: list[dict[str, Any]] = []
+            mores = []
             cursor = "sqlite:0"
             while len(got) < 1500:
                 answer = await poll(http, f"since={cursor}&wait=0")
                 assert answer["positions"], "the store's positions come before any wait"
                 got.extend(answer["positions"])
+                mores.append(answer["more"])
                 cursor = answer["cursor"]
             assert len(set(ids(got))) == 1500
+            assert mores == [True, False]  # a full answer says to ask again at once
             ws = await publisher(relay)
             await publish(ws, fix("car-9", 0))
             last = await poll(http, f"since={cursor}&wait=5")
@@ -297,7 +319,7 @@ def test_stopping_the_listener_ends_held_requests_at_once(tmp_path: Path) -> Non
             await asyncio.sleep(0.3)
             started = time.monotonic()
             await within(listener.stop(), 5)
-            assert await within(held, 5) == {"cursor": cursor, "positions": []}
+            assert await within(held, 5) == {"cursor": cursor, "more": False, "positions": []}
             assert (await within(streamed, 5)).startswith(b"retry: ")
             assert time.monotonic() - started < 5  # not the 120 s wait, nor the 5 s grace
 
