@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from geotrack.errors import FenceError, StoreError
 from geotrack.fences import Fence, FenceEngine, fence_from_feature, load_fences
-from geotrack.schema import Event, Position
+from geotrack.schema import Event, FenceState, Position
 from geotrack.store import Store
 
 if TYPE_CHECKING:
@@ -40,6 +40,8 @@ log = logging.getLogger("geotrack.relay")
 
 #: Positions taken from the queue for one evaluation at most.
 _MAX_BATCH = 20_000
+#: Seconds between saves of changed states when no event carries them.
+_SAVE_EVERY = 1.0
 _Command = Callable[[], None]
 
 
@@ -63,6 +65,7 @@ class Fencing:
         self._queue: queue.SimpleQueue[list[Position] | _Command | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._saved_at = 0.0
         self._file_lock = asyncio.Lock()
         #: Positions evaluated, events decided, events the store took as new (another
         #: relay may have stored the same first), and failed store writes.
@@ -186,6 +189,7 @@ class Fencing:
         """Take the next item (or a run of positions) and handle it; False at the end."""
         item = self._queue.get()
         if item is None:
+            self._write([], self._engine.take_changed())  # what waited for the next second
             return False
         if callable(item):
             item()
@@ -200,6 +204,7 @@ class Fencing:
             if not isinstance(more, list):
                 self._evaluate(batch)
                 if more is None:
+                    self._write([], self._engine.take_changed())
                     return False
                 more()
                 batch = []
@@ -218,26 +223,25 @@ class Fencing:
             return
         self.evaluated += len(positions)
         self.decided += len(events)
-        if events:
-            self._write(events)
-        states = self._engine.take_changed()
-        if states:
-            try:
-                self.store.save_fence_states(states)
-            except StoreError as exc:
-                self.failures += 1
-                log.error("saving %d fence states failed: %s", len(states), exc)
+        # States go with the events, in their transaction; without events, at most once
+        # a second (a dwell started or cancelled), so the writer is not held up for them.
+        now = time.monotonic()
+        if events or now - self._saved_at >= _SAVE_EVERY or self._stopping:
+            self._write(events, self._engine.take_changed())
+            self._saved_at = now
 
-    def _write(self, events: list[Event]) -> None:
-        """Store events, retrying while the store fails (until the relay stops)."""
+    def _write(self, events: list[Event], states: list[FenceState]) -> None:
+        """Store events and states, retrying while the store fails (until the relay stops)."""
+        if not events and not states:
+            return
         pause = 0.1
         while True:
             try:
-                new = self.store.write_events(events, self._origin)
+                new = self.store.write_events(events, self._origin, states=states)
             except StoreError as exc:
                 self.failures += 1
                 if self._stopping:
-                    log.error("%d fence events lost at shutdown: %s", len(events), exc)
+                    log.error("%d fence events not stored at shutdown: %s", len(events), exc)
                     return
                 log.error("storing %d fence events failed, retrying: %s", len(events), exc)
                 time.sleep(pause)

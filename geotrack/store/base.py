@@ -207,12 +207,20 @@ class Store(ABC):
         """
 
     @abstractmethod
-    def write_events(self, events: Sequence[Event], origin: str | None = None) -> list[bool]:
+    def write_events(
+        self,
+        events: Sequence[Event],
+        origin: str | None = None,
+        *,
+        states: Sequence[FenceState] = (),
+    ) -> list[bool]:
         """Store events durably; return, for each, whether it was new.
 
         Idempotent on :attr:`Event.key` (device, fence, ts, type): an event already stored
         (by this relay or another on the same store) is a duplicate, reported False and
         not delivered again by :meth:`follow_events`. All-or-nothing like :meth:`write`.
+        ``states`` are saved as :meth:`save_fence_states` does, in the same transaction
+        where the backend has one (SQLite): the engine's state and its events agree.
         """
 
     @abstractmethod

@@ -510,14 +510,24 @@ class MongoStore(Store):
             self._events_indexed = True
         return events
 
-    def write_events(self, events: Sequence[Event], origin: str | None = None) -> list[bool]:
+    def write_events(
+        self,
+        events: Sequence[Event],
+        origin: str | None = None,
+        *,
+        states: Sequence[FenceState] = (),
+    ) -> list[bool]:
         self._check_open()
-        if not events:
-            return []
-        try:
-            return insert_events(self._events(), events, origin)
-        except (PyMongoError, BSONError) as exc:
-            self._raise(exc, "writing events")
+        new: list[bool] = []
+        if events:
+            try:
+                new = insert_events(self._events(), events, origin)
+            except (PyMongoError, BSONError) as exc:
+                self._raise(exc, "writing events")
+        # After the events (no transaction across collections): a crash in between
+        # leaves the older state, which decides the same events again, stored once.
+        self.save_fence_states(states)
+        return new
 
     def query_events(
         self,

@@ -426,10 +426,22 @@ class SQLiteStore(Store):
             conn.close()
         return [_row_to_position(row) for row in rows]
 
-    def write_events(self, events: Sequence[Event], origin: str | None = None) -> list[bool]:
-        if not events:
+    def write_events(
+        self,
+        events: Sequence[Event],
+        origin: str | None = None,
+        *,
+        states: Sequence[FenceState] = (),
+    ) -> list[bool]:
+        if not events and not states:
             return []
-        return self._in_write_transaction(lambda: insert_events(self._writer, events, origin))
+
+        def work() -> list[bool]:
+            new = insert_events(self._writer, events, origin)
+            upsert_states(self._writer, states)
+            return new
+
+        return self._in_write_transaction(work)
 
     def save_fence_states(self, states: Sequence[FenceState]) -> None:
         if states:

@@ -400,3 +400,15 @@ def test_fence_states_are_saved_and_replaced(store_factory: StoreFactory) -> Non
     ]
     van = FenceState("van", "depot", False, T0 + 5, T0 + 9)
     assert again.fence_states(devices=["van"]) == [van]
+
+
+def test_write_events_saves_states_with_them(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    state = FenceState("van", "depot", True, None, T0 + 1000)
+    assert store.write_events([_event("enter", i=1)], "relay-a", states=[state]) == [True]
+    assert store.write_events([], states=[FenceState("bike", "yard", False, T0, T0)]) == []
+    assert store_factory().fence_states() == [
+        FenceState("bike", "yard", False, T0, T0),
+        state,
+    ]
+    assert [e.type for e in store.query_events()] == ["enter"]
