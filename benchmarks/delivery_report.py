@@ -73,15 +73,41 @@ def markdown(summary: dict[str, Any]) -> str:
 
 
 class _Panel:
-    """One panel of grouped bars on a log scale."""
+    """One panel of grouped bars, on a log scale from ``lo`` to ``hi`` or linear from 0."""
 
-    def __init__(self, x: float, y: float, width: float, height: float, lo: float, hi: float):
+    def __init__(
+        self,
+        x: float,
+        y: float,
+        width: float,
+        height: float,
+        lo: float,
+        hi: float,
+        linear: float | None = None,
+    ):
         self.x, self.y, self.width, self.height = x, y, width, height
-        self.lo, self.hi = math.log10(lo), math.log10(hi)
+        #: The step between gridlines of a linear scale (None: log scale).
+        self.linear = linear
+        if linear is not None:
+            self.lo, self.hi = 0.0, math.ceil(hi / linear) * linear
+        else:
+            self.lo, self.hi = math.log10(lo), math.log10(hi)
 
     def ypos(self, value: float) -> float:
-        fraction = (math.log10(max(value, 10**self.lo)) - self.lo) / (self.hi - self.lo)
+        if self.linear is not None:
+            fraction = max(0.0, value) / self.hi
+        else:
+            fraction = (math.log10(max(value, 10**self.lo)) - self.lo) / (self.hi - self.lo)
         return self.y + self.height * (1 - fraction)
+
+    def _ticks(self) -> list[tuple[float, str]]:
+        if self.linear is not None:
+            steps = round(self.hi / self.linear)
+            return [(i * self.linear, f"{i * self.linear:,.0f}") for i in range(steps + 1)]
+        return [
+            (10**e, f"{10**e:,.0f}" if e >= 0 else f"{10**e:g}")
+            for e in range(math.ceil(self.lo), math.floor(self.hi) + 1)
+        ]
 
     def axis(self, title: str, unit: str) -> list[str]:
         out = [
@@ -90,9 +116,8 @@ class _Panel:
             f"<text x='{self.x + self.width}' y='{self.y - 14}' font-size='12' "
             f"text-anchor='end' fill='#555' {_FONT}>{escape(unit)}</text>",
         ]
-        for exponent in range(math.ceil(self.lo), math.floor(self.hi) + 1):
-            y = self.ypos(10**exponent)
-            label = f"{10**exponent:,.0f}" if exponent >= 0 else f"{10**exponent:g}"
+        for value, label in self._ticks():
+            y = self.ypos(value)
             out.append(
                 f"<line x1='{self.x}' x2='{self.x + self.width}' y1='{y:.1f}' y2='{y:.1f}' "
                 "stroke='#ddd'/>"
@@ -178,9 +203,9 @@ def svg(summary: dict[str, Any]) -> str:
     latency = {(r["mechanism"], r["workload"]): (r["p50_ms"], r["p99_ms"]) for r in rows}
     per_byte = {(r["mechanism"], r["workload"]): (r["bytes_per_position"], None) for r in rows}
     out = [
-        f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{3 * panel_h + 330}' "
-        f"viewBox='0 0 {width} {3 * panel_h + 330}'>",
-        f"<rect width='{width}' height='{3 * panel_h + 330}' fill='white'/>",
+        f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{3 * panel_h + 345}' "
+        f"viewBox='0 0 {width} {3 * panel_h + 345}'>",
+        f"<rect width='{width}' height='{3 * panel_h + 345}' fill='white'/>",
         f"<text x='20' y='28' font-size='18' font-weight='bold' {_FONT}>What a watcher pays "
         "to stay current: geotrack's delivery mechanisms side by side</text>",
     ]
@@ -198,11 +223,11 @@ def svg(summary: dict[str, Any]) -> str:
     top = _Panel(90, 100, panel_w, panel_h, lo, hi)
     out += top.axis("Publish → watcher latency", "milliseconds, log scale")
     out += top.groups(mechanisms, latency, series, 1)
-    lo, hi = _bounds([v for v, _ in per_byte.values() if v is not None])
-    middle = _Panel(90, 100 + panel_h + 90, panel_w, panel_h, lo, hi)
+    top_bytes = max((v for v, _ in per_byte.values() if v is not None), default=100.0)
+    middle = _Panel(90, 100 + panel_h + 90, panel_w, panel_h, 0, top_bytes, linear=100)
     out += middle.axis(
         "Bytes on the wire per delivered position (both directions, headers included)",
-        "bytes, log scale",
+        "bytes",
     )
     out += middle.groups(mechanisms, per_byte, series, 1)
     idle = {
@@ -223,7 +248,10 @@ def svg(summary: dict[str, Any]) -> str:
             out.append(
                 f"<text x='{90 + i * slot + slot / 2:.1f}' y='{bottom.y + panel_h + 32}' "
                 f"font-size='11' text-anchor='middle' fill='#555' {_FONT}>relay CPU "
-                f"{row['cpu_percent']:.1f} %, {row['kib_per_watcher']:.1f} KiB each</text>"
+                f"{row['cpu_percent']:.1f} %</text>"
+                f"<text x='{90 + i * slot + slot / 2:.1f}' y='{bottom.y + panel_h + 46}' "
+                f"font-size='11' text-anchor='middle' fill='#555' {_FONT}>"
+                f"{row['kib_per_watcher']:.1f} KiB each</text>"
             )
     out.append("</svg>")
     return "\n".join(out) + "\n"
