@@ -61,6 +61,7 @@ from geotrack.relay.access import (
 from geotrack.relay.http_devices import device_id, parse_osmand, parse_owntracks
 from geotrack.relay.http_feeds import Feeds
 from geotrack.relay.http_fences import fence_item, fences_list
+from geotrack.relay.http_trips import TripsEndpoints
 from geotrack.relay.metrics import Family, exposition
 from geotrack.relay.publishers import RateLimiter
 from geotrack.relay.server import Relay
@@ -87,6 +88,7 @@ if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
     from geotrack.relay.fencing import Fencing
+    from geotrack.relay.webhooks import Webhooks
     from geotrack.relay.mqtt import MqttBridge
 
 __all__ = ["CONTENT_TYPES", "HttpListener"]
@@ -158,6 +160,8 @@ class HttpListener:
         self.mqtt: list[MqttBridge] = []
         #: The relay's fences (``--fences``), for /api/fences; None without them.
         self.fences: Fencing | None = None
+        #: The relay's webhooks (``--webhook``), counted in /metrics; None without them.
+        self.webhooks: Webhooks | None = None
         #: Long polling and Server-Sent Events (GET /api/positions/poll, /api/stream).
         self.feeds = Feeds(
             relay.store, relay.hub, relay.id, self._grant, self._viewable, self._store_call
@@ -198,6 +202,10 @@ class HttpListener:
         app.router.add_get("/api/stream", self.feeds.stream)
         app.router.add_get("/api/fences", self._fences_list)
         app.router.add_route("*", "/api/fences/{name}", self._fence)
+        # GET /api/trips and /api/stops (geotrack.relay.http_trips, docs/trips.md).
+        trips = TripsEndpoints(self.relay.store, self._grant, self._viewable, self._store_call)
+        app.router.add_get("/api/trips", trips.trips)
+        app.router.add_get("/api/stops", trips.stops)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
         await self.feeds.start()
@@ -640,6 +648,10 @@ class HttpListener:
             from geotrack.relay.mqtt import mqtt_families
 
             families.extend(mqtt_families(self.mqtt))
+        if self.webhooks is not None:
+            from geotrack.relay.webhooks import webhook_families
+
+            families.extend(webhook_families(self.webhooks))
         return families
 
 
