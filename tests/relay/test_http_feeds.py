@@ -22,6 +22,7 @@ from geotrack.auth import Tokens, sign_share
 from geotrack.relay import http_feeds
 from geotrack.store import open_store
 from tests.factories import PUB, SUB, pos
+from tests.mongo_servers import fresh_database, nx27017_server
 from tests.relay_helpers import arun, fix, publisher, roundtrip, running_http, within
 
 SECRET = "a-share-secret-of-at-least-32-characters"
@@ -420,3 +421,37 @@ def test_the_tail_follows_the_store_only_while_watched(
             await ws.close()
 
     arun(main())
+
+
+def test_long_polls_and_streams_over_a_mongo_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """MongoDB cursors are change-stream resume tokens: the same guarantees hold."""
+    server = nx27017_server(request)
+    database = fresh_database()
+    store = open_store(server.url(database))
+
+    async def main() -> None:
+        async with running_http(tmp_path / "db", store) as (relay, _, http):
+            start = (await poll(http, ""))["cursor"]
+            assert start.startswith("mongo:")
+            ws = await publisher(relay)
+            await publish(ws, fix("car-1", 0), fix("car-1", 1))
+            first = await within(poll(http, f"since={start}&wait=10"), 15)
+            assert len(first["positions"]) == 2
+            held = asyncio.create_task(poll(http, f"since={first['cursor']}&wait=10"))
+            await publish(ws, fix("car-1", 2))
+            second = await within(held, 15)
+            assert ids(second["positions"]) == [("car-1", "2025-11-25T12:00:02.000Z")]
+            await publish(ws, fix("car-1", 3))
+            headers = {"Last-Event-ID": second["cursor"]}
+            async with stream(http, **headers) as events:
+                _, resumed = await within(events.next_event(), 15)
+            assert ids(resumed) == [("car-1", "2025-11-25T12:00:03.000Z")]
+            await ws.close()
+
+    try:
+        arun(main())
+    finally:
+        store.close()
+        server.drop_database(database)
