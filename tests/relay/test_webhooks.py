@@ -1,0 +1,242 @@
+"""Webhooks: stored events POSTed to a real aiohttp server on a free loopback port."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from aiohttp import web
+from websockets.asyncio.client import connect
+
+from geotrack.errors import InvalidParameter
+from geotrack.relay import RelayConfig, serve
+from geotrack.relay.metrics import exposition
+from geotrack.relay.webhooks import (
+    Webhooks,
+    check_webhook_url,
+    idempotency_key,
+    webhook_display,
+    webhook_families,
+)
+from geotrack.schema import Event, ms_to_ts
+from geotrack.store import Store, open_store
+from tests.cli_helpers import geotrack, only_error
+from tests.conftest import free_port
+from tests.factories import T0_S
+from tests.relay.test_events import IN, OUT, at, fences_file
+from tests.relay_helpers import arun, roundtrip, wait_listening
+
+
+@dataclass
+class Receiver:
+    """A webhook endpoint: answers 503 to the first ``fail_first`` requests, and to every
+    request after ``accept`` accepted ones (None: no limit), 204 otherwise."""
+
+    fail_first: int = 0
+    accept: int | None = None
+    attempts: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    accepted: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = json.loads(await request.read())
+        key = request.headers.get("Idempotency-Key", "")
+        self.attempts.append((key, body))
+        self.headers.append(dict(request.headers))
+        if len(self.attempts) <= self.fail_first or (
+            self.accept is not None and len(self.accepted) >= self.accept
+        ):
+            return web.Response(status=503, text="not now")
+        self.accepted.append((key, body))
+        return web.Response(status=204)
+
+    def keys(self) -> list[str]:
+        return [key for key, _ in self.accepted]
+
+
+@contextlib.asynccontextmanager
+async def receiving(receiver: Receiver) -> AsyncIterator[str]:
+    """The receiver served on 127.0.0.1 and a free port; yields its URL."""
+    app = web.Application()
+    app.router.add_post("/hook", receiver.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}/hook"
+    finally:
+        await runner.cleanup()
+
+
+async def until(predicate: Any, seconds: float = 15.0) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+def event(i: int, kind: str = "enter", device: str = "van") -> Event:
+    return Event(kind, device, "depot", ms_to_ts((T0_S + i) * 1000), 52.5, 13.4)  # type: ignore[arg-type]
+
+
+def write(store: Store, *events: Event) -> None:
+    assert store.write_events(events) == [True] * len(events)
+
+
+def test_sans_io_parts() -> None:
+    e = Event("exit", "van", "north/yard ü", "2025-11-25T12:00:01Z", 52.5, 13.4)
+    assert idempotency_key(e) == "van/north%2Fyard%20%C3%BC/2025-11-25T12:00:01.000Z/exit"
+    assert webhook_display("https://user:secret@hooks.example.org:8443/in?token=t") == (
+        "https://hooks.example.org:8443/in"
+    )
+    assert webhook_display("http://[::1]:9/x") == "http://[::1]:9/x"
+    check_webhook_url("https://hooks.example.org/in")
+    for bad in ("ftp://example.org/x", "hooks.example.org/in", "http:///nohost", "http://h:0/"):
+        with pytest.raises(InvalidParameter, match="--webhook"):
+            check_webhook_url(bad)
+    with pytest.raises(InvalidParameter, match="--webhook-state: give --webhook"):
+        RelayConfig(webhook_state=Path("x"))
+    assert "secret" not in repr(RelayConfig(webhooks=("https://u:secret@h.example/x",)))
+
+
+def test_every_event_delivered_in_order_retried_with_a_stable_key(tmp_path: Path) -> None:
+    receiver = Receiver(fail_first=3)
+
+    async def main() -> None:
+        with open_store(f"sqlite:///{tmp_path / 'db'}") as store:
+            write(store, event(0))  # before the first start: not delivered
+            async with receiving(receiver) as url:
+                hooks = Webhooks(store, [url], tmp_path / "state", retry_min=0.01, retry_max=0.05)
+                await hooks.start()
+                try:
+                    events = [event(1), event(2, "exit"), event(3), event(4, "exit", "bus")]
+                    write(store, *events[:2])
+                    write(store, *events[2:])
+                    await until(lambda: len(receiver.accepted) == 4)
+                    await asyncio.sleep(0.2)
+                    metrics = exposition(webhook_families(hooks))
+                finally:
+                    await hooks.stop()
+        assert receiver.keys() == [idempotency_key(e) for e in events]
+        assert [body for _, body in receiver.accepted] == msgspec.to_builtins(events)
+        # The first event was tried four times, always with the same key.
+        assert [key for key, _ in receiver.attempts[:4]] == [idempotency_key(events[0])] * 4
+        assert all(h["Content-Type"] == "application/json" for h in receiver.headers)
+        display = url
+        assert f'geotrack_webhook_deliveries_total{{webhook="{display}",result="delivered"}} 4' in (
+            metrics
+        )
+        assert f'geotrack_webhook_deliveries_total{{webhook="{display}",result="failed"}} 3' in (
+            metrics
+        )
+        assert f'geotrack_webhook_failing{{webhook="{display}"}} 0' in metrics
+
+    arun(main())
+
+
+def test_failures_logged_rate_limited_without_credentials(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    receiver = Receiver(fail_first=20)
+
+    async def main() -> None:
+        with open_store(f"sqlite:///{tmp_path / 'db'}") as store:
+            async with receiving(receiver) as url:
+                secret_url = url.replace("http://", "http://hook:s3cret@") + "?token=t0ken"
+                hooks = Webhooks(store, [secret_url], tmp_path / "state", retry_min=0.005)
+                hooks.retry_max = 0.01
+                await hooks.start()
+                try:
+                    write(store, event(1))
+                    await until(lambda: len(receiver.accepted) == 1)
+                    failing_metrics = hooks.hooks[0].failed
+                finally:
+                    await hooks.stop()
+        assert failing_metrics == 20
+        # The credentials went to the server (as basic auth), never to the log.
+        assert receiver.headers[0]["Authorization"].startswith("Basic ")
+        text = caplog.text
+        assert "s3cret" not in text and "t0ken" not in text
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1, warnings  # 20 failures within a minute: one line
+        assert warnings[0].startswith(f"webhook {url}: HTTP 503")
+        assert any(
+            "delivering again after 20 failed attempts" in r.getMessage() for r in (caplog.records)
+        )
+
+    with caplog.at_level(logging.INFO, logger="geotrack.relay"):
+        arun(main())
+
+
+async def _relay(store: Store, config: RelayConfig) -> tuple[asyncio.Event, asyncio.Task[Any]]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(store, config, stop))
+    await asyncio.get_running_loop().run_in_executor(None, wait_listening, config.port)
+    return stop, task
+
+
+def test_relay_restart_mid_backlog_loses_nothing(tmp_path: Path) -> None:
+    """Positions cross a fence; the webhook takes 2 events, then fails; the relay stops;
+    an event is stored while it is down; after the restart every event is delivered."""
+    receiver = Receiver(accept=2)
+
+    async def main() -> None:
+        with open_store(f"sqlite:///{tmp_path / 'db'}") as store:
+            async with receiving(receiver) as url:
+
+                def config() -> RelayConfig:
+                    return RelayConfig(
+                        port=free_port(),
+                        stats_interval=0,
+                        fences=fences_file(tmp_path),
+                        webhooks=(url,),
+                        webhook_state=tmp_path / "state",
+                    )
+
+                first = config()
+                stop, task = await _relay(store, first)
+                fixes = [
+                    at(d, s, lon)
+                    for d in ("a", "b", "c")
+                    for s, lon in enumerate((OUT, IN, OUT, IN))
+                ]
+                async with connect(f"ws://127.0.0.1:{first.port}/publish") as pub:
+                    ack = await roundtrip(pub, fixes)
+                    assert ack["stored"] == len(fixes)
+                await until(lambda: len(list(store.query_events())) == 9)
+                await until(lambda: len(receiver.attempts) > 3)
+                stop.set()
+                await task
+                assert len(receiver.accepted) == 2
+                write(store, event(100, device="d"))  # stored by another relay meanwhile
+                receiver.accept = None
+                stop, task = await _relay(store, config())
+                try:
+                    stored = [idempotency_key(e) for e in store.query_events()]
+                    assert len(stored) == 10
+                    await until(lambda: set(receiver.keys()) >= set(stored))
+                finally:
+                    stop.set()
+                    await task
+        # At least once; and the events after the last saved cursor came in store order.
+        assert set(receiver.keys()) == set(stored)
+        state = list((tmp_path / "state").glob("*.json"))
+        assert len(state) == 1 and json.loads(state[0].read_text())["webhook"] == url
+
+    arun(main(), 90)
+
+
+def test_a_bad_webhook_url_is_one_error_line(tmp_path: Path) -> None:
+    result = geotrack("serve", "--port", "0", "--webhook", "ftp://u:pw@example.org/x", cwd=tmp_path)
+    line = only_error(result)
+    assert "--webhook" in line and "ftp://example.org/x" in line and "pw" not in line
