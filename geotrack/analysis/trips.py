@@ -222,30 +222,95 @@ def _unplane(origin: _Fix, x: float, y: float) -> tuple[float, float]:
     return max(-90.0, min(90.0, lat)), lon
 
 
-def _drift(window: deque[_Fix]) -> float:
-    """The speed (m/s) of the least-squares line through the window's fixes over time.
+class _Window(deque[_Fix]):
+    """The stop candidate: its fixes, and the sums their drift is computed from.
 
-    Each fix weighs the time it stands for (half the intervals either side of it), so a
-    tracker that reports often while moving and seldom while still is judged by where
-    it spent its time, not by how many fixes it sent from where.
+    Drift is the speed of the weighted least-squares line through the fixes' positions
+    (in a local plane) against time. Each fix weighs the time it stands for, half the
+    intervals either side of it, so a tracker that reports often while moving and seldom
+    while still is judged by where it spent its time, not by how many fixes it sent from
+    where. The sums follow appends and pops (each interval gives half its length to each
+    of its two fixes), so a window sliding along a walker costs the same per fix however
+    many fixes it holds; they are recomputed around a new origin every hour or 5 km.
     """
-    origin = window[0]
-    times = [f.t - origin.t for f in window]
-    n = len(times)
-    weights = [(times[min(i + 1, n - 1)] - times[max(i - 1, 0)]) / 2 for i in range(n)]
-    total = sum(weights)
-    if total <= 0:
-        return 0.0
-    points = [_plane(origin, f) for f in window]
-    mt = sum(w * t for w, t in zip(weights, times, strict=True)) / total
-    mx = sum(w * p[0] for w, p in zip(weights, points, strict=True)) / total
-    my = sum(w * p[1] for w, p in zip(weights, points, strict=True)) / total
-    vt = sum(w * (t - mt) ** 2 for w, t in zip(weights, times, strict=True))
-    if vt == 0:
-        return 0.0
-    vx = sum(w * (t - mt) * (p[0] - mx) for w, t, p in zip(weights, times, points, strict=True))
-    vy = sum(w * (t - mt) * (p[1] - my) for w, t, p in zip(weights, times, points, strict=True))
-    return math.hypot(vx, vy) / vt * 1000  # per millisecond to per second
+
+    _REBASE_MS: Final = 3_600_000
+    _REBASE_M: Final = 5_000.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._origin: _Fix | None = None
+        self._sums = [0.0] * 7
+
+    def _weigh(self, fix: _Fix, weight: float) -> None:
+        origin = self._origin
+        assert origin is not None
+        t = (fix.t - origin.t) / 1000
+        x, y = _plane(origin, fix)
+        sums = self._sums
+        sums[0] += weight
+        sums[1] += weight * t
+        sums[2] += weight * x
+        sums[3] += weight * y
+        sums[4] += weight * t * t
+        sums[5] += weight * t * x
+        sums[6] += weight * t * y
+
+    def _rebase(self, origin: _Fix | None) -> None:
+        self._origin = origin
+        self._sums = [0.0] * 7
+        for before, after in zip(self, list(self)[1:], strict=False):
+            half = (after.t - before.t) / 2000
+            self._weigh(before, half)
+            self._weigh(after, half)
+
+    def append(self, fix: _Fix) -> None:
+        origin = self._origin
+        if not self:
+            self._origin = fix
+        elif origin is None or (
+            fix.t - origin.t > self._REBASE_MS or not _near(origin, fix, self._REBASE_M)
+        ):
+            self._rebase(self[0])
+        if self:
+            last = self[-1]
+            half = (fix.t - last.t) / 2000
+            super().append(fix)
+            self._weigh(last, half)
+            self._weigh(fix, half)
+        else:
+            super().append(fix)
+
+    def popleft(self) -> _Fix:
+        first = super().popleft()
+        if self:
+            half = (self[0].t - first.t) / 2000
+            self._weigh(first, -half)
+            self._weigh(self[0], -half)
+        else:
+            self._rebase(None)
+        return first
+
+    def clear(self) -> None:
+        super().clear()
+        self._rebase(None)
+
+    def drift(self) -> float:
+        """The speed (m/s) of the weighted least-squares line through the fixes."""
+        sw, swt, swx, swy, swtt, swtx, swty = self._sums
+        if len(self) < 2 or sw <= 0:
+            return 0.0
+        vt = swtt - swt * swt / sw
+        if vt <= 0:
+            return 0.0
+        return math.hypot(swtx - swt * swx / sw, swty - swt * swy / sw) / vt
+
+
+def _near(a: _Fix, b: _Fix, metres: float) -> bool:
+    """Whether ``b`` lies within ``metres`` of ``a`` (in the local plane: within a few
+    kilometres it is the geodesic distance to better than 0.1 %, and far cheaper)."""
+    x, y = _plane(a, b)
+    return x * x + y * y <= metres * metres
 
 
 def _settled(window: deque[_Fix]) -> _Fix:
@@ -385,7 +450,7 @@ class _Device:
         self.out: list[Trip | Stop] = []
         self.prev: _Fix | None = None
         #: Moving: the stop candidate, and the trip up to its first fix.
-        self.window: deque[_Fix] = deque()
+        self.window = _Window()
         self.trip: _TripBuilder | None = None
         #: Stopped: the stop, and the fixes outside it not yet a departure.
         self.stop: _StopBuilder | None = None
@@ -457,10 +522,12 @@ class _Device:
     def _moving(self, fix: _Fix) -> None:
         window = self.window
         window.append(fix)
-        self._compact()
+        if not _near(window[0], fix, self.radius):
+            self._commit(window.popleft())
+            self._compact()
         duration_ms = self.params.stop_duration_s * 1000
         while len(window) > 1 and window[-1].t - window[0].t >= duration_ms:
-            if _drift(window) <= self.params.drift_speed:
+            if window.drift() <= self.params.drift_speed:
                 self._arrive()
                 return
             self._commit(window.popleft())
@@ -469,9 +536,10 @@ class _Device:
     def _compact(self) -> None:
         """Slide the window until every fix in it lies within the radius of its first."""
         window = self.window
-        while len(window) > 1 and any(
-            _distance(window[0], fix) > self.radius for fix in list(window)[1:]
-        ):
+        while len(window) > 1:
+            anchor = window[0]
+            if all(_near(anchor, fix, self.radius) for fix in window):
+                return
             self._commit(window.popleft())
 
     def _commit(self, fix: _Fix) -> None:
@@ -542,7 +610,7 @@ class _Device:
             if not window:
                 window.append(prev)  # the trip's last fix, already counted there
             # It arrived where the fixes before the gap stopped drifting.
-            while len(window) > 1 and _drift(window) > self.params.drift_speed:
+            while len(window) > 1 and window.drift() > self.params.drift_speed:
                 self._commit(window.popleft())
             window.append(fix)
             self._compact()

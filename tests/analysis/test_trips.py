@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterator
 
@@ -237,3 +238,36 @@ def test_late_fixes_are_skipped() -> None:
 def test_parameters_must_be_positive(field: str, option: str) -> None:
     with pytest.raises(InvalidParameter, match=f"^{option}: must be a positive number"):
         Params(**{field: 0.0})
+
+
+def test_the_windows_running_drift_is_the_least_squares_one() -> None:
+    """The sums a sliding window keeps give what a fresh fit over its fixes gives."""
+    from geotrack.analysis.trips import _Fix, _plane, _Window
+
+    def fitted(fixes: list[_Fix]) -> float:
+        origin = fixes[0]
+        ts = [(f.t - origin.t) / 1000 for f in fixes]
+        n = len(ts)
+        ws = [(ts[min(i + 1, n - 1)] - ts[max(i - 1, 0)]) / 2 for i in range(n)]
+        xy = [_plane(origin, f) for f in fixes]
+        total = sum(ws)
+        mt = sum(w * t for w, t in zip(ws, ts, strict=True)) / total
+        mx = sum(w * p[0] for w, p in zip(ws, xy, strict=True)) / total
+        my = sum(w * p[1] for w, p in zip(ws, xy, strict=True)) / total
+        vt = sum(w * (t - mt) ** 2 for w, t in zip(ws, ts, strict=True))
+        vx = sum(w * (t - mt) * (p[0] - mx) for w, t, p in zip(ws, ts, xy, strict=True))
+        vy = sum(w * (t - mt) * (p[1] - my) for w, t, p in zip(ws, ts, xy, strict=True))
+        return float(math.hypot(vx, vy) / vt)
+
+    rng = random.Random(7)
+    window = _Window()
+    t, lat, lon = T0, 52.0, 13.0
+    for _ in range(5000):
+        t += rng.choice([1000, 5000, 60_000, 300_000])
+        lat += rng.uniform(-1e-4, 2e-4)
+        lon += rng.uniform(-1e-4, 2e-4)
+        window.append(_Fix(t, lat, lon, None))
+        while len(window) > rng.randint(2, 60):
+            window.popleft()
+        if len(window) > 2:
+            assert window.drift() == pytest.approx(fitted(list(window)), rel=1e-3, abs=1e-6)
