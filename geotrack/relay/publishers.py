@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Final
 from websockets.exceptions import ConnectionClosed
 
 from geotrack.auth import Grant
-from geotrack.errors import FrameError, StoreError
+from geotrack.errors import FrameError
 from geotrack.relay.access import enforce_devices
-from geotrack.relay.ingest import Slot
+from geotrack.relay.ingest import Batch, Slot
 from geotrack.relay.wsconn import RelayConnection, close_text, text_frame
 from geotrack.schema import Ack, Rejection, decode_frame, encode_ack, encode_error
 
@@ -94,26 +94,68 @@ Answer = bytes | Pending
 
 
 class Answers:
-    """A publisher's answers in frame order; None marks the end."""
+    """A publisher's answers in frame order; None marks the end.
+
+    A pending commit does not wake the sender task when it is queued: the answers watch
+    each batch their frames are in (one callback per batch, however many frames) and,
+    when it commits, call :attr:`on_commit` in that callback, which writes the acks that
+    are ready at once. The task is woken only for what needs it: an answer ready when it
+    is queued (an error frame), the end, a failed commit, a full write buffer. So a frame
+    costs no task step, future or wake-up of its own on its way to its ack.
+    """
 
     def __init__(self) -> None:
         self.items: deque[Answer | None] = deque()
         self._waiter: asyncio.Future[None] | None = None
+        self._woken = False
+        #: The batch watched last: frames that follow it into the same batch add nothing.
+        self._watching: Batch | None = None
+        #: Called when a watched batch has committed (or failed); True: wake the task.
+        self.on_commit: Callable[[], bool] | None = None
 
     def put(self, answer: Answer | None) -> None:
         self.items.append(answer)
+        if isinstance(answer, Pending):
+            batch = answer.slot.batch
+            if batch is not self._watching:
+                self._watching = batch
+                batch.committed.add_done_callback(self._committed)
+            return
+        self._notify()
+
+    def _committed(self, committed: asyncio.Future[list[bool]]) -> None:
+        watching = self._watching
+        if watching is not None and watching.committed is committed:
+            self._watching = None  # let the batch go
+        if self.on_commit is None or self.on_commit():
+            self.wake()
+
+    def wake(self) -> None:
+        """Wake the task in :meth:`wait` (or let its next wait return at once)."""
+        self._woken = True
+        self._notify()
+
+    def _notify(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def _ready(self) -> bool:
+        """Whether the first answer can be acted on: sent, or its commit's outcome known."""
+        if not self.items:
+            return False
+        head = self.items[0]
+        return not isinstance(head, Pending) or head.slot.batch.committed.done()
+
     async def wait(self) -> None:
-        """Wait until there is at least one answer."""
-        while not self.items:
+        """Wait until the first answer can be acted on, or :meth:`wake` was called."""
+        while not self._woken and not self._ready():
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
+        self._woken = False
 
 
 @dataclass(slots=True, eq=False)
@@ -133,6 +175,10 @@ class Publisher:
     reading: bool = True
     full: bool = False
     throttled: bool = False
+    #: The connection's write buffer is over its high-water mark: answers wait.
+    blocked: bool = False
+    #: A commit failed: nothing more is acked, the connection is being closed.
+    failed: bool = False
 
     def update_reading(self) -> None:
         if self.reading and (self.full or self.throttled):
@@ -267,64 +313,89 @@ class Publishers:
     async def _send_answers(self, publisher: Publisher) -> None:
         """Send one answer per frame, in frame order, each once its frame is committed.
 
-        Every answer ready at once goes out in one write: under load a commit settles
-        many frames of a publisher together.
+        Acks are written by :meth:`_flush` as soon as their commit is done, mostly from
+        the commit's callback (see :class:`Answers`); this task waits for the rest: the
+        end, a failed commit, a full write buffer. Every answer ready at once goes out in
+        one write: under load a commit settles many frames of a publisher together.
         """
         ws, answers = publisher.ws, publisher.answers
         items = answers.items
-        limit = self._config.max_inflight
-        failed = False
-        while True:
-            await answers.wait()
-            ready: list[bytes] = []
-            end = False
-            while items:
-                answer = items[0]
-                if answer is None:
-                    end = True
-                    break
-                if isinstance(answer, bytes):
-                    items.popleft()
-                    if not failed:
-                        ready.append(text_frame(answer))
+        answers.on_commit = lambda: self._flush(publisher)
+        try:
+            while True:
+                await answers.wait()
+                if publisher.blocked:
+                    with contextlib.suppress(ConnectionClosed, OSError):
+                        await ws.wait_writable()
+                    publisher.blocked = False
+                self._flush(publisher)
+                if not items or publisher.blocked:
                     continue
-                committed = answer.slot.batch.committed
-                if not committed.done():
-                    if ready:
-                        break  # send what is ready first
-                    with contextlib.suppress(StoreError):
-                        await asyncio.shield(committed)
-                items.popleft()
-                try:
-                    flags = answer.slot.flags()
-                except StoreError as exc:
+                head = items[0]
+                if head is None:
+                    return
+                if isinstance(head, Pending) and head.slot.batch.committed.done():
                     # Never ack what is not stored. Closing tells the publisher to reconnect
                     # and resend everything unacknowledged; dedupe makes the resend safe.
-                    if not failed:
-                        failed = True
-                        log.error("closing publisher %s: store write failed", publisher.name)
-                        publisher.stop_reading()
-                        ws.write_frames(b"".join(ready))
-                        ready = []
-                        with contextlib.suppress(ConnectionClosed):
-                            await ws.close(
-                                CLOSE_STORE_FAILED, close_reason(f"store write failed: {exc}")
-                            )
-                    continue
-                ack = self._settle(answer, flags)
-                publisher.stored += ack.stored
-                publisher.duplicates += ack.duplicates
+                    exc = head.slot.batch.committed.exception()
+                    publisher.failed = True
+                    log.error("closing publisher %s: store write failed", publisher.name)
+                    publisher.stop_reading()
+                    with contextlib.suppress(ConnectionClosed):
+                        await ws.close(
+                            CLOSE_STORE_FAILED, close_reason(f"store write failed: {exc}")
+                        )
+        finally:
+            answers.on_commit = None
+
+    def _flush(self, publisher: Publisher) -> bool:
+        """Write the answers that are ready, in frame order, in one write.
+
+        Stops at the first frame whose commit is not done. Returns True when the sender
+        task has something to do: the end is reached, a commit failed, or the write
+        buffer is full (the task waits for it to drain, then calls this again).
+        """
+        if publisher.blocked:
+            return False  # the task is waiting for the buffer to drain
+        items = publisher.answers.items
+        failed = publisher.failed
+        ready: list[bytes] = []
+        task = False
+        while items:
+            answer = items[0]
+            if answer is None:
+                task = True
+                break
+            if isinstance(answer, bytes):
+                items.popleft()
                 if not failed:
-                    ready.append(_ack_frame(ack))
-            if publisher.full and len(items) < limit:
-                publisher.full = False
-                publisher.update_reading()
-            if ready:
-                ws.write_frames(b"".join(ready))
-                with contextlib.suppress(ConnectionClosed, OSError):
-                    await ws.wait_writable()
-            if end:
-                return
+                    ready.append(text_frame(answer))
+                continue
+            committed = answer.slot.batch.committed
+            if not committed.done():
+                break
+            if committed.exception() is not None:
+                if not failed:
+                    task = True
+                    break
+                items.popleft()  # the connection is closing: not acked
+                continue
+            items.popleft()
+            ack = self._settle(answer, answer.slot.flags())
+            publisher.stored += ack.stored
+            publisher.duplicates += ack.duplicates
+            if not failed:
+                ready.append(_ack_frame(ack))
+        if publisher.full and len(items) < self._config.max_inflight:
+            publisher.full = False
+            publisher.update_reading()
+        if ready:
+            ws = publisher.ws
+            ws.write_frames(b"".join(ready) if len(ready) > 1 else ready[0])
+            if not ws.writable():
+                publisher.blocked = True
+                task = True
+        return task
 
 
 _ACK_FRAMES: dict[tuple[int, int], bytes] = {}

@@ -540,7 +540,7 @@ class SQLiteStore(Store):
         return text.startswith(CURSOR_PREFIX)
 
     #: Prune pacing: each batch is sized to hold the write lock about this long...
-    prune_hold: float = 0.004
+    prune_hold: float = 0.002
     #: ...and the next one waits this many times as long as the last one held it, so
     #: that a prune takes at most 1/(1 + prune_pause) of the lock's time. Writers of
     #: another process wait in SQLite's busy handler, which sleeps 1, 2, 5, 10, 15, 20,
@@ -670,10 +670,23 @@ class SQLiteChangeFeed(ChangeFeed):
     SQLite has no notifications across processes, so the feed polls; ``PRAGMA
     data_version`` tells cheaply whether any connection (of this or another process)
     committed since the last look, so an idle poll costs no table read.
+
+    A relay's follower (a feed that leaves out its own writer's rows) backs off while it
+    finds nothing to deliver: a relay alone on its store would otherwise wake 200 times
+    a second to learn that only it wrote. After :attr:`idle_after` seconds without rows
+    from another writer, each empty look doubles the wait up to :attr:`idle_interval`;
+    the first row found brings it back to :attr:`interval`. So a peer that streams is
+    followed every 5 ms, and the first fix of a peer that starts after a quiet spell
+    waits at most ``idle_interval``. :meth:`wake` (any thread) ends a wait at once: a
+    writer that can signal its followers (a sibling worker) need not wait for the poll.
     """
 
     #: How often an idle feed looks for new rows; the latency of the cross-process path.
     interval: float = 0.005
+    #: The longest wait of a relay's follower that has found nothing for a while.
+    idle_interval: float = 0.05
+    #: Seconds without another writer's rows before the follower backs off.
+    idle_after: float = 0.25
     batch: int = 5000
 
     def __init__(
@@ -693,18 +706,34 @@ class SQLiteChangeFeed(ChangeFeed):
         self._display_url = display_url
         self._data_version: int | None = None
         self._closed = False
+        self._woken = threading.Event()
+        self._wait = self.interval
+        self._found_at = time.monotonic()
 
     @property
     def cursor(self) -> str:
         return f"{CURSOR_PREFIX}{self._after}"
 
+    def wake(self) -> None:
+        """End the current wait of :meth:`poll` now (thread-safe): new rows may be there."""
+        self._woken.set()
+
     def poll(self, timeout: float) -> list[Change]:
         deadline = time.monotonic() + timeout
         while True:
+            self._woken.clear()
             changes = self._read()
-            if changes or time.monotonic() >= deadline:
+            now = time.monotonic()
+            if changes:
+                self._found_at = now
+                self._wait = self.interval
                 return changes
-            time.sleep(min(self.interval, max(0.0, deadline - time.monotonic())))
+            if now >= deadline:
+                return changes
+            if self._own_writes is not None and now - self._found_at >= self.idle_after:
+                self._wait = min(self.idle_interval, self._wait * 2)
+            if self._woken.wait(min(self._wait, max(0.0, deadline - now))):
+                self._wait = self.interval
 
     def _read(self) -> list[Change]:
         if self._closed:

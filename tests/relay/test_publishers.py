@@ -93,6 +93,9 @@ class FakeConnection:
         self.written.append(frames)
         return True
 
+    def writable(self) -> bool:
+        return True
+
     async def wait_writable(self) -> None:
         return None
 
