@@ -39,7 +39,9 @@ __all__ = ["Fencing"]
 log = logging.getLogger("geotrack.relay")
 
 #: Positions taken from the queue for one evaluation at most.
-_MAX_BATCH = 20_000
+_MAX_BATCH = 50_000
+#: Seconds between the starts of two evaluations at least.
+_PACE = 0.1
 #: Seconds between saves of changed states when no event carries them.
 _SAVE_EVERY = 1.0
 _Command = Callable[[], None]
@@ -66,6 +68,7 @@ class Fencing:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._saved_at = 0.0
+        self._evaluated_at = 0.0
         self._file_lock = asyncio.Lock()
         #: Positions evaluated, events decided, events the store took as new (another
         #: relay may have stored the same first), and failed store writes.
@@ -194,6 +197,12 @@ class Fencing:
         if callable(item):
             item()
             return True
+        # Evaluations (and so the event writes, each a transaction and an fsync that the
+        # relay's own writer waits behind) come at most every _PACE seconds: under load
+        # the batches grow instead. An event reaches /events that much later at most.
+        wait = self._evaluated_at + _PACE - time.monotonic()
+        if wait > 0 and not self._stopping:
+            time.sleep(wait)
         batch = list(item)
         # Take what else is queued, up to a command: one evaluation, one store write.
         while len(batch) < _MAX_BATCH:
@@ -216,6 +225,7 @@ class Fencing:
     def _evaluate(self, positions: list[Position]) -> None:
         if not positions:
             return
+        self._evaluated_at = time.monotonic()
         try:
             events = self._engine.evaluate(positions)
         except Exception:  # an engine bug must not stop the worker
