@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -12,11 +12,15 @@ from geotrack.cli._common import (
     app,
     configure_logging,
     errors,
+    event_loop_factory,
     event_loop_runner,
     open_db,
 )
 from geotrack.schema import MAX_BATCH, parse_duration
 from geotrack.store import DEFAULT_STORE
+
+if TYPE_CHECKING:
+    from geotrack.relay.config import RelayConfig
 
 __all__ = ["serve"]
 
@@ -26,6 +30,16 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on (0 picks a free one).")] = 8765,
     store: StoreOption = DEFAULT_STORE,
+    workers: Annotated[
+        str,
+        typer.Option(
+            metavar="N|auto",
+            help="Relay processes sharing --port (and --http-port) through SO_REUSEPORT, "
+            "supervised: one that dies is restarted. 'auto': one per usable core. Every "
+            "subscriber still gets every position once, whichever worker stored it. "
+            "Example: --workers auto. See docs/operations.md, 'Workers'.",
+        ),
+    ] = "1",
     max_frame: Annotated[
         int, typer.Option(help="Largest frame accepted, bytes; bigger ones close with 1009.")
     ] = 1 << 20,
@@ -265,8 +279,27 @@ def serve(
             fences=fences,
             fence_dwell=fence_dwell,
         )
+    with errors():
+        from geotrack.relay.workers import parse_workers
+
+        count = parse_workers(workers)
+    if count > 1:
+        _serve_workers(store, config, count)
+        return
     with errors(), open_db(store) as db, event_loop_runner() as runner:
         runner.run(serve(db, config))
+
+
+def _serve_workers(store: str, config: RelayConfig, count: int) -> None:
+    """``--workers N``: check the store here, then supervise N relay processes."""
+    from geotrack.relay.workers import Supervisor
+
+    with errors():
+        with open_db(store):  # a bad --store fails here, once, before any worker starts
+            pass
+        code = Supervisor(lambda: open_db(store), config, count, event_loop_factory()).run()
+    if code:
+        raise typer.Exit(code)
 
 
 def _tiles(option: str | None, default: str) -> str | None:

@@ -118,6 +118,9 @@ class RelayConfig:
     fence_dwell: float = 0.0
     #: ``fences``, read (filled in from it).
     fence_list: tuple[Fence, ...] = ()
+    #: Bind with SO_REUSEPORT, sharing the ports with sibling processes (set for each
+    #: worker of ``serve --workers``, geotrack/relay/workers.py).
+    reuse_port: bool = False
 
     def __post_init__(self) -> None:
         _within("--port", self.port, 0, 65535)

@@ -158,6 +158,9 @@ class HttpListener:
         self._limiters: dict[str, RateLimiter] = {}
         #: The relay's MQTT brokers (``--mqtt``), shown in /healthz and /metrics.
         self.mqtt: list[MqttBridge] = []
+        #: Rewrites the families /metrics sends (``serve --workers``: every worker's,
+        #: labelled ``worker``); None sends this listener's own.
+        self.metrics_view: Callable[[list[Family]], list[Family]] | None = None
         #: The relay's fences (``--fences``), for /api/fences; None without them.
         self.fences: Fencing | None = None
         #: The relay's webhooks (``--webhook``), counted in /metrics; None without them.
@@ -220,7 +223,13 @@ class HttpListener:
         await runner.setup()
         # The relay's TLS settings serve https:// here too: tokens never cross in clear
         # on one port but not the other.
-        site = web.TCPSite(runner, self.host, self._port, ssl_context=self.relay.config.ssl)
+        site = web.TCPSite(
+            runner,
+            self.host,
+            self._port,
+            ssl_context=self.relay.config.ssl,
+            reuse_port=self.relay.config.reuse_port or None,
+        )
         try:
             await site.start()
         except OSError as exc:
@@ -587,7 +596,10 @@ class HttpListener:
         return _text(200, "; ".join(["ok", *(bridge.health() for bridge in self.mqtt)]))
 
     async def _metrics(self, request: web.Request) -> web.StreamResponse:
-        body = exposition(self.families())
+        families = self.families()
+        if self.metrics_view is not None:
+            families = self.metrics_view(families)
+        body = exposition(families)
         return web.Response(body=body.encode(), headers={"Content-Type": _METRICS_TYPE})
 
     def families(self) -> list[Family]:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from geotrack.relay.config import RelayConfig
@@ -22,6 +22,7 @@ from geotrack.store import Store
 
 if TYPE_CHECKING:
     from geotrack.relay.fencing import Fencing
+    from geotrack.relay.http import HttpListener
     from geotrack.relay.mqtt import MqttBridge
 
 __all__ = ["STOP_SIGNALS", "serve"]
@@ -32,12 +33,19 @@ log = logging.getLogger("geotrack.relay")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-async def serve(store: Store, config: RelayConfig, stop: asyncio.Event | None = None) -> Counters:
+async def serve(
+    store: Store,
+    config: RelayConfig,
+    stop: asyncio.Event | None = None,
+    started: Callable[[Relay, HttpListener | None], None] | None = None,
+) -> Counters:
     """Run a relay (and its HTTP listener, with ``config.http_port``) until told to stop.
 
     It stops on SIGINT or SIGTERM, or when ``stop`` is set: what is in flight is stored
     and acked, clients are closed with 1001. Returns the relay's counters. Raises
     RelayError when an address cannot be bound (nothing is left running then).
+    ``started`` is called once everything listens (``serve --workers`` wires a worker
+    to its siblings there).
     """
     stop = stop or asyncio.Event()
     relay = Relay(store, config)
@@ -71,6 +79,8 @@ async def serve(store: Store, config: RelayConfig, stop: asyncio.Event | None = 
         if listener is not None:
             log.info("HTTP on %s: devices at / and /owntracks, REST at /api", listener.url)
         retention = _start_retention(store, config)
+        if started is not None:
+            started(relay, listener)
         await stop.wait()
         log.info("stopping: storing and acking what is in flight")
         if retention is not None:

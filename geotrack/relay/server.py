@@ -146,6 +146,7 @@ class Relay:
         self._stopping = False
         self._stopped = asyncio.Event()
         self._follow_executor = ThreadPoolExecutor(1, thread_name_prefix="geotrack-follow")
+        self._feed: ChangeFeed | None = None  # the follower's, while started
         # Weak: a handshake admitted here can still fail afterwards (no Upgrade header, a
         # refused Origin, the client gone before the handler runs), and then no handler
         # ever pops its entry.
@@ -208,12 +209,15 @@ class Relay:
                 # asyncio's default of 100 loses handshakes when many clients reconnect at
                 # once (after a relay restart); Node's default is 511.
                 backlog=self.config.backlog,
+                # serve --workers: every worker binds the port (the kernel spreads clients).
+                reuse_port=self.config.reuse_port or None,
                 create_connection=Connection,
             )
         except OSError as exc:
             await self._committer.close()
             feed.close()
             raise bind_error(exc, self.config.host, self.config.port) from None
+        self._feed = feed
         self._tasks.append(asyncio.create_task(self._follow_peers(feed), name="geotrack-follow"))
         if self.config.stats_interval > 0:
             self._tasks.append(asyncio.create_task(self._report(), name="geotrack-stats"))
@@ -402,6 +406,17 @@ class Relay:
                 hook(positions)
             except Exception:
                 log.exception("a stored-positions hook failed")
+
+    def wake_follower(self) -> None:
+        """Have the follower look for other relays' rows now, not at its next poll.
+
+        For a writer that can tell this relay it committed (a sibling worker of
+        ``serve --workers``); a no-op for a feed that cannot be woken (MongoDB's change
+        stream needs no wake-up).
+        """
+        wake = getattr(self._feed, "wake", None)
+        if wake is not None:
+            wake()
 
     async def _follow_peers(self, feed: ChangeFeed) -> None:
         """Deliver what other relays sharing the store stored (scale-out)."""
