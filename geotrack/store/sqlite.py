@@ -714,6 +714,11 @@ class SQLiteChangeFeed(ChangeFeed):
     def cursor(self) -> str:
         return f"{CURSOR_PREFIX}{self._after}"
 
+    @property
+    def next_wait(self) -> float:
+        """Seconds the next empty look waits (grows while a relay's follower finds nothing)."""
+        return self._wait
+
     def wake(self) -> None:
         """End the current wait of :meth:`poll` now (thread-safe): new rows may be there."""
         self._woken.set()

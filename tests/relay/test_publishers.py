@@ -206,3 +206,52 @@ def test_a_full_answers_queue_pauses_reading_until_answers_go_out() -> None:
         await asyncio.wait_for(sender, 1)
 
     arun(main())
+
+
+class SlowConnection(FakeConnection):
+    """A connection whose write buffer is full after each write until it drains."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.full = False
+        self.drained = asyncio.Event()
+
+    def write_frames(self, frames: bytes) -> bool:
+        assert not self.full, "written to while over the high-water mark"
+        self.full = True
+        return super().write_frames(frames)
+
+    def writable(self) -> bool:
+        return not self.full
+
+    async def wait_writable(self) -> None:
+        await self.drained.wait()  # once drained, the client reads everything at once
+        self.full = False
+
+
+def test_acks_wait_while_the_write_buffer_is_full_then_go_out_together() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        ws = SlowConnection()
+        publisher = Publisher("p", ws)  # type: ignore[arg-type]
+        sender = asyncio.create_task(Publishers(fake_relay())._send_answers(publisher))
+        frames = [pending(loop, 1) for _ in range(3)]
+        for answer, _ in frames:
+            publisher.answers.put(answer)
+        frames[0][1].committed.set_result([True])
+        await asyncio.sleep(0.01)
+        assert len(ws.written) == 1 and publisher.blocked  # the first ack filled the buffer
+        frames[1][1].committed.set_result([True])
+        frames[2][1].committed.set_result([False])
+        await asyncio.sleep(0.01)
+        assert len(ws.written) == 1  # committed, but held while the buffer is full
+        ws.drained.set()
+        publisher.answers.put(None)
+        await asyncio.wait_for(sender, 1)
+        assert len(ws.written) == 2  # both acks in one write once it drained
+        assert ws.texts()[1:] == [
+            '{"type":"ack","stored":1,"duplicates":0,"rejected":[]}',
+            '{"type":"ack","stored":0,"duplicates":1,"rejected":[]}',
+        ]
+
+    arun(main())

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from geotrack.errors import StoreError, StoreNotFound
-from geotrack.store import open_store
+from geotrack.store import Change, open_store
 from geotrack.store.sqlite import SQLiteStore, parse_cursor
 from tests.factories import pos
 
@@ -159,6 +161,61 @@ def test_rows_between_own_commits_are_never_passed_over(tmp_path: Path) -> None:
                 expected += [("b", "relay-b")] if i % 3 == 0 else []
                 expected += [("c", "relay-c")] if i % 5 == 0 else []
             assert got == expected
+        finally:
+            feed.close()
+
+
+def test_a_follower_alone_backs_off_and_a_peer_brings_it_back(tmp_path: Path) -> None:
+    db = tmp_path / "db"
+    with SQLiteStore(db) as mine, SQLiteStore(db) as theirs:
+        feed = mine.follow(exclude_origin="relay-a")
+        feed.idle_after = 0.0
+        try:
+            assert feed.next_wait == feed.interval
+            for i in range(8):  # only this relay writes: each empty look waits longer
+                mine.write([pos("a", i)], origin="relay-a")
+                assert feed.poll(0.02) == []
+            assert feed.next_wait == feed.idle_interval
+            theirs.write([pos("b", 0)], origin="relay-b")
+            assert _positions(feed) == [("b", "relay-b")]
+            assert feed.next_wait == feed.interval  # a peer streams: followed every 5 ms
+        finally:
+            feed.close()
+
+
+def test_a_tail_feed_does_not_back_off(tmp_path: Path) -> None:
+    # Only a relay's follower (its own writes left out) backs off; `tail` keeps 5 ms.
+    db = tmp_path / "db"
+    with SQLiteStore(db) as store:
+        feed = store.follow()
+        feed.idle_after = 0.0
+        try:
+            for _ in range(4):
+                assert feed.poll(0.02) == []
+            assert feed.next_wait == feed.interval
+        finally:
+            feed.close()
+
+
+def test_wake_ends_the_wait_of_a_backed_off_follower(tmp_path: Path) -> None:
+    db = tmp_path / "db"
+    with SQLiteStore(db) as mine, SQLiteStore(db) as theirs:
+        feed = mine.follow(exclude_origin="relay-a")
+        # Waits so long that only wake() can end one within this test's bounds.
+        feed.interval = feed.idle_interval = 600.0
+        got: list[list[Change]] = []
+        try:
+            thread = threading.Thread(target=lambda: got.append(feed.poll(1200.0)))
+            thread.start()
+            time.sleep(0.2)  # most likely waiting by now; if not, its first look sees b
+            theirs.write([pos("b", 0)], origin="relay-b")
+            for _ in range(200):  # a wake-up before the poll began waiting is kept
+                feed.wake()
+                thread.join(0.05)
+                if not thread.is_alive():
+                    break
+            assert not thread.is_alive()
+            assert [c.position.device for c in got[0]] == ["b"]
         finally:
             feed.close()
 
