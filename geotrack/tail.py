@@ -5,13 +5,22 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Callable, Collection, Sequence
-from typing import Final
+from typing import Any, Final
 
 from geotrack.errors import InvalidParameter
-from geotrack.schema import Position, encode_position, parse_time
-from geotrack.store import Change, Store
+from geotrack.schema import Event, Position, encode_event, encode_position, parse_time
+from geotrack.store import Change, ChangeFeed, EventChange, EventFeed, Store
 
-__all__ = ["follow", "format_json", "format_line", "parse_since", "resume_command"]
+__all__ = [
+    "follow",
+    "follow_events",
+    "format_event_json",
+    "format_event_line",
+    "format_json",
+    "format_line",
+    "parse_since",
+    "resume_command",
+]
 
 # The cursor prefix of each store URL scheme, and the kind of store for messages.
 _CURSORS: Final = {"sqlite": ("sqlite:", "SQLite"), "mongodb": ("mongo:", "MongoDB")}
@@ -49,18 +58,29 @@ def parse_since(since: str, store_url: str, now_ms: int, name: str = "--since") 
 
 
 def resume_command(
-    cursor: str, devices: Sequence[str] = (), json: bool = False, store: str | None = None
+    cursor: str,
+    devices: Sequence[str] = (),
+    json: bool = False,
+    store: str | None = None,
+    *,
+    events: bool = False,
+    fences: Sequence[str] = (),
 ) -> str:
     """The ``geotrack tail`` command line that resumes at ``cursor`` with the same filters.
 
     Shell-quoted, ready to paste. ``store`` is left out when it is the default (or comes
-    from GEOTRACK_STORE), which the resumed command finds the same way.
+    from GEOTRACK_STORE), which the resumed command finds the same way. With ``events``,
+    the command follows events (``--events``, and ``fences`` as ``--fence``).
     """
     args = ["geotrack", "tail"]
+    if events:
+        args.append("--events")
     if store is not None:
         args += ["--store", store]
     for device in devices:
         args += ["--device", device]
+    for fence in fences:
+        args += ["--fence", fence]
     if json:
         args.append("--json")
     args += ["--since", cursor]
@@ -92,6 +112,24 @@ def format_json(position: Position) -> str:
     return encode_position(position).decode()
 
 
+def format_event_line(event: Event) -> str:
+    """One readable line for a person: time, device, enter/exit, fence, place."""
+    return "  ".join(
+        [
+            event.ts,
+            f"{event.device:<16}",
+            f"{event.type:<5}",
+            f"{event.fence:<16}",
+            f"{event.lat:11.7f} {event.lon:12.7f}",
+        ]
+    )
+
+
+def format_event_json(event: Event) -> str:
+    """The event as ``/events`` sends it, as one NDJSON line (without the newline)."""
+    return encode_event(event).decode()
+
+
 def follow(
     store: Store,
     emit: Callable[[Change], None],
@@ -114,19 +152,50 @@ def follow(
     ``running()`` becoming false.
     """
     with store.follow(since=since, devices=devices) as feed:
-        # The cursor of what was emitted, not of what was fetched: a stop in the middle
-        # of a batch must not skip the rest of it on resume.
-        cursor = feed.cursor
-        try:
-            if on_open is not None:
-                on_open(cursor)
-            while running():
-                for change in feed.poll(poll):
-                    emit(change)
-                    cursor = change.cursor
-                    if not running():
-                        return cursor
-                cursor = feed.cursor
-        except KeyboardInterrupt:
-            pass
-        return cursor
+        return _drain(feed, emit, running, poll, on_open)
+
+
+def follow_events(
+    store: Store,
+    emit: Callable[[EventChange], None],
+    *,
+    since: str | int | None = None,
+    devices: Collection[str] = (),
+    fences: Collection[str] = (),
+    running: Callable[[], bool] = lambda: True,
+    poll: float = 0.5,
+    on_open: Callable[[str], None] | None = None,
+) -> str:
+    """As :func:`follow`, for the store's geofence events (``geotrack tail --events``).
+
+    ``since`` is an event cursor or Unix ms of store time; ``devices`` and ``fences``
+    narrow what is emitted.
+    """
+    with store.follow_events(since=since, devices=devices, fences=fences) as feed:
+        return _drain(feed, emit, running, poll, on_open)
+
+
+def _drain(
+    feed: ChangeFeed | EventFeed,
+    emit: Callable[[Any], None],
+    running: Callable[[], bool],
+    poll: float,
+    on_open: Callable[[str], None] | None,
+) -> str:
+    """Emit what ``feed`` gives until ``running()`` is false; the cursor to resume from."""
+    # The cursor of what was emitted, not of what was fetched: a stop in the middle of a
+    # batch must not skip the rest of it on resume.
+    cursor = feed.cursor
+    try:
+        if on_open is not None:
+            on_open(cursor)
+        while running():
+            for change in feed.poll(poll):
+                emit(change)
+                cursor = change.cursor
+                if not running():
+                    return cursor
+            cursor = feed.cursor
+    except KeyboardInterrupt:
+        pass
+    return cursor

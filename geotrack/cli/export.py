@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -56,6 +56,23 @@ def export(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Nothing on stderr but errors.")
     ] = False,
+    events: Annotated[
+        bool,
+        typer.Option(
+            "--events",
+            help="Export geofence events (enter/exit) instead of positions, as ndjson "
+            "(each line as /events sends it) or csv (type,device,fence,ts,lat,lon), by "
+            "device time; --since and --until bound the time of the deciding fix.",
+        ),
+    ] = False,
+    fence: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="NAME",
+            help="With --events: only events of this fence (repeat for several).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Export stored tracks as GPX, GeoJSON, CSV or NDJSON.
 
@@ -70,6 +87,8 @@ def export(
       `geotrack export -o walk.gpx --device walk`
 
       `geotrack export --format geojson --since 2h > last-two-hours.geojson`
+
+      `geotrack export --events --fence depot --since 7d -o depot-visits.csv`
     """
     from geotrack.export import FORMATS, format_for_path
 
@@ -98,6 +117,13 @@ def export(
                 "--until", f"{until} is before --since {since}: nothing could match"
             )
         gap_s = parse_duration(gap, "--gap")
+        if fence and not events:
+            raise InvalidParameter("--fence", "give --events too: positions have no fence")
+        if events:
+            _export_events(
+                store, fmt, output, device or [], fence or [], (since_ms, until_ms), quiet
+            )
+            return
         with open_store(store, create=False) as db:
             positions = db.query(devices=device or (), since_ms=since_ms, until_ms=until_ms)
             # Progress on stderr when a person watches it and the data goes elsewhere.
@@ -135,6 +161,50 @@ def _write(fmt: str, positions: Iterator[Position], out: Any, gap_s: float) -> i
     return write(fmt, positions, out, gap_s=gap_s)
 
 
+def _write_events(fmt: str, events: Iterator[Any], out: Any, _gap_s: float) -> int:
+    from geotrack.export.events import export_events
+
+    return export_events(fmt, events, out)
+
+
+def _export_events(
+    store: str,
+    fmt: str,
+    output: Path | None,
+    devices: list[str],
+    fences: list[str],
+    window: tuple[int | None, int | None],
+    quiet: bool = False,
+) -> None:
+    """``--events``: the stored events, by device time, to ``output`` or stdout."""
+    from geotrack.export.events import EVENT_FORMATS
+
+    if not all(fences):
+        raise InvalidParameter("--fence", "give a fence name")
+    if fmt not in EVENT_FORMATS:
+        raise InvalidParameter(
+            "--format", f"events export as {' or '.join(EVENT_FORMATS)}, not {fmt!r}"
+        )
+    with open_store(store, create=False) as db:
+        selected = db.query_events(devices, fences, *window)
+        if output is None:
+            try:
+                count = _write_events(fmt, selected, sys.stdout, 0.0)
+                sys.stdout.flush()
+            except BrokenPipeError:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                return
+        else:
+            count = _export_to_file(fmt, selected, output, 0.0, _write_events)
+    if quiet:
+        return
+    if count == 0:
+        err.print("0 events matched", highlight=False)
+    elif output is not None:
+        err.print(f"exported {plural(count, 'event')} to {output} ({fmt})", highlight=False)
+
+
 def _stdout_tty() -> bool:
     try:
         return os.isatty(sys.stdout.fileno())
@@ -170,11 +240,17 @@ def _nothing_matched(db: Store, devices: list[str]) -> str:
     return f"0 positions matched: no device {' or '.join(devices)} in the store (it has {listed})"
 
 
-def _export_to_file(fmt: str, positions: Iterator[Position], output: Path, gap_s: float) -> int:
+def _export_to_file(
+    fmt: str,
+    positions: Iterator[Any],
+    output: Path,
+    gap_s: float,
+    write: Callable[[str, Iterator[Any], Any, float], int] = _write,
+) -> int:
     partial = output.with_name(output.name + ".partial")
     try:
         with open(partial, "w", encoding="utf-8", newline="") as out:
-            count = _write(fmt, positions, out, gap_s)
+            count = write(fmt, positions, out, gap_s)
         partial.replace(output)
     except OSError as exc:
         with contextlib.suppress(OSError):

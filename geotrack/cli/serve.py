@@ -212,6 +212,30 @@ def serve(
             "flapping. 0: the first fix decides.",
         ),
     ] = 0.0,
+    webhook: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="URL",
+            help="POST every stored fence event to this URL as JSON (repeat for several), "
+            "with an Idempotency-Key header naming it; anything but 2xx is retried with "
+            "backoff, in order, and a restart resumes where delivery stopped: at least "
+            "once. Example: --webhook https://hooks.example.org/geotrack. In "
+            "GEOTRACK_WEBHOOK (space-separated) a password stays out of the process list. "
+            "See docs/fences.md.",
+            envvar="GEOTRACK_WEBHOOK",
+            show_default=False,
+        ),
+    ] = None,
+    webhook_state: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR",
+            help="Directory of the webhooks' delivery cursors (one small file per store "
+            "and URL). Default: $XDG_STATE_HOME/geotrack/webhooks "
+            "(~/.local/state/geotrack/webhooks).",
+            show_default=False,
+        ),
+    ] = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Log warnings and errors only.")
     ] = False,
@@ -243,6 +267,8 @@ def serve(
       `geotrack serve --mqtt mqtt://localhost --mqtt-publish 'geotrack/{device}'`
 
       `geotrack serve --fences depots.geojson --fence-dwell 30 --http-port 8080`
+
+      `geotrack serve --fences depots.geojson --webhook https://hooks.example.org/fences`
 
       `geotrack serve --host 0.0.0.0 --auth tokens.toml --certfile cert.pem --keyfile key.pem`
     """
@@ -278,6 +304,8 @@ def serve(
             cafile=cafile,
             fences=fences,
             fence_dwell=fence_dwell,
+            webhooks=tuple(webhook or ()),
+            webhook_state=webhook_state,
         )
     with errors():
         from geotrack.relay.workers import parse_workers

@@ -121,6 +121,12 @@ class RelayConfig:
     #: Bind with SO_REUSEPORT, sharing the ports with sibling processes (set for each
     #: worker of ``serve --workers``, geotrack/relay/workers.py).
     reuse_port: bool = False
+    #: POST every stored event to these URLs (``--webhook``), at least once
+    #: (geotrack/relay/webhooks.py). Left out of the repr: the URLs may hold passwords.
+    webhooks: tuple[str, ...] = field(default=(), repr=False)
+    #: The directory of the webhooks' delivery cursors (``--webhook-state``); None: the
+    #: default, ``$XDG_STATE_HOME/geotrack/webhooks``.
+    webhook_state: Path | None = None
 
     def __post_init__(self) -> None:
         _within("--port", self.port, 0, 65535)
@@ -151,6 +157,7 @@ class RelayConfig:
             self.tokens = Tokens.load(self.auth)
         self._check_mqtt()
         self._check_fences()
+        self._check_webhooks()
 
     def _check_fences(self) -> None:
         """Load ``fences`` (FenceError naming the feature) and check ``fence_dwell``."""
@@ -163,6 +170,15 @@ class RelayConfig:
             from geotrack.fences import load_fences
 
             self.fence_list = tuple(load_fences(self.fences))
+
+    def _check_webhooks(self) -> None:
+        """Check each ``--webhook`` URL; ``--webhook-state`` needs one."""
+        from geotrack.relay.webhooks import check_webhook_url
+
+        for url in self.webhooks:
+            check_webhook_url(url)
+        if self.webhook_state is not None and not self.webhooks:
+            raise InvalidParameter("--webhook-state", "give --webhook URL too")
 
     def _check_mqtt(self) -> None:
         """Read ``mqtt`` and check the options that only make sense with it."""

@@ -88,8 +88,8 @@ if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
     from geotrack.relay.fencing import Fencing
-    from geotrack.relay.webhooks import Webhooks
     from geotrack.relay.mqtt import MqttBridge
+    from geotrack.relay.webhooks import Webhooks
 
 __all__ = ["CONTENT_TYPES", "HttpListener"]
 

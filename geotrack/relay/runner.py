@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from geotrack.relay.fencing import Fencing
     from geotrack.relay.http import HttpListener
     from geotrack.relay.mqtt import MqttBridge
+    from geotrack.relay.webhooks import Webhooks
 
 __all__ = ["STOP_SIGNALS", "serve"]
 
@@ -55,20 +56,30 @@ async def serve(
             "subscribe (see docs/operations.md)",
             address,
         )
-    await relay.start()
-    fencing = await _start_fencing(relay, config)
+    # Before the relay stores anything: a first start delivers every event from then on.
+    webhooks = await _start_webhooks(store, config)
+    try:
+        await relay.start()
+        fencing = await _start_fencing(relay, config)
+    except BaseException:
+        if webhooks is not None:
+            await webhooks.stop()
+        raise
     listener = None
     if config.http_port is not None:
         from geotrack.relay.http import HttpListener
 
         listener = HttpListener(relay, config.http_address, config.http_port, config.tokens)
         listener.fences = fencing
+        listener.webhooks = webhooks
         try:
             await listener.start()
         except BaseException:
             await relay.stop()
             if fencing is not None:
                 await fencing.stop()
+            if webhooks is not None:
+                await webhooks.stop()
             raise
     bridges = await _start_mqtt(relay, config)
     if listener is not None:
@@ -94,6 +105,8 @@ async def serve(
         await relay.stop()
         if fencing is not None:
             await fencing.stop()  # after the relay: every committed position is evaluated
+        if webhooks is not None:
+            await webhooks.stop()  # last; what is undelivered goes at the next start
     c = relay.counters
     log.info("stopped: %d stored, %d duplicates, %d rejected", c.stored, c.duplicates, c.rejected)
     return c
@@ -127,6 +140,19 @@ async def _start_mqtt(relay: Relay, config: RelayConfig) -> list[MqttBridge]:
         await bridge.start()
         log.info("MQTT: subscribing to %s as %s", bridge.broker.url, bridge.client_id)
     return bridges
+
+
+async def _start_webhooks(store: Store, config: RelayConfig) -> Webhooks | None:
+    """With ``--webhook``, started :class:`Webhooks` (each resumes from its saved cursor)."""
+    if not config.webhooks:
+        return None
+    from geotrack.relay.webhooks import Webhooks
+
+    webhooks = Webhooks(store, config.webhooks, config.webhook_state)
+    await webhooks.start()
+    for hook in webhooks.hooks:
+        log.info("webhook: POSTing every stored event to %s", hook.display)
+    return webhooks
 
 
 async def _start_fencing(relay: Relay, config: RelayConfig) -> Fencing | None:
