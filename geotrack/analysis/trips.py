@@ -7,12 +7,13 @@ stop or trip being built (sums, not its fixes; a trip's path only when asked for
 
 The rules, with the defaults of :class:`Params` (docs/trips.md says why):
 
-- **Stop.** A window of fixes that all lie within ``stop_radius`` (200 m) of its first fix,
-  spans at least ``stop_duration`` (3 min) and does not drift is a stop. *Drift* is the
-  least-squares velocity of the window's fixes (position against time in a local plane,
-  each fix weighted by the time it stands for): GPS jitter scatters fixes with no trend, a
-  walker moves them steadily, so a window drifting faster than ``drift_speed`` (0.3 m/s,
-  about 1 km/h) is movement however small its circle. A window that is not yet a stop
+- **Stop.** A window of fixes that all lie within ``stop_radius`` (200 m) of its first fix
+  (in a local plane: over a few kilometres the geodesic distance to 0.1 %), spans at least
+  ``stop_duration`` (3 min) and does not drift is a stop. *Drift* is the least-squares
+  velocity of the window's fixes (position against time, each fix weighted by the time
+  it stands for): GPS jitter scatters fixes with no trend, a walker moves them steadily,
+  so a window drifting faster than ``drift_speed`` (0.3 m/s, about 1 km/h) is movement
+  however small its circle. A window that is not yet a stop
   slides: its first fix goes to the trip when a new fix lies outside the radius of it, or
   when the window spans ``stop_duration`` and drifts.
 - **Arrival and place.** The stop's *core* is a third of the radius (67 m) around its

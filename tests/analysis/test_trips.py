@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections.abc import Iterator
@@ -271,3 +272,55 @@ def test_the_windows_running_drift_is_the_least_squares_one() -> None:
             window.popleft()
         if len(window) > 2:
             assert window.drift() == pytest.approx(fitted(list(window)), rel=1e-3, abs=1e-6)
+
+
+@pytest.mark.parametrize("moving", [True, False])
+def test_memory_is_one_trip_or_stop_not_the_history(moving: bool) -> None:
+    """A 5.5-hour trip (or stop) at 1 Hz costs what a 33-minute one does (20,000 fixes
+    would take megabytes if they were kept)."""
+    import tracemalloc
+
+    def fixes(n: int) -> Iterator[Position]:
+        rng = random.Random(3)
+        for i in range(n):
+            lat = 52.52 + (i * 1e-4 if moving else rng.uniform(-2e-4, 2e-4))
+            yield Position(device="d", lat=lat, lon=13.4, ts=ms_to_ts(T0 + i * 1000))
+
+    peaks = []
+    for n in (2_000, 20_000):
+        tracemalloc.start()
+        try:
+            assert len(list(analyze(fixes(n)))) == 1
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+    assert peaks[1] < peaks[0] + 100_000, peaks
+
+
+def test_a_real_run_paused_twice_has_two_stops_over_the_pauses() -> None:
+    """samples/multi_segment.gpx: a run recorded in 3 segments, paused 4 and 6 minutes with
+    no fixes meanwhile, then a dog walk that never pauses; drive.gpx's red lights are short."""
+    from geotrack.sources.gpx import read_gpx
+    from tests.conftest import SAMPLES
+
+    run, dog = read_gpx(SAMPLES / "multi_segment.gpx")
+    found = list(analyze(run.positions))
+    assert [type(i).__name__ for i in found] == ["Trip", "Stop", "Trip", "Stop", "Trip"]
+    # The pauses: the last fix before and the first after each.
+    ms = [p.ts_ms for p in run.positions]
+    pauses = [(a, b) for a, b in itertools.pairwise(ms) if b - a > 60_000]
+    assert len(pauses) == 2
+    for stop, (before, after) in zip(found[1::2], pauses, strict=True):
+        assert isinstance(stop, Stop)
+        # Around the pause, give or take the time to run across the stop's core (~20 s).
+        assert before - 30_000 <= stop.arrival_ms <= before
+        assert after <= stop.departure_ms <= after + 30_000
+    total = sum(i.distance_m for i in found if isinstance(i, Trip))
+    assert 700 < total < 900
+    drives, halts = split(list(analyze(dog.positions)))
+    assert (len(drives), halts) == (1, [])
+    (drive,) = read_gpx(SAMPLES / "drive.gpx")
+    drives, halts = split(list(analyze(drive.positions)))
+    assert (len(drives), halts) == (1, [])
+    # Its fixes report speed: the top speed is the highest reported.
+    assert drives[0].max_speed == max(p.speed or 0 for p in drive.positions)
