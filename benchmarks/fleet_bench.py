@@ -34,6 +34,7 @@ __all__ = [
     "held",
     "run_fleet",
     "run_saturation",
+    "saturation_point",
     "saturation_table",
 ]
 
@@ -121,42 +122,67 @@ def _ladder(
 def _coarse(quick: bool) -> list[float]:
     if quick:
         return [2000.0, 5000.0, 8000.0]
-    return [2000.0, 4000.0, 6000.0, 8000.0, 10_000.0, 12_000.0, 15_000.0]
+    return [2000.0, 4000.0, 6000.0, 8000.0, 10_000.0, 12_000.0, 14_000.0, 16_000.0]
+
+
+def _merge(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One step per rate: held if any trial held it, with that trial's figures.
+
+    On a shared machine noise only makes a step fail (a stall of the relay or of a load
+    generator), never pass, so a rate one trial held is one the relay can hold.
+    """
+    best: dict[float, dict[str, Any]] = {}
+    for step in trials:
+        old = best.get(step["rate"])
+        key = (step["held"], -(step["p99"] or float("inf")))
+        if old is None or key > (old["held"], -(old["p99"] or float("inf"))):
+            best[step["rate"]] = {**step, "trials": (old or {}).get("trials", 0) + 1}
+        else:
+            old["trials"] += 1
+    return [best[r] for r in sorted(best)]
+
+
+def saturation_point(steps: list[dict[str, Any]]) -> tuple[float, bool]:
+    """The highest rate held with every lower rate held too; and whether all were held."""
+    point = 0.0
+    for step in steps:
+        if not step["held"]:
+            return point, False
+        point = step["rate"]
+    return point, True
 
 
 def run_saturation(settings: Settings, log: Callable[[str], None]) -> dict[str, Any]:
-    """Scenario 16: per relay and connection count, the highest rate held (two ladders)."""
+    """Scenario 16: per relay and connection count, the highest rate held (two ladders).
+
+    The first ladder climbs the coarse rates; the second climbs them again with three
+    more rates between the last held and the first failed, so every coarse rate has two
+    trials and the saturation point is found to a quarter of a coarse step.
+    """
     counts = (1000,) if settings.quick else (1000, 10_000)
     out: dict[str, Any] = {"limit_ms": P99_LIMIT_MS, "results": []}
     for publishers in counts:
         for kind in _relays(settings):
             entry: dict[str, Any] = {"relay": kind.name, "publishers": publishers, "steps": []}
             try:
-                steps = _ladder(kind, publishers, _coarse(settings.quick), settings)
-                passed = [s["rate"] for s in steps if s["held"]]
-                failed = [
-                    s["rate"] for s in steps if not s["held"] and s["rate"] > max(passed, default=0)
-                ]
-                if passed and failed and not settings.quick:
-                    lo, hi = max(passed), min(failed)
-                    fine = [lo + (hi - lo) * k / 4 for k in (1, 2, 3)]
-                    steps += _ladder(kind, publishers, fine, settings)
+                coarse = _coarse(settings.quick)
+                trials = _ladder(kind, publishers, coarse, settings)
+                if not settings.quick:
+                    point, every = saturation_point(_merge(trials))
+                    fine: list[float] = []
+                    if not every:
+                        step = coarse[1] - coarse[0]
+                        lo = point
+                        fine = [lo + step * k / 4 for k in (1, 2, 3)]
+                    trials += _ladder(kind, publishers, sorted({*coarse, *fine}), settings)
             except SetupError as exc:
                 entry["error"] = str(exc)
                 log(f"  [16] {kind.name} at {publishers:,} publishers: skipped: {exc}")
                 out["results"].append(entry)
                 continue
-            steps.sort(key=lambda s: s["rate"])
+            steps = _merge(trials)
             entry["steps"] = steps
-            # The saturation point: the highest rate held below the lowest one that failed.
-            first_fail = min((s["rate"] for s in steps if not s["held"]), default=None)
-            ok = [
-                s["rate"]
-                for s in steps
-                if s["held"] and (first_fail is None or s["rate"] < first_fail)
-            ]
-            entry["saturation"] = max(ok, default=0.0)
-            entry["censored"] = first_fail is None
+            entry["saturation"], entry["censored"] = saturation_point(steps)
             out["results"].append(entry)
             log(
                 f"  [16] {kind.name} at {publishers:,} publishers: holds "
