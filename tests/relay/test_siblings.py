@@ -1,0 +1,81 @@
+"""Wake-ups and metrics shared by the workers of ``serve --workers`` (no relay needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import time
+from pathlib import Path
+
+from geotrack.relay.metrics import Family, exposition
+from geotrack.relay.siblings import Siblings, merged_families, write_restarts
+
+
+def test_a_commit_notice_wakes_every_sibling_but_the_sender(tmp_path: Path) -> None:
+    async def main() -> list[int]:
+        loop = asyncio.get_running_loop()
+        workers = [Siblings(tmp_path, i, 3) for i in range(3)]
+        woken: list[int] = []
+        arrived = asyncio.Event()
+
+        def wake(index: int) -> None:
+            woken.append(index)
+            if len(woken) == 2:
+                arrived.set()
+
+        for sibling in workers:
+            sibling.listen(loop, functools.partial(wake, sibling.index))
+        workers[1].notify()
+        await asyncio.wait_for(arrived.wait(), 5)
+        await asyncio.sleep(0.05)  # a wake-up of the sender itself would show now
+        for sibling in workers:
+            sibling.close(loop)
+        return woken
+
+    assert sorted(asyncio.run(main())) == [0, 2]
+
+
+def test_a_notice_to_a_sibling_not_there_is_dropped(tmp_path: Path) -> None:
+    sibling = Siblings(tmp_path, 0, 2)  # worker 1 is restarting: no socket yet
+    sibling.notify()
+    sibling.close()
+
+
+def test_metrics_are_every_workers_labelled_and_a_gone_worker_is_left_out(
+    tmp_path: Path,
+) -> None:
+    def families(stored: int) -> list[Family]:
+        family = Family("geotrack_stored_total", "counter", "Stored.")
+        family.add(stored, transport="websocket")
+        return [family]
+
+    workers = [Siblings(tmp_path, i, 3) for i in range(3)]
+    workers[1].save(families(5))
+    workers[2].save(families(7))
+    stale = time.time() - 60
+    os.utime(tmp_path / "metrics-2.json", (stale, stale))  # worker 2 died a minute ago
+    write_restarts(tmp_path, 1)
+    text = exposition(workers[0].view(families(3)))
+    assert text.count("# TYPE geotrack_stored_total counter") == 1
+    assert 'geotrack_stored_total{worker="0",transport="websocket"} 3' in text
+    assert 'geotrack_stored_total{worker="1",transport="websocket"} 5' in text
+    assert 'worker="2"' not in text
+    assert "geotrack_workers 3" in text
+    assert "geotrack_worker_restarts_total 1" in text
+    for sibling in workers:
+        sibling.close()
+
+
+def test_merging_keeps_the_order_families_first_appear_in() -> None:
+    a, b = Family("a_total", "counter", "A."), Family("b", "gauge", "B.")
+    a.add(1)
+    b.add(2)
+    merged = merged_families({0: [a, b], 1: [a]}, 2, 0)
+    assert [f.name for f in merged] == [
+        "a_total",
+        "b",
+        "geotrack_workers",
+        "geotrack_worker_restarts_total",
+    ]
+    assert merged[0].samples == [("", (("worker", "0"),), 1), ("", (("worker", "1"),), 1)]
