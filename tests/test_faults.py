@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import resource
 import signal
@@ -34,13 +35,21 @@ from tests.relay_helpers import Lines, relay_process
 # replayed 20 times faster than real time, so 2000 positions a second for 3 s.
 MOVERS, RATE, SPEED, COUNT, SEED = 10, 10.0, 20.0, 6000, 4242
 SUMMARY = re.compile(r"(\d+) sent, (\d+) stored, (\d+) duplicates, (\d+) rejected")
+# serve --workers: the workers' pids, and which worker a publisher connected to.
+WORKERS = re.compile(r"\d+ workers \(pids ([\d, ]+)\) share port")
+PUBLISHER_ON = re.compile(r"worker (\d+): publisher \S+ connected")
 
 
 class Relays:
     """Relay processes on one port and one SQLite file, started again after each fault."""
 
-    def __init__(self, stack: contextlib.ExitStack, db: Path, *, query: str = "") -> None:
+    def __init__(
+        self, stack: contextlib.ExitStack, db: Path, *, query: str = "", workers: int = 1
+    ) -> None:
         self.stack = stack
+        #: With more than 1, ``serve --workers``: kill9() kills the publisher's worker and
+        #: start() after it waits for the supervisor to restart that worker.
+        self.workers = workers
         self.port = free_port()
         self.url = f"ws://127.0.0.1:{self.port}"
         self.store_url = f"sqlite:///{db}{query}"
@@ -48,13 +57,19 @@ class Relays:
         self.proc = self.start()
 
     def start(self) -> subprocess.Popen[str]:
-        proc = self.stack.enter_context(relay_process(self.store_url, self.port))
+        if self.workers > 1 and getattr(self, "proc", None) and self.proc.poll() is None:
+            return self.proc  # the supervisor restarts a killed worker (see kill9)
+        extra = ("--workers", str(self.workers)) if self.workers > 1 else ()
+        proc = self.stack.enter_context(relay_process(self.store_url, self.port, *extra))
         assert proc.stdout is not None
         self.logs.append(Lines(proc.stdout))
         self.proc = proc
         return proc
 
     def kill9(self) -> None:
+        if self.workers > 1:
+            self.kill9_worker()
+            return
         self.proc.send_signal(signal.SIGKILL)
         assert self.proc.wait(timeout=10) == -signal.SIGKILL
         self.logs[-1].join()
@@ -62,6 +77,17 @@ class Relays:
     @property
     def log(self) -> str:
         return "\n".join(log.text for log in self.logs)
+
+    def kill9_worker(self) -> None:
+        """kill -9 the worker holding the (last connected) publisher; wait for its restart."""
+        log = self.logs[-1]
+        lines = log.wait(lambda ls: any(WORKERS.search(x) for x in ls))
+        pids = [int(p) for x in lines if (m := WORKERS.search(x)) for p in m[1].split(", ")]
+        index = int([m for x in lines if (m := PUBLISHER_ON.search(x))][-1][1])
+        restarted = re.compile(rf"worker {index} restarted \(pid (\d+)\)")
+        before = [int(m[1]) for x in lines if (m := restarted.search(x))]
+        os.kill(before[-1] if before else pids[index], signal.SIGKILL)
+        log.wait(lambda ls: len([x for x in ls if restarted.search(x)]) > len(before))
 
 
 @contextlib.contextmanager
@@ -136,10 +162,14 @@ def summary(err: str) -> tuple[int, int, int, int]:
 
 
 @pytest.mark.timeout(90)
-def test_kill_9_twice_in_a_stream_loses_nothing_and_stores_nothing_twice(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2], ids=["relay", "2-workers"])
+def test_kill_9_twice_in_a_stream_loses_nothing_and_stores_nothing_twice(
+    tmp_path: Path, workers: int
+) -> None:
+    # With 2 workers, each kill -9 hits the worker holding the publisher's connection.
     db = tmp_path / "geotrack.db"
     with contextlib.ExitStack() as stack:
-        relays = Relays(stack, db)
+        relays = Relays(stack, db, workers=workers)
         out = tmp_path / "publish"
         with child(cli_publish(relays.url), out) as pub:
             for at in (COUNT // 4, COUNT * 3 // 5):
@@ -305,19 +335,24 @@ def writes_refused(db: Path, relay: subprocess.Popen[str]) -> Iterator[None]:
 
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize(
-    ("fault", "says"),
-    [(database_locked, "database is locked"), (writes_refused, "disk I/O error")],
-    ids=["database-locked", "writes-refused"],
+    ("fault", "says", "workers"),
+    [
+        (database_locked, "database is locked", 1),
+        (writes_refused, "disk I/O error", 1),
+        # The lock holds up both workers' writers; prlimit would reach the supervisor only.
+        (database_locked, "database is locked", 2),
+    ],
+    ids=["database-locked", "writes-refused", "database-locked-2-workers"],
 )
 def test_failed_writes_are_never_acked_and_the_resend_recovers(
-    tmp_path: Path, fault: Fault, says: str
+    tmp_path: Path, fault: Fault, says: str, workers: int
 ) -> None:
     # A store path of non-ASCII letters, as many users' home directories have: the close
     # reason naming it must still fit a close frame.
     (tmp_path / "данные").mkdir()
     db = tmp_path / "данные" / "geotrack.db"
     with contextlib.ExitStack() as stack:
-        relays = Relays(stack, db, query="?busy_timeout=200")
+        relays = Relays(stack, db, query="?busy_timeout=200", workers=workers)
         out = tmp_path / "publish"
         with child(cli_publish(relays.url), out) as pub:
             wait_stored(db, COUNT // 5, pub)
@@ -389,11 +424,14 @@ def script_position(i: int) -> Position:
 
 
 @pytest.mark.timeout(90)
-def test_sigterm_in_a_stream_exits_0_and_keeps_everything_it_acked(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2], ids=["relay", "2-workers"])
+def test_sigterm_in_a_stream_exits_0_and_keeps_everything_it_acked(
+    tmp_path: Path, workers: int
+) -> None:
     db = tmp_path / "geotrack.db"
     total, frame = 6000, 20  # 300 frames, one every 10 ms: a stream of about 3 s
     with contextlib.ExitStack() as stack:
-        relays = Relays(stack, db)
+        relays = Relays(stack, db, workers=workers)
         out = tmp_path / "publish"
         args = [sys.executable, "-c", SCRIPT_PUBLISHER, relays.url, str(total), str(frame)]
         with child(args, out) as pub:
