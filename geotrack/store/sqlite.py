@@ -542,11 +542,12 @@ class SQLiteStore(Store):
     #: Prune pacing: each batch is sized to hold the write lock about this long...
     prune_hold: float = 0.002
     #: ...and the next one waits this many times as long as the last one held it, so
-    #: that a prune takes at most 1/(1 + prune_pause) of the lock's time. Writers of
-    #: another process wait in SQLite's busy handler, which sleeps 1, 2, 5, 10, 15, 20,
-    #: 25 ms between tries: the longer the pauses, the likelier each try finds the lock
-    #: free.
-    prune_pause: float = 4.0
+    #: that a prune takes at most 1/(1 + prune_pause) of the lock's time, and about as
+    #: little of the CPU (on a small machine the relay's latency suffers from the CPU a
+    #: prune takes more than from the lock). Writers of another process wait in SQLite's
+    #: busy handler, which sleeps 1, 2, 5, 10, 15, 20, 25 ms between tries: the longer
+    #: the pauses, the likelier each try finds the lock free.
+    prune_pause: float = 9.0
 
     def prune(
         self, before_ms: int, devices: Collection[str] = (), *, dry_run: bool = False
