@@ -19,6 +19,8 @@ const SLOW_EVERY_MS_CROWDED = 2000;
 // still shows its id.
 const CROWDED = 200;
 const LABELS_FROM_ZOOM = 16;
+// How long a marker pulses for a fence event (js/fences.js).
+const PULSE_MS = 2500;
 
 export class Live {
   constructor(map, { staleAfterS, clockOffsetMs, schedule = (f) => requestAnimationFrame(f) }) {
@@ -31,6 +33,7 @@ export class Live {
     this.clockOffsetMs = clockOffsetMs;
     this.schedule = schedule;
     this.devices = new Map();
+    this.pulses = new Map(); // device id -> until when a marker not yet drawn should pulse
     this.filter = "";
     this.following = null;
     this.fitted = false;
@@ -170,6 +173,7 @@ export class Live {
       el.querySelector(".gt-label").textContent = id;
       device.shown.heading = undefined;
       this.styleMarker(device);
+      if (this.pulses.has(id) && this.pulses.get(id) > performance.now()) this.pulse(id);
     });
     marker.on("click", () => this.follow(id));
     this.devices.set(id, device);
@@ -272,6 +276,31 @@ export class Live {
     const device = this.devices.get(id);
     if (!device || !device.visible) return null;
     return device.trailLine.getLatLngs().map((ll) => [ll.lat, ll.lng]);
+  }
+
+  /**
+   * Make a device's marker pulse briefly (a fence event about it). An event can come
+   * before the fix that decided it is drawn (another connection, the next frame): then
+   * the marker pulses once it is on the map, if that is within PULSE_MS.
+   */
+  pulse(id) {
+    const device = this.devices.get(id);
+    const el = device?.marker.getElement();
+    if (!el) {
+      this.pulses.set(id, performance.now() + PULSE_MS);
+      return;
+    }
+    this.pulses.delete(id);
+    el.classList.remove("gt-pulse");
+    void el.offsetWidth; // restart the animation when it is already running
+    el.classList.add("gt-pulse");
+    clearTimeout(device.pulseTimer);
+    device.pulseTimer = setTimeout(() => el.classList.remove("gt-pulse"), PULSE_MS);
+  }
+
+  /** Whether a device's marker is pulsing now (for the tests). */
+  pulsing(id) {
+    return Boolean(this.devices.get(id)?.marker.getElement()?.classList.contains("gt-pulse"));
   }
 
   snapshot() {

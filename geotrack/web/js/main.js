@@ -1,6 +1,7 @@
 // The page: settings from the relay, the map, then live positions, history and tracking.
 
 import { askToken, authHeaders, initialToken, publishRefusal, refusal } from "./auth.js";
+import { Fences } from "./fences.js";
 import { History } from "./history.js";
 import { Live } from "./live.js";
 import { Subscription, wsBase } from "./protocol.js";
@@ -91,12 +92,16 @@ async function main() {
   const live = new Live(map, { staleAfterS: config.stale_after_s, clockOffsetMs: config.clockOffsetMs });
   let subscription = null;
   let history = null;
+  let fences = null;
   window.geotrack = {
     map,
     devices: () => live.snapshot(),
     trail: (id) => live.trail(id),
     connected: () => Boolean(subscription?.connected),
     playback: () => (history ? history.snapshot() : null),
+    fences: () => (fences?.available ? fences.snapshot() : null),
+    events: () => (fences ? fences.events : []),
+    pulsing: (id) => live.pulsing(id),
   };
 
   const token = await obtainToken(config);
@@ -132,6 +137,8 @@ async function main() {
   // nothing stored between the seed and the socket opening is missed.
   subscription.start(startMs - TRAIL_REPLAY_MS);
   history = new History(map, { token, clockOffsetMs: config.clockOffsetMs, onError: showError });
+  fences = new Fences(map, { token, live, clockOffsetMs: config.clockOffsetMs, base });
+  await fences.start();
   new Tracker({ base, token });
 }
 

@@ -17,8 +17,9 @@ function withToken(url, token) {
  * twice is dropped by the caller (same device, same or older ts).
  */
 export class Subscription {
-  constructor({ base, token, clockOffsetMs, onPositions, onState, onRefused }) {
+  constructor({ base, token, clockOffsetMs, onPositions, onState, onRefused, path = "/subscribe" }) {
     this.base = base;
+    this.path = path; // or /events: the same since= and frames of JSON arrays
     this.token = token;
     this.clockOffsetMs = clockOffsetMs;
     this.onPositions = onPositions;
@@ -42,7 +43,7 @@ export class Subscription {
   }
 
   open() {
-    let url = `${this.base}/subscribe`;
+    let url = `${this.base}${this.path}`;
     if (this.lastAliveMs != null) {
       // A margin for positions committed while the last frame was on its way.
       url += `?since=${encodeURIComponent(new Date(this.lastAliveMs - 5000).toISOString())}`;
