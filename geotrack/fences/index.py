@@ -34,8 +34,12 @@ _AZIMUTHS: Final = np.linspace(0.0, 360.0, _SIDES, endpoint=False)
 # its vertices go out by 1/cos(pi/n) so that it holds the whole circle.
 _OUTWARD: Final = 1 / math.cos(math.pi / _SIDES)
 _M_PER_DEG: Final = 110_500.0
-#: Fixes without an accuracy are looked up with a box this many metres wide.
-_MIN_BOX_M: Final = 0.01
+#: Circles at least this large are always measured geodesically.
+_FLAT_LIMIT_M: Final = 50_000.0
+#: How far a flat-earth distance may be off below that, as a share, plus metres.
+_FLAT_ERROR: Final = 0.01
+_FLAT_SLACK_M: Final = 1.0
+_MEAN_RADIUS_M: Final = 6_371_008.8
 
 
 class FenceSet:
@@ -71,19 +75,32 @@ class FenceSet:
         lon = np.asarray(lons, dtype=float)
         lat = np.asarray(lats, dtype=float)
         acc = np.asarray(accs, dtype=float)
-        dlat = np.maximum(acc, _MIN_BOX_M) / _M_PER_DEG
-        coslat = np.cos(np.radians(np.minimum(89.0, np.abs(lat) + dlat)))
-        dlon = np.minimum(180.0, dlat / np.maximum(coslat, 1e-6))
-        boxes = shapely.box(lon - dlon, lat - dlat, lon + dlon, lat + dlat)
-        fix, fence = self._tree.query(boxes)
+        spread_fixes = acc > 0
+        if spread_fixes.any():
+            dlat = np.maximum(acc, 0.01) / _M_PER_DEG
+            coslat = np.cos(np.radians(np.minimum(89.0, np.abs(lat) + dlat)))
+            dlon = np.minimum(180.0, dlat / np.maximum(coslat, 1e-6))
+            query = shapely.box(lon - dlon, lat - dlat, lon + dlon, lat + dlat)
+        else:  # points are cheaper to make, and find the same boxes
+            query = shapely.points(lon, lat)
+        fix, fence = self._tree.query(query)
         order = np.argsort(fix, kind="stable")  # by fix (GEOS gives them so already)
         fix, fence = fix[order], fence[order]
         side = np.full(len(fix), OUTSIDE, dtype=np.int8)
         circle = self._circle[fence]
         if circle.any():
             i, j = fix[circle], fence[circle]
-            _, _, distance = _GEOD.inv(self._cx[j], self._cy[j], lon[i], lat[i])
             a, r = acc[i], self._radius[j]
+            # A flat-earth distance first (within 1% for circles under 50 km); the
+            # geodesic one only where that is too close to the edge to tell.
+            distance = _flat_metres(self._cx[j], self._cy[j], lon[i], lat[i])
+            near_edge = (r >= _FLAT_LIMIT_M) | (
+                np.abs(distance - r) <= a + r * _FLAT_ERROR + _FLAT_SLACK_M
+            )
+            if near_edge.any():
+                k = np.flatnonzero(near_edge)
+                _, _, exact = _GEOD.inv(self._cx[j[k]], self._cy[j[k]], lon[i[k]], lat[i[k]])
+                distance[k] = exact
             side[circle] = np.where(
                 distance + a <= r, INSIDE, np.where(distance - a > r, OUTSIDE, UNSURE)
             )
@@ -115,6 +132,15 @@ class FenceSet:
         only = FenceSet([fence])
         fixes, _, sides = only.sides([lon], [lat], [acc])
         return int(sides[0]) if len(fixes) else OUTSIDE
+
+
+def _flat_metres(lon1: Any, lat1: Any, lon2: Any, lat2: Any) -> Any:
+    """Equirectangular distances in metres: good to about 0.5% below 50 km."""
+    mean = np.radians((lat1 + lat2) / 2)
+    dx = np.radians(lon2 - lon1) * np.cos(mean)
+    dy = np.radians(lat2 - lat1)
+    result: Any = _MEAN_RADIUS_M * np.hypot(dx, dy)
+    return result
 
 
 def accuracy_circles(lons: Any, lats: Any, metres: Any) -> Any:
