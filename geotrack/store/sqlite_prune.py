@@ -134,6 +134,10 @@ def prune_batches(
     if not devices:
         yield from _by_seq(batches, before_ms, pacer)
     for device in names:
+        # A read first, outside any transaction: most devices have no old fix left by
+        # now, and those cost an index probe, not a write transaction and a pause.
+        if not _has_before(conn, device, before_ms, where):
+            continue
         while True:
             pacer.wait()
             limit = pacer.batch
@@ -180,6 +184,18 @@ def _events(
         pacer.took(held)
         if len(found) < limit:
             return
+
+
+def _has_before(conn: sqlite3.Connection, device: str, before_ms: int, where: str) -> bool:
+    try:
+        return (
+            conn.execute(
+                "SELECT 1 FROM positions WHERE device = ? AND ts < ? LIMIT 1", (device, before_ms)
+            ).fetchone()
+            is not None
+        )
+    except sqlite3.Error as exc:
+        raise StoreError(f"prune of {where} failed: {exc}") from None
 
 
 def _device_batch(c: sqlite3.Connection, device: str, before_ms: int, limit: int) -> int:
