@@ -27,6 +27,10 @@ The rules, with the defaults of :class:`Params` (docs/trips.md says why):
   jitter (they are dropped, and the stop goes on). The departure is the stop's last fix in
   the core (or its last fix, when it stayed off the core but inside the radius for
   ``stop_duration``); the next trip starts there.
+- **Excursion.** A trip that comes back within ``stop_radius`` of the place of the stop it
+  left, settling there again in less than ``stop_duration`` after leaving, was no trip (a
+  burst of jitter, a lap of the car park): the stop goes on, its fixes included. So a stop
+  is reported only once the trip after it is known to be one.
 - **Gap.** Fixes more than ``gap`` (1 h) apart end a trip. When the fix after the gap lies
   within ``stop_radius`` of the fix before it (of the stop's place, when stopped), the device
   stood still through the gap (a tracker that sleeps when parked): that is a stop, or the
@@ -440,6 +444,15 @@ class _StopBuilder:
         return Stop(device, place.lat, place.lon, self.arrival.t, self.core_last.t, fixes)
 
 
+class _Left(NamedTuple):
+    """A stop the device left, held back while the trip after it may be an excursion."""
+
+    builder: _StopBuilder
+    stop: Stop
+    #: Fixes the stop had off its core when it was left (the trip's first, after its start).
+    off_core: int
+
+
 class _Device:
     """One device's detection state (see the module docstring for the rules)."""
 
@@ -456,6 +469,9 @@ class _Device:
         #: Stopped: the stop, and the fixes outside it not yet a departure.
         self.stop: _StopBuilder | None = None
         self.outside: list[_Fix] = []
+        #: Moving after a stop: that stop, not reported until the trip is known to be one
+        #: (an excursion of jitter comes back to it in less than ``stop_duration``).
+        self.left: _Left | None = None
 
     def add(self, fix: _Fix) -> None:
         prev = self.prev
@@ -475,6 +491,7 @@ class _Device:
             self._close_stop()  # fixes outside, not yet a departure, are jitter
         else:
             self._end_trip()
+        self._report_left()
         out, self.out = self.out, []
         return out
 
@@ -504,14 +521,48 @@ class _Device:
                     self._moving(later)
 
     def _depart(self) -> _TripBuilder:
-        """End the stop at its last fix in the core; the trip starts there."""
+        """End the stop at its last fix in the core; the trip starts there.
+
+        The stop is held back (:attr:`left`) until the trip is known to be a trip.
+        """
         stop = self.stop
         assert stop is not None
         trip = _TripBuilder(stop.core_last, self.params, departed=True, path=self.paths)
         for fix in stop.off_core:
             trip.add(fix)
-        self._close_stop()
+        self.left = _Left(stop, stop.stop(self.device), len(stop.off_core))
+        self.stop = None
         return trip
+
+    def _report_left(self) -> None:
+        """The stop left last is final: report it (before the trip that followed it)."""
+        if self.left is not None:
+            self.out.append(self.left.stop)
+            self.left = None
+
+    def _back(self, settled: _Fix) -> bool:
+        """Resume the stop left last when the trip was an excursion back to it.
+
+        An excursion returns within the radius of the stop's place in less than
+        ``stop_duration`` (a burst of jitter, or a lap of the car park): its fixes join
+        the stop, and neither it nor a second stop is reported.
+        """
+        left, trip, window = self.left, self.trip, self.window
+        if left is None or trip is None:
+            return False
+        if window[0].t - trip.first.t >= self.params.stop_duration_s * 1000:
+            return False
+        stop = left.builder
+        if _distance(stop.place, settled) > self.radius:
+            return False
+        # The fixes it had off its core count again, and the trip's others with them.
+        stop.off_core.clear()
+        stop.absorbed += trip.fixes - 1 - left.off_core
+        for fix in window:
+            stop.add(fix, _distance(stop.place, fix))
+        self.stop, self.left, self.trip = stop, None, None
+        window.clear()
+        return True
 
     def _close_stop(self) -> None:
         assert self.stop is not None
@@ -558,8 +609,11 @@ class _Device:
         window = self.window
         if settle:
             settled = _settled(window)
+            if self._back(settled):
+                return
             while len(window) > 1 and _distance(settled, window[0]) > self.radius * CORE:
                 self._commit(window.popleft())
+        self._report_left()
         arrival = window[0]
         stop = _StopBuilder(arrival, window, self.params)
         trip = self.trip
@@ -581,6 +635,7 @@ class _Device:
         for fix in self.window:
             self._commit(fix)
         self.window.clear()
+        self._report_left()
         trip = self.trip
         if trip is not None and trip.fixes > 1 and trip.left:
             self.out.append(trip.trip(self.device))

@@ -129,6 +129,27 @@ def test_a_single_wild_fix_does_not_split_a_stop() -> None:
     assert stop.duration_s == pytest.approx(2405, abs=5)
 
 
+def test_a_burst_of_wild_fixes_for_a_minute_does_not_split_a_stop() -> None:
+    track = Track().stand(1200, jitter=20).jump(400, 45)
+    track.stand(60, jitter=50)  # 12 fixes 400 m off, for a minute (multipath)
+    track.jump(400, 225).stand(1200, jitter=20)
+    drives, halts = split(list(analyze(track.fixes)))
+    assert drives == []
+    (stop,) = halts
+    assert stop.arrival_ms == T0
+    assert stop.departure_ms == track.fixes[-1].ts_ms
+    assert stop.fixes == len(track.fixes)
+
+
+def test_a_real_round_trip_back_to_the_same_place_is_a_trip() -> None:
+    track = Track().stand(600).move(300, 10, 90).move(300, 10, 270).stand(600)
+    found = list(analyze(track.fixes))
+    assert [type(i).__name__ for i in found] == ["Stop", "Trip", "Stop"]
+    trip = found[1]
+    assert isinstance(trip, Trip)
+    assert trip.distance_m == pytest.approx(6000, rel=0.05)
+
+
 def test_a_long_gap_ends_the_trip() -> None:
     track = Track().move(600, 15, 90)
     before = track.fixes[-1]
