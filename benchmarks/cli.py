@@ -41,6 +41,7 @@ from benchmarks.profiling import py_spy
 from benchmarks.prune_bench import prune_table, run_prune
 from benchmarks.relays import ROOT, SetupError, ensure_node_modules, node_versions
 from benchmarks.scenarios import Outcome, Settings, build, log_to_stderr, run_scenario
+from benchmarks.workers_bench import run_workers, workers_tables
 
 NAMES = {
     "single": 1,
@@ -62,6 +63,9 @@ NAMES = {
     # Only when asked (--only fleet, --only saturation): a fleet's paced publishers (issue 15).
     "fleet": 15,
     "saturation": 16,
+    # Only when asked (--only workers): serve --workers 2 vs 1, cross-worker latency, the
+    # SQLite ceiling (issue 15 part 3).
+    "workers": 17,
 }
 
 
@@ -289,6 +293,10 @@ def _run(args: argparse.Namespace, chosen: set[int], baseline: Baseline | None) 
     if 16 in chosen:
         log("[16] Saturation at 1,000 and 10,000 publisher connections (issue 15)")
         saturation = run_saturation(settings, log)
+    workers = None
+    if 17 in chosen:
+        log("[17] serve --workers 2 vs 1, cross-worker latency, SQLite ceiling (issue 15)")
+        workers = run_workers(settings, log)
     elapsed = time.monotonic() - began
 
     target_items = report.targets(outcomes, export)
@@ -312,6 +320,9 @@ def _run(args: argparse.Namespace, chosen: set[int], baseline: Baseline | None) 
         console.print(fleet_table(fleet))
     if saturation is not None:
         console.print(saturation_table(saturation))
+    if workers is not None:
+        for table in workers_tables(workers):
+            console.print(table)
     label = None if baseline is None else baseline.label
     if 7 in chosen and (table := side_by_side(outcomes, label)) is not None:
         console.print(table)
@@ -344,6 +355,9 @@ def _run(args: argparse.Namespace, chosen: set[int], baseline: Baseline | None) 
         "fences": fenced,
         "fleet": None if fleet is None else fleet.to_json(),
         "saturation": saturation,
+        "workers": None
+        if workers is None
+        else {**workers, "throughput": workers["throughput"].to_json()},
         "targets": target_items,
     }
     output.write_text(json.dumps(document, indent=1, default=str))

@@ -1,0 +1,308 @@
+"""Scenario 17 (issue 15 part 3): ``geotrack serve --workers N``.
+
+- **throughput**: scenario 1's workload (100 publishers, single-position frames as fast as
+  acks allow, 10 subscribers) on ``--workers 2`` and on one process, interleaved rounds,
+  the ratio per round. The load generators share the machine's cores with the relay.
+- **cross-worker latency**: one publisher and one subscriber on each worker (told apart
+  by the relay's log), positions paced to 2,000/s in all: publish -> subscriber latency
+  of the fixes that crossed from one worker to the other (store, commit, wake-up, the
+  sibling's follower) next to those delivered by the worker that stored them.
+- **store ceiling**: SQLite rows/s with the dedupe index, 1, 2 and 4 writer processes on
+  one file, commits of 1 and of 100 rows: what the workers share, so what bounds them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import multiprocessing
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from benchmarks.fleet_bench import _f
+from benchmarks.relays import GEOTRACK, ROOT, environment
+from benchmarks.runner import PhaseSpec, Workload
+from benchmarks.scenarios import Outcome, Scenario, Settings, Variant, run_scenario
+
+__all__ = ["run_workers", "workers_tables"]
+
+_PORTS = re.compile(r"(\d+) workers \(pids [\d, ]+\) share port (\d+)")
+_CONNECTED = re.compile(r"worker (\d+): (publisher|subscriber) 127\.0\.0\.1:(\d+) connected")
+
+
+def run_workers(settings: Settings, log: Callable[[str], None]) -> dict[str, Any]:
+    """All three parts; a JSON-able dict (the throughput part also as an Outcome)."""
+    out: dict[str, Any] = {}
+    outcome = _throughput(settings, log)
+    out["throughput"] = outcome
+    per_round = [
+        two.phases[0].stored_per_s / one.phases[0].stored_per_s
+        for two, one in zip(outcome.runs["2 workers"], outcome.runs["1 worker"], strict=False)
+        if one.phases[0].stored_per_s
+    ]
+    out["speedup"] = {"median": statistics.median(per_round), "per_round": per_round}
+    log(f"  [17] --workers 2 ÷ 1: {', '.join(f'{r:.2f}' for r in per_round)}")
+    seconds = 4.0 if settings.quick else 10.0
+    out["latency"] = [_cross_worker(2000.0, seconds) for _ in range(settings.rounds)]
+    for r in out["latency"]:
+        log(
+            f"  [17] cross-worker p50/p99 {r['cross']['p50']:.2f}/{r['cross']['p99']:.2f} ms, "
+            f"same worker {r['same']['p50']:.2f}/{r['same']['p99']:.2f} ms"
+        )
+    seconds = 2.0 if settings.quick else 4.0
+    out["ceiling"] = [
+        _ceiling(writers, batch, seconds) for batch in (1, 100) for writers in (1, 2, 4)
+    ]
+    for c in out["ceiling"]:
+        what = f"{c['writers']} writers x {c['batch']}-row commits"
+        log(f"  [17] SQLite {what}: {c['rows_per_s']:,.0f} rows/s")
+    return out
+
+
+# -- throughput ------------------------------------------------------------------------------
+
+
+def _throughput(settings: Settings, log: Callable[[str], None]) -> Outcome:
+    saturate = (PhaseSpec("saturate", warmup=settings.warmup, duration=settings.duration),)
+    one = Workload(publishers=100, window=8, subscribers=10, phases=saturate)
+    two = Workload(
+        publishers=100, window=8, subscribers=10, phases=saturate, relay_args=("--workers", "2")
+    )
+    scenario = Scenario(
+        17,
+        "workers",
+        "serve --workers 2 vs 1: single-position frames, 100 publishers, 10 subscribers",
+        [Variant("2 workers", GEOTRACK, two), Variant("1 worker", GEOTRACK, one)],
+        settings.rounds,
+        baseline="1 worker",
+        profile=(),
+    )
+    return run_scenario(scenario, settings, log)
+
+
+# -- cross-worker latency --------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _serve_workers(workdir: Path) -> Iterator[tuple[int, list[str]]]:
+    """``geotrack serve --workers 2 --port 0``: its port and its log lines, as they come."""
+    args = [sys.executable, "-m", "geotrack", "serve", "--workers", "2", "--port", "0"]
+    args += ["--store", f"sqlite:///{workdir / 'store.db'}", "--stats-interval", "0"]
+    proc = subprocess.Popen(args, cwd=ROOT, env=environment(), stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    lines: list[str] = []
+    stream = proc.stderr
+    reader = threading.Thread(target=lambda: lines.extend(stream), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not (m := next((m for x in list(lines) if (m := _PORTS.search(x))), None)):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("serve --workers 2 did not start:\n" + "".join(lines[-20:]))
+            time.sleep(0.05)
+        yield int(m[2]), lines
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def _worker_of(lines: list[str], role: str, port: int) -> int:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for line in list(lines):
+            m = _CONNECTED.search(line)
+            if m and m[2] == role and int(m[3]) == port:
+                return int(m[1])
+        time.sleep(0.01)
+    raise RuntimeError(f"no log line for {role} on port {port}")
+
+
+def _cross_worker(rate: float, seconds: float) -> dict[str, Any]:
+    """Latency of paced single-position frames, crossing workers and not, in ms."""
+    with (
+        tempfile.TemporaryDirectory(prefix="geotrack-bench-workers-") as tmp,
+        _serve_workers(Path(tmp)) as (port, lines),
+    ):
+        return asyncio.run(_measure(port, lines, rate, seconds))
+
+
+async def _on_each_worker(url: str, role: str, lines: list[str]) -> dict[int, Any]:
+    from websockets.asyncio.client import connect
+
+    held: dict[int, Any] = {}
+    while len(held) < 2:
+        path = {"publisher": "/publish", "subscriber": "/subscribe"}[role]
+        ws = await connect(url + path, max_size=None, compression=None)
+        worker = await asyncio.to_thread(_worker_of, lines, role, ws.local_address[1])
+        if worker in held:
+            await ws.close()
+        else:
+            held[worker] = ws
+    return held
+
+
+async def _measure(port: int, lines: list[str], rate: float, seconds: float) -> dict[str, Any]:
+    url = f"ws://127.0.0.1:{port}"
+    subs = await _on_each_worker(url, "subscriber", lines)
+    pubs = await _on_each_worker(url, "publisher", lines)
+    samples: dict[str, list[float]] = {"cross": [], "same": []}
+    warmup = time.monotonic() + 1.0
+    end = warmup + seconds
+
+    async def receive(worker: int, ws: Any) -> None:
+        with contextlib.suppress(Exception):
+            async for message in ws:
+                now = time.monotonic()
+                for fix in json.loads(message):
+                    if now >= warmup:
+                        sent_on, sent_at = fix["attrs"]["w"], fix["attrs"]["t"]
+                        kind = "same" if sent_on == worker else "cross"
+                        samples[kind].append((now - sent_at) * 1000)
+
+    async def drain(ws: Any) -> None:
+        with contextlib.suppress(Exception):
+            async for _ in ws:
+                pass
+
+    async def publish() -> None:
+        n, t0 = 0, time.monotonic()
+        while (now := time.monotonic()) < end:
+            due = int((now - t0) * rate / len(pubs))
+            while n < due:
+                n += 1
+                for worker, ws in pubs.items():
+                    fix = {
+                        "device": f"dev-{worker}-{n % 50}",
+                        "lat": 1.0,
+                        "lon": 2.0,
+                        "ts": 1_764_072_000 + n / 1000,
+                        "attrs": {"t": time.monotonic(), "w": worker},
+                    }
+                    await ws.send(json.dumps(fix))
+            await asyncio.sleep(0.002)
+
+    tasks = [asyncio.create_task(receive(w, ws)) for w, ws in subs.items()]
+    tasks += [asyncio.create_task(drain(ws)) for ws in pubs.values()]
+    await publish()
+    await asyncio.sleep(0.5)
+    for task in tasks:
+        task.cancel()
+    for ws in [*subs.values(), *pubs.values()]:
+        await ws.close()
+    return {kind: _summary(values) for kind, values in samples.items()} | {"rate": rate}
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"n": 0, "p50": float("nan"), "p99": float("nan"), "max": float("nan")}
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return {"n": len(values), "p50": at(0.5), "p99": at(0.99), "max": ordered[-1]}
+
+
+# -- store ceiling ---------------------------------------------------------------------------
+
+
+def _writer(url: str, index: int, batch: int, start: float, stop: float, out: Any) -> None:
+    from geotrack.schema import Position, ms_to_ts
+    from geotrack.store import open_store
+
+    with open_store(url) as store:
+        n = 0
+        while time.time() < start:
+            time.sleep(0.001)
+        while time.time() < stop:
+            fixes = [
+                Position(device=f"w{index}-{i % 100}", lat=1.0, lon=2.0, ts=ms_to_ts(n + i))
+                for i in range(batch)
+            ]
+            store.write(fixes, origin=f"writer-{index}")
+            n += batch
+        out.put(n)
+
+
+def _ceiling(writers: int, batch: int, seconds: float) -> dict[str, Any]:
+    """Rows/s that ``writers`` processes get into one SQLite file, ``batch`` rows a commit."""
+    with tempfile.TemporaryDirectory(prefix="geotrack-bench-ceiling-") as tmp:
+        url = f"sqlite:///{Path(tmp) / 'store.db'}"
+        from geotrack.store import open_store
+
+        open_store(url).close()  # the schema, before the writers race to make it
+        context = multiprocessing.get_context("spawn")
+        queue = context.Queue()
+        start = time.time() + 1.5  # after every writer has imported and opened the store
+        procs = [
+            context.Process(target=_writer, args=(url, i, batch, start, start + seconds, queue))
+            for i in range(writers)
+        ]
+        for proc in procs:
+            proc.start()
+        rows = sum(queue.get(timeout=60 + seconds) for _ in procs)
+        for proc in procs:
+            proc.join()
+    return {
+        "writers": writers,
+        "batch": batch,
+        "rows_per_s": rows / seconds,
+        "commits_per_s": rows / batch / seconds,
+    }
+
+
+# -- report ----------------------------------------------------------------------------------
+
+
+def workers_tables(result: dict[str, Any]) -> list[Table]:
+    """Scenario 17's three tables."""
+    outcome: Outcome = result["throughput"]
+    first = Table(title=f"17. {outcome.title} (medians)", title_justify="left")
+    for name in ("relay", "rounds", "stored/s", "delivered/s/sub", "machine busy %"):
+        first.add_column(name, justify="left" if name == "relay" else "right")
+    for label, rows in outcome.medians.items():
+        m = rows[-1]
+        first.add_row(
+            label,
+            str(m["rounds"]),
+            _f(m.get("stored_per_s"), 0),
+            _f(m.get("delivered_per_sub_per_s"), 0),
+            _f(m.get("machine_busy_pct"), 0),
+        )
+    s = result["speedup"]
+    first.caption = (
+        f"2 workers ÷ 1 worker, stored/s: {s['median']:.2f} "
+        f"(rounds {', '.join(f'{x:.2f}' for x in s['per_round'])})"
+    )
+    second = Table(
+        title="17. Cross-worker delivery at 2,000 positions/s (one publisher and one "
+        "subscriber on each worker), ms",
+        title_justify="left",
+    )
+    for name in ("round", "cross p50", "cross p99", "cross max", "same p50", "same p99", "n"):
+        second.add_column(name, justify="right")
+    for i, r in enumerate(result["latency"], 1):
+        c, same = r["cross"], r["same"]
+        second.add_row(
+            str(i), _f(c["p50"], 2), _f(c["p99"], 2), _f(c["max"], 1),
+            _f(same["p50"], 2), _f(same["p99"], 2), f"{c['n']:,}",
+        )  # fmt: skip
+    third = Table(title="17. SQLite store ceiling (dedupe index on)", title_justify="left")
+    for name in ("writers", "rows/commit", "rows/s", "commits/s"):
+        third.add_column(name, justify="right")
+    for c in result["ceiling"]:
+        third.add_row(
+            str(c["writers"]), str(c["batch"]), _f(c["rows_per_s"], 0), _f(c["commits_per_s"], 0)
+        )
+    return [first, second, third]
