@@ -15,7 +15,7 @@ from typing import Any, Final, Literal, TextIO
 
 import msgspec
 
-from geotrack.analysis.trips import Stop, Trip
+from geotrack.analysis.model import Stop, Trip
 from geotrack.errors import InvalidParameter
 
 __all__ = ["CONTENT_TYPES", "FORMATS", "STOP_FIELDS", "TRIP_FIELDS", "Kind", "record", "write"]

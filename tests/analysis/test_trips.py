@@ -264,7 +264,7 @@ def test_parameters_must_be_positive(field: str, option: str) -> None:
 
 def test_the_windows_running_drift_is_the_least_squares_one() -> None:
     """The sums a sliding window keeps give what a fresh fit over its fixes gives."""
-    from geotrack.analysis.trips import _Fix, _plane, _Window
+    from geotrack.analysis.pieces import _Fix, _plane, _Window
 
     def fitted(fixes: list[_Fix]) -> float:
         origin = fixes[0]
