@@ -153,7 +153,8 @@ class Webhook:
             return
         document = {"webhook": self.display, "store": self._store_url, "cursor": cursor}
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.state_file.with_suffix(".tmp")
+        # Its own temporary name: two relays on one machine may share a state directory.
+        temporary = self.state_file.with_suffix(f".{os.getpid()}.tmp")
         temporary.write_text(json.dumps(document) + "\n", encoding="utf-8")
         os.replace(temporary, self.state_file)
         self._saved = cursor
@@ -346,7 +347,8 @@ class Webhooks:
             except TimeoutError:
                 reason = f"no answer within {self.timeout:g} s"
             except aiohttp.ClientError as exc:
-                reason = str(exc) or type(exc).__name__
+                # Some errors quote the URL: never with its credentials or query.
+                reason = (str(exc) or type(exc).__name__).replace(hook.url, hook.display)
             hook.failure(reason, self.log_interval)
             await asyncio.sleep(backoff(attempt, self.retry_min, self.retry_max))
             attempt += 1

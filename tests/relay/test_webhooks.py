@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import msgspec
 import pytest
 from aiohttp import web
@@ -240,3 +241,65 @@ def test_a_bad_webhook_url_is_one_error_line(tmp_path: Path) -> None:
     result = geotrack("serve", "--port", "0", "--webhook", "ftp://u:pw@example.org/x", cwd=tmp_path)
     line = only_error(result)
     assert "--webhook" in line and "ftp://example.org/x" in line and "pw" not in line
+
+
+def test_stop_and_restart_resume_on_every_backend(store_factory: Any, tmp_path: Path) -> None:
+    """Events stored while the webhooks are stopped (and one retried when they stop) are
+    delivered after they start again, on SQLite and MongoDB (whose event feed has no
+    cursor before its first event: the start time stands in for it)."""
+    receiver = Receiver(accept=1)
+
+    async def main() -> None:
+        store = store_factory()
+        async with receiving(receiver) as url:
+
+            async def run(until_accepted: int, *events: Event) -> None:
+                hooks = Webhooks(store, [url], tmp_path / "state", retry_min=0.01, retry_max=0.05)
+                await hooks.start()
+                try:
+                    write(store, *events)
+                    await until(lambda: len(receiver.accepted) >= until_accepted)
+                    await asyncio.sleep(0.1)  # some failed attempts, on the next event
+                finally:
+                    await hooks.stop()
+
+            await run(1, event(1), event(2))
+            assert len(receiver.attempts) > len(receiver.accepted) == 1
+            write(store, event(3))  # while stopped
+            receiver.accept = None
+            await run(3)
+        assert receiver.keys() == [idempotency_key(event(i)) for i in (1, 2, 3)]
+
+    arun(main())
+
+
+def test_counted_on_the_listeners_metrics(tmp_path: Path) -> None:
+    receiver = Receiver(fail_first=2)
+
+    async def main() -> None:
+        with open_store(f"sqlite:///{tmp_path / 'db'}") as store:
+            async with receiving(receiver) as url:
+                config = RelayConfig(
+                    port=free_port(),
+                    http_port=free_port(),
+                    stats_interval=0,
+                    webhooks=(url.replace("http://", "http://u:pw@"),),
+                    webhook_state=tmp_path / "state",
+                )
+                stop, task = await _relay(store, config)
+                try:
+                    write(store, event(1))
+                    await until(lambda: len(receiver.accepted) == 1)
+                    async with (
+                        aiohttp.ClientSession() as http,
+                        http.get(f"http://127.0.0.1:{config.http_port}/metrics") as response,
+                    ):
+                        text = await response.text()
+                finally:
+                    stop.set()
+                    await task
+        assert f'geotrack_webhook_deliveries_total{{webhook="{url}",result="delivered"}} 1' in text
+        assert f'geotrack_webhook_deliveries_total{{webhook="{url}",result="failed"}} 2' in text
+        assert "pw" not in text.split("geotrack_webhook", 1)[1]
+
+    arun(main(), 60)
