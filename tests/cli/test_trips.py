@@ -121,3 +121,26 @@ def test_a_parked_device_is_one_stop_through_the_cli(tmp_path: Path) -> None:
     result = geotrack("stops", "-f", "json", cwd=tmp_path)
     (stop,) = json.loads(result.stdout)
     assert stop["duration_s"] == (parked.fixes[-1].ts_ms - T0) / 1000
+
+
+def test_the_same_answer_from_a_mongodb_store(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """pymongo over the wire to nx-27017: the store is read, never created."""
+    from tests.mongo_servers import fresh_database, nx27017_server
+
+    server = nx27017_server(request)
+    url = server.url(fresh_database())
+    car = Track("car-1").move(600, 15, 90).stand(600, jitter=10).move(600, 15, 0)
+    with open_store(url) as store:
+        store.write(car.fixes)
+    result = geotrack("stops", "--store", url, "-f", "json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (stop,) = json.loads(result.stdout)
+    assert stop["arrival"] == "2025-11-25T12:10:00.000Z"
+    result = geotrack("trips", "--store", url, "-f", "csv", cwd=tmp_path)
+    assert result.stdout.count("\ncar-1,") == 2
+    missing = server.url(fresh_database())
+    result = geotrack("trips", "--store", missing, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.startswith("Error: no store at ")
