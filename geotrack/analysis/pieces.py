@@ -102,7 +102,7 @@ class _Window(deque[_Fix]):
         if not self:
             self._origin = fix
         elif origin is None or (
-            fix.t - origin.t > self._REBASE_MS or not _near(origin, fix, self._REBASE_M)
+            fix.t - origin.t > self._REBASE_MS or _metres(origin, fix) > self._REBASE_M
         ):
             self._rebase(self[0])
         if self:
@@ -139,11 +139,11 @@ class _Window(deque[_Fix]):
         return math.hypot(swtx - swt * swx / sw, swty - swt * swy / sw) / vt
 
 
-def _near(a: _Fix, b: _Fix, metres: float) -> bool:
-    """Whether ``b`` lies within ``metres`` of ``a`` (in the local plane: within a few
-    kilometres it is the geodesic distance to better than 0.1 %, and far cheaper)."""
+def _metres(a: _Fix, b: _Fix) -> float:
+    """How far ``b`` is from ``a`` in the local plane: within a few kilometres the geodesic
+    distance to better than 0.1 %, and far cheaper."""
     x, y = _plane(a, b)
-    return x * x + y * y <= metres * metres
+    return math.hypot(x, y)
 
 
 def _settled(window: deque[_Fix]) -> _Fix:

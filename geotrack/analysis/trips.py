@@ -60,7 +60,7 @@ from geotrack.analysis.pieces import (
     CORE,
     _distance,
     _Fix,
-    _near,
+    _metres,
     _settled,
     _StopBuilder,
     _TripBuilder,
@@ -130,6 +130,8 @@ class _Device:
         self.prev: _Fix | None = None
         #: Moving: the stop candidate, and the trip up to its first fix.
         self.window = _Window()
+        #: At least the distance (m) of the window's farthest fix from its first.
+        self.reach = 0.0
         self.trip: _TripBuilder | None = None
         #: Stopped: the stop, and the fixes outside it not yet a departure.
         self.stop: _StopBuilder | None = None
@@ -239,23 +241,44 @@ class _Device:
     def _moving(self, fix: _Fix) -> None:
         window = self.window
         window.append(fix)
-        if not _near(window[0], fix, self.radius):
-            self._commit(window.popleft())
-            self._compact()
+        if len(window) == 1:
+            self.reach = 0.0
+        else:
+            distance = _metres(window[0], fix)
+            if distance > self.radius:
+                self._commit(window.popleft())
+                self._compact()
+            else:
+                self.reach = max(self.reach, distance)
         duration_ms = self.params.stop_duration_s * 1000
         while len(window) > 1 and window[-1].t - window[0].t >= duration_ms:
             if window.drift() <= self.params.drift_speed:
                 self._arrive()
                 return
-            self._commit(window.popleft())
-            self._compact()
+            self._slide()
+
+    def _slide(self) -> None:
+        """The window's first fix goes to the trip; the window stays within the radius."""
+        window = self.window
+        first = window.popleft()
+        self._commit(first)
+        if window:
+            # Every fix was within ``reach`` of the old first, so within reach + step of
+            # the new one: only when that could pass the radius is the window measured.
+            step = _metres(first, window[0])
+            if self.reach + step <= self.radius:
+                self.reach += step
+            else:
+                self._compact()
 
     def _compact(self) -> None:
         """Slide the window until every fix in it lies within the radius of its first."""
         window = self.window
-        while len(window) > 1:
+        while window:
             anchor = window[0]
-            if all(_near(anchor, fix, self.radius) for fix in window):
+            reach = max(_metres(anchor, fix) for fix in window)
+            if reach <= self.radius or len(window) == 1:
+                self.reach = reach
                 return
             self._commit(window.popleft())
 
