@@ -5,7 +5,10 @@ Issue 13's target: with ``serve --fences`` holding 10,000 fences, the relay stor
 (as fast as acks allow): scenario 1's single-position frames and scenario 2's batches of
 100, each from 100 publishers with 10 subscribers. Per workload the two variants run
 interleaved (A B, B A, ...), each on a fresh relay and store; reported per round is the
-ratio of stored/s with fences to stored/s without, and the median of those ratios.
+ratio of stored/s with fences to stored/s without, and the median of those ratios. On a
+machine others share the rates swing with their load, so the relay's own CPU time per
+stored position is reported too, and its ratio (without ÷ with): the rate ratio a relay
+with the cores to itself would see.
 
 The fences: 9,900 spread over a 50 x 45 km region (polygons of 5 to 12 vertices, 50 to
 400 m across, and circles of 30 to 300 m), and 100 over the square kilometre the load
@@ -125,22 +128,43 @@ def run_fences(
         summary: dict[str, Any] = {"fences": FENCES, "engine": engine, "workloads": {}}
         for name, shape in workloads.items():
             rates: dict[str, list[float]] = {v: [] for v in VARIANTS}
+            # The relay's CPU milliseconds per 1,000 stored positions: what the fences cost
+            # it, whatever else runs on the machine (the rates swing with others' load).
+            cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
             for r in range(rounds):
                 for variant in VARIANTS if r % 2 == 0 else VARIANTS[::-1]:
                     args = ("--fences", str(path)) if variant != "no fences" else ()
                     result = run(GEOTRACK, Workload(**shape, phases=phase, relay_args=args))
-                    stored = result.phases[0].stored_per_s if result.phases else float("nan")
+                    first = result.phases[0] if result.phases else None
+                    stored = first.stored_per_s if first else float("nan")
+                    per_1000 = (
+                        first.relay_cpu_pct / 100 / stored * 1e6
+                        if first and stored
+                        else float("nan")
+                    )
                     rates[variant].append(stored)
-                    log(f"  [13] {name} round {r + 1}/{rounds} {variant}: {stored:,.0f} stored/s")
+                    cpu[variant].append(per_1000)
+                    log(
+                        f"  [13] {name} round {r + 1}/{rounds} {variant}: {stored:,.0f} "
+                        f"stored/s, relay CPU {per_1000:.1f} ms per 1,000"
+                    )
             ratios = [
                 with_ / without
                 for with_, without in zip(rates[VARIANTS[1]], rates[VARIANTS[0]], strict=True)
+            ]
+            cpu_ratios = [
+                without / with_
+                for with_, without in zip(cpu[VARIANTS[1]], cpu[VARIANTS[0]], strict=True)
             ]
             summary["workloads"][name] = {
                 "stored_per_s": rates,
                 "medians": {v: statistics.median(rates[v]) for v in VARIANTS},
                 "ratios": ratios,
                 "ratio_median": statistics.median(ratios),
+                "cpu_ms_per_1000": cpu,
+                "cpu_medians": {v: statistics.median(cpu[v]) for v in VARIANTS},
+                "cpu_ratios": cpu_ratios,
+                "cpu_ratio_median": statistics.median(cpu_ratios),
                 "target_met": statistics.median(ratios) >= TARGET,
             }
     return summary
@@ -154,7 +178,9 @@ def fences_table(summary: dict[str, Any]) -> Table:
         box=box.SIMPLE_HEAVY,
         title_justify="left",
     )
-    for column in ("workload", *VARIANTS, "ratio per round", "median", "met"):
+    columns = ("workload", *VARIANTS, "ratio per round", "median", "met")
+    columns += ("CPU ms/1,000 (none, fences)", "CPU ratio per round", "median")
+    for column in columns:
         table.add_column(column, justify="left" if column == "workload" else "right")
     for name, w in summary["workloads"].items():
         table.add_row(
@@ -163,10 +189,15 @@ def fences_table(summary: dict[str, Any]) -> Table:
             ", ".join(f"{r:.2f}" for r in w["ratios"]),
             f"{w['ratio_median']:.2f}",
             "met" if w["target_met"] else "NOT met",
+            ", ".join(f"{w['cpu_medians'][v]:.1f}" for v in VARIANTS),
+            ", ".join(f"{r:.2f}" for r in w["cpu_ratios"]),
+            f"{w['cpu_ratio_median']:.2f}",
         )
     engine = summary["engine"]
     table.caption = (
-        f"the fence engine alone: {engine['positions_per_s']:,.0f} positions/s "
+        "CPU ratio: the relay's CPU per position without fences over with them (the rate "
+        "ratio a relay that has the cores to itself would see). "
+        f"The fence engine alone: {engine['positions_per_s']:,.0f} positions/s "
         f"({engine['positions_per_cpu_s']:,.0f} per CPU-second) against "
         f"{summary['fences']:,} fences; the worker thread keeps up while this is above the "
         "ingest rate"

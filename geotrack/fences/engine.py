@@ -72,7 +72,9 @@ class FenceEngine:
                 last = ms_to_ts(state.last_ms)
                 if last > self._last.get(state.device, ""):
                     self._last[state.device] = last
-            if state.fence in self.fences.by_name and (state.inside or state.pending_ms):
+            if state.fence in self.fences.by_name and (
+                state.inside or state.pending_ms is not None
+            ):
                 self._states.setdefault(state.device, {})[state.fence] = _State(
                     state.inside, state.pending_ms
                 )
