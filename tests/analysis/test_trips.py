@@ -150,6 +150,34 @@ def test_a_real_round_trip_back_to_the_same_place_is_a_trip() -> None:
     assert trip.distance_m == pytest.approx(6000, rel=0.05)
 
 
+def test_a_tracker_that_reports_seldom_while_parked() -> None:
+    """Every 5 s while moving, every 5 minutes while parked: the drift is weighted by time."""
+    track = Track().move(600, 15, 90, every=5)
+    arrived = track.t
+    track.stand(1800, every=300, jitter=15)
+    left = track.t
+    track.move(600, 15, 0, every=5)
+    found = list(analyze(track.fixes))
+    assert [type(i).__name__ for i in found] == ["Trip", "Stop", "Trip"]
+    stop = found[1]
+    assert isinstance(stop, Stop)
+    assert (stop.arrival_ms, stop.departure_ms) == (arrived, left)
+
+
+def test_a_walker_stopping_for_coffee_with_a_fix_every_30_s() -> None:
+    track = Track("walker").move(900, 1.3, 0, every=30, jitter=10)
+    arrived = track.t
+    track.stand(240, every=30, jitter=10)
+    left = track.t
+    track.move(900, 1.3, 0, every=30, jitter=10)
+    drives, halts = split(list(analyze(track.fixes)))
+    assert len(drives) == 2
+    (stop,) = halts
+    # One fix either side at most.
+    assert arrived - 30_000 <= stop.arrival_ms <= arrived
+    assert left - 30_000 <= stop.departure_ms <= left + 30_000
+
+
 def test_a_long_gap_ends_the_trip() -> None:
     track = Track().move(600, 15, 90)
     before = track.fixes[-1]
