@@ -173,7 +173,7 @@ class RelayConfig:
 
     def _check_webhooks(self) -> None:
         """Check each ``--webhook`` URL; ``--webhook-state`` needs one."""
-        from geotrack.relay.webhooks import check_webhook_url
+        from geotrack.relay.webhook_target import check_webhook_url
 
         for url in self.webhooks:
             check_webhook_url(url)

@@ -1,18 +1,20 @@
 """Webhooks (``serve --webhook URL``): every stored geofence event POSTed as JSON, at least once.
 
 Each webhook follows the store's event feed (:meth:`Store.follow_events`) in a thread of
-its own and POSTs the events one by one, in store order, as the JSON object ``/events``
-sends (``{"type":…,"device":…,"fence":…,"ts":…,"lat":…,"lon":…}``), with an
+its own and POSTs every event as the JSON object ``/events`` sends
+(``{"type":…,"device":…,"fence":…,"ts":…,"lat":…,"lon":…}``), with an
 ``Idempotency-Key`` header that names the transition (:func:`idempotency_key`): the same
-for every attempt, every relay and every restart, so a receiver can drop repeats.
+for every attempt, every relay and every restart, so a receiver can drop repeats. Each
+device's events go one at a time, in store order; up to 8 devices' are in flight at once.
 
 A POST answered 2xx is delivered; anything else (another status, a refused connection, a
-timeout) is retried after a delay that doubles up to ``retry_max``, and the later events
-wait: order is kept and nothing is skipped. After each delivery the feed's cursor is
-saved (at most once a second, and at stop) to a small file per (store, webhook) in the
-state directory, and a restart resumes from it: an event is delivered at least once,
-whatever stops the relay between its storing and its delivery. A webhook never seen
-before starts with the events stored from its first start on.
+timeout) is retried after a delay that doubles up to ``retry_max``, and that device's
+later events wait: its order is kept and nothing is skipped. The feed's cursor, moved
+only past events all delivered, is saved (at most once a second while delivering, and at
+stop) to a small file per (store, webhook) in the state directory, and a restart resumes
+from it: an event is delivered at least once, whatever stops the relay between its
+storing and its delivery. A webhook never seen before starts with the events stored
+from its first start on.
 
 Failures are counted for /metrics (:func:`webhook_families`) and logged at most once a
 ``log_interval`` per webhook, with the URL stripped of credentials and query.
@@ -22,35 +24,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import logging
-import os
-import random
 import time
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
-from urllib.parse import quote, urlsplit
+from typing import Any, Final
 
 import aiohttp
 
 from geotrack import __version__
-from geotrack.errors import GeotrackError, InvalidParameter
+from geotrack.errors import GeotrackError
 from geotrack.relay.metrics import Family
+from geotrack.relay.webhook_target import Webhook, backoff, default_state_dir, idempotency_key
 from geotrack.schema import Event, encode_event
-from geotrack.store import EventFeed, Store
+from geotrack.store import EventChange, EventFeed, Store
 
-__all__ = [
-    "Webhook",
-    "Webhooks",
-    "check_webhook_url",
-    "default_state_dir",
-    "idempotency_key",
-    "webhook_display",
-    "webhook_families",
-]
+__all__ = ["Webhooks", "webhook_families"]
 
 log = logging.getLogger("geotrack.relay")
 
@@ -60,141 +52,22 @@ _POLL: Final = 0.25
 _SAVE_EVERY: Final = 1.0
 
 
-def idempotency_key(event: Event) -> str:
-    """``device/fence/ts/type``, each part percent-encoded: the transition's identity.
+@dataclass(slots=True)
+class _Pending:
+    """An event read from the feed: its cursor, and whether it has been delivered."""
 
-    The store keeps one event per (device, fence, ts, type), so this names it whichever
-    relay decided it and however often it is sent.
-    """
-    return "/".join(quote(part, safe=":") for part in event.key)
-
-
-def webhook_display(url: str) -> str:
-    """``url`` without credentials, query or fragment: what logs and /metrics show."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port is not None else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
-
-
-def check_webhook_url(url: str) -> None:
-    """InvalidParameter (``--webhook``) unless ``url`` is an http(s) URL with a host."""
-    try:
-        parts = urlsplit(url)
-        port_ok = parts.port is None or parts.port > 0
-    except ValueError as exc:
-        raise InvalidParameter("--webhook", f"not a URL: {exc}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
-        raise InvalidParameter(
-            "--webhook",
-            f"expected an http(s)://HOST[:PORT]/PATH URL, got {webhook_display(url)!r}",
-        )
-
-
-def default_state_dir() -> Path:
-    """Where webhook cursors live unless ``--webhook-state`` says: ``$XDG_STATE_HOME``'s
-    ``geotrack/webhooks`` (``~/.local/state/geotrack/webhooks``)."""
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "geotrack" / "webhooks"
-
-
-def backoff(attempt: int, low: float, high: float) -> float:
-    """Seconds to wait before retry ``attempt`` (0-based): doubling from ``low``, capped
-    at ``high``, with up to a quarter less at random so relays do not retry in step."""
-    delay: float = min(high, low * 2.0 ** min(attempt, 62))
-    return delay * (0.75 + 0.25 * random.random())
-
-
-class Webhook:
-    """One ``--webhook`` URL: its cursor file, its counters and its delivery task."""
-
-    def __init__(self, url: str, store: Store, state_dir: Path) -> None:
-        self.url = url
-        self.display = webhook_display(url)
-        identity = f"{store.display_url}\n{url}".encode()
-        self.state_file = state_dir / f"{hashlib.sha256(identity).hexdigest()[:24]}.json"
-        self._store_url = store.display_url
-        #: Events delivered (answered 2xx), and attempts that failed.
-        self.delivered = 0
-        self.failed = 0
-        #: Failed attempts in a row now (0 while delivering).
-        self.failing = 0
-        self._cursor: str | int | None = None
-        self._saved: str | int | None = None
-        self._last_log = -float("inf")
-        self._unlogged = 0
-
-    def load_cursor(self) -> str | int | None:
-        """The saved cursor (or store time, Unix ms), None when there is none."""
-        try:
-            document = json.loads(self.state_file.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            raise GeotrackError(
-                f"cannot read the cursor of webhook {self.display} from {self.state_file}: "
-                f"{exc}; delete the file to start with new events"
-            ) from None
-        cursor = document.get("cursor") if isinstance(document, dict) else None
-        if not isinstance(cursor, (str, int)) or isinstance(cursor, bool):
-            raise GeotrackError(
-                f"{self.state_file} holds no cursor of webhook {self.display}; delete the "
-                "file to start with new events"
-            )
-        self._cursor = self._saved = cursor
-        return cursor
-
-    def save_cursor(self) -> None:
-        """Write the cursor (atomically: a new file renamed over the old) if it moved."""
-        cursor = self._cursor
-        if cursor is None or cursor == self._saved:
-            return
-        document = {"webhook": self.display, "store": self._store_url, "cursor": cursor}
-        self.state_file.parent.mkdir(parents=True, exist_ok=True)
-        # Its own temporary name: two relays on one machine may share a state directory.
-        temporary = self.state_file.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(document) + "\n", encoding="utf-8")
-        os.replace(temporary, self.state_file)
-        self._saved = cursor
-
-    def failure(self, reason: str, interval: float) -> None:
-        """Count a failed attempt; log it unless one was logged less than ``interval`` ago."""
-        self.failed += 1
-        self.failing += 1
-        self._unlogged += 1
-        now = time.monotonic()
-        if now - self._last_log >= interval:
-            more = f" ({self._unlogged} failed attempts since the last report)"
-            log.warning(
-                "webhook %s: %s; retrying%s",
-                self.display,
-                reason,
-                more if self._unlogged > 1 else "",
-            )
-            self._last_log = now
-            self._unlogged = 0
-
-    def success(self) -> None:
-        """Count a delivery; say so when it ends a run of failures."""
-        if self.failing:
-            log.info(
-                "webhook %s: delivering again after %d failed attempts",
-                self.display,
-                self.failing,
-            )
-        self.delivered += 1
-        self.failing = 0
-        self._unlogged = 0
-        self._last_log = -float("inf")
+    cursor: str
+    event: Event
+    delivered: bool = False
 
 
 class Webhooks:
     """The relay's webhooks: started before the relay stores anything, stopped last.
 
     ``retry_min``/``retry_max`` bound the delay between attempts, ``timeout`` one POST
-    (connecting included), ``log_interval`` the failure lines in the log.
+    (connecting included), ``log_interval`` the failure lines in the log. Up to
+    ``concurrency`` devices' events are sent at once, each device's in store order, and
+    at most ``ahead`` events are read from the store before the cursor can pass them.
     """
 
     def __init__(
@@ -207,6 +80,8 @@ class Webhooks:
         retry_max: float = 60.0,
         timeout: float = 10.0,
         log_interval: float = 60.0,
+        concurrency: int = 8,
+        ahead: int = 1000,
     ) -> None:
         self.store = store
         state = state_dir if state_dir is not None else default_state_dir()
@@ -215,6 +90,8 @@ class Webhooks:
         self.retry_max = retry_max
         self.timeout = timeout
         self.log_interval = log_interval
+        self.concurrency = concurrency
+        self.ahead = ahead
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._executors: list[ThreadPoolExecutor] = []
@@ -258,12 +135,12 @@ class Webhooks:
         else:
             log.info("webhook %s: resuming after cursor %s", hook.display, since)
         try:
-            hook._cursor = feed.cursor
+            hook.cursor = feed.cursor
         except GeotrackError:
             # A feed with no cursor before its first event (MongoDB's change stream):
             # the time it opened resumes it as well, replaying what was stored since.
             if since is None:
-                hook._cursor = opened_ms
+                hook.cursor = opened_ms
         try:
             hook.save_cursor()
         except OSError as exc:
@@ -302,24 +179,68 @@ class Webhooks:
         self._executors.clear()
 
     async def _run(self, hook: Webhook, executor: ThreadPoolExecutor, feed: EventFeed) -> None:
+        """Read the feed ahead, POST up to ``concurrency`` devices' events at once (each
+        device's one at a time, in store order), and move the cursor past what is
+        delivered without a gap."""
         loop = asyncio.get_running_loop()
+        window: deque[_Pending] = deque()  # read and not yet behind the cursor, store order
+        waiting: dict[str, deque[_Pending]] = {}  # by device, not yet being sent
+        sending: dict[str, asyncio.Task[None]] = {}  # by device
+        reading: asyncio.Future[list[EventChange]] | None = None
         saved_at = time.monotonic()
-        while True:
-            try:
-                changes = await loop.run_in_executor(executor, feed.poll, _POLL)
-            except GeotrackError as exc:
-                hook.failure(f"reading the store's events failed: {exc}", self.log_interval)
-                await asyncio.sleep(backoff(hook.failing, self.retry_min, self.retry_max))
-                continue
-            for change in changes:
-                await self._deliver(hook, change.event)
-                hook._cursor = change.cursor
-                if time.monotonic() - saved_at >= _SAVE_EVERY:
+        try:
+            while True:
+                if reading is None and len(window) < self.ahead:
+                    reading = loop.run_in_executor(executor, feed.poll, _POLL)
+                pending: set[asyncio.Future[Any]] = set(sending.values())
+                if reading is not None:
+                    pending.add(reading)
+                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if reading is not None and reading.done():
+                    changes = await self._read(hook, reading)
+                    reading = None
+                    for change in changes:
+                        item = _Pending(change.cursor, change.event)
+                        window.append(item)
+                        waiting.setdefault(change.event.device, deque()).append(item)
+                for device in [d for d, task in sending.items() if task.done()]:
+                    del sending[device]
+                for device in list(waiting):
+                    if len(sending) >= self.concurrency:
+                        break
+                    if device not in sending:
+                        queue = waiting[device]
+                        sending[device] = loop.create_task(self._send(hook, queue.popleft()))
+                        if not queue:
+                            del waiting[device]
+                while window and window[0].delivered:
+                    hook.cursor = window.popleft().cursor
+                # Saved when all read is delivered, and at least every second under way.
+                if hook.cursor != hook.saved and (
+                    not window or time.monotonic() - saved_at >= _SAVE_EVERY
+                ):
                     await self._save(hook, executor)
                     saved_at = time.monotonic()
-            if not changes and hook._cursor != hook._saved:
-                await self._save(hook, executor)
-                saved_at = time.monotonic()
+        finally:
+            for task in sending.values():
+                task.cancel()
+            if reading is not None:
+                # The feed is closed in the same thread, after this poll has returned.
+                reading.cancel()
+
+    async def _read(
+        self, hook: Webhook, reading: asyncio.Future[list[EventChange]]
+    ) -> list[EventChange]:
+        try:
+            return reading.result()
+        except GeotrackError as exc:
+            hook.failure(f"reading the store's events failed: {exc}", self.log_interval)
+            await asyncio.sleep(backoff(hook.failing, self.retry_min, self.retry_max))
+            return []
+
+    async def _send(self, hook: Webhook, item: _Pending) -> None:
+        await self._deliver(hook, item.event)
+        item.delivered = True
 
     async def _save(self, hook: Webhook, executor: ThreadPoolExecutor) -> None:
         try:
