@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -328,3 +329,52 @@ def test_a_refused_device_holds_up_only_itself_and_the_cursor(tmp_path: Path) ->
         assert sorted(receiver.keys()) == sorted(idempotency_key(e) for e in again)
 
     arun(main())
+
+
+def test_serve_killed_mid_backlog_delivers_everything_after_restart(tmp_path: Path) -> None:
+    """``geotrack serve --webhook`` as a real process, killed (-9) while the receiver
+    refuses; the restarted process delivers every event, the killed one's included."""
+    receiver = Receiver(accept=2)
+    db = tmp_path / "db"
+
+    async def serve_process(url: str) -> tuple[asyncio.subprocess.Process, int]:
+        port = free_port()
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "geotrack", "serve", "--port", str(port)),
+            *("--store", f"sqlite:///{db}", "--stats-interval", "0"),
+            *("--fences", str(fences_file(tmp_path)), "--webhook", url),
+            *("--webhook-state", str(tmp_path / "state")),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        await asyncio.get_running_loop().run_in_executor(None, wait_listening, port)
+        return proc, port
+
+    async def main() -> list[str]:
+        async with receiving(receiver) as url:
+            proc, port = await serve_process(url)
+            try:
+                fixes = [at(d, s, lon) for d in "abc" for s, lon in enumerate((OUT, IN, OUT, IN))]
+                async with connect(f"ws://127.0.0.1:{port}/publish") as pub:
+                    assert (await roundtrip(pub, fixes))["stored"] == len(fixes)
+                with open_store(f"sqlite:///{db}") as store:
+                    await until(lambda: len(list(store.query_events())) == 9)
+                await until(lambda: len(receiver.attempts) > 4)
+            finally:
+                proc.kill()
+                await proc.wait()
+            assert len(receiver.accepted) == 2
+            receiver.accept = None
+            proc, _ = await serve_process(url)
+            try:
+                with open_store(f"sqlite:///{db}") as store:
+                    stored = [idempotency_key(e) for e in store.query_events()]
+                assert len(stored) == 9
+                await until(lambda: set(receiver.keys()) >= set(stored))
+            finally:
+                proc.terminate()
+                assert await proc.wait() == 0
+            return stored
+
+    stored = arun(main(), 90)
+    assert set(receiver.keys()) == set(stored)
