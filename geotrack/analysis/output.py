@@ -10,7 +10,8 @@ coordinates to 7 decimals (about a centimetre). A writer takes trips or stops in
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable
+import io
+from collections.abc import Iterable, Iterator
 from typing import Any, Final, Literal, TextIO
 
 import msgspec
@@ -18,7 +19,16 @@ import msgspec
 from geotrack.analysis.model import Stop, Trip
 from geotrack.errors import InvalidParameter
 
-__all__ = ["CONTENT_TYPES", "FORMATS", "STOP_FIELDS", "TRIP_FIELDS", "Kind", "record", "write"]
+__all__ = [
+    "CONTENT_TYPES",
+    "FORMATS",
+    "STOP_FIELDS",
+    "TRIP_FIELDS",
+    "Kind",
+    "pieces",
+    "record",
+    "write",
+]
 
 Kind = Literal["trips", "stops"]
 
@@ -83,26 +93,57 @@ def write(fmt: str, kind: Kind, items: Iterable[Trip | Stop], out: TextIO) -> in
     FeatureCollection of LineStrings (a trip's path when it has one, else its two ends)
     and Points (stops), each with its record as properties.
     """
-    if fmt == "csv":
-        return _write_csv(kind, items, out)
-    if fmt == "json":
-        return _write_array(items, out, b"[", b"]", _json_item)
-    if fmt == "geojson":
-        head = b'{"type":"FeatureCollection","features":['
-        return _write_array(items, out, head, b"]}", _feature)
-    raise InvalidParameter("format", f"unknown format {fmt!r} (use one of: {', '.join(FORMATS)})")
-
-
-def _write_csv(kind: Kind, items: Iterable[Trip | Stop], out: TextIO) -> int:
-    writer = csv.writer(out)
-    fields = TRIP_FIELDS if kind == "trips" else STOP_FIELDS
-    writer.writerow(fields)
     count = 0
-    for item in items:
-        row = record(item)
-        writer.writerow([row[name] for name in fields])
-        count += 1
+
+    def counted() -> Iterator[Trip | Stop]:
+        nonlocal count
+        for item in items:
+            count += 1
+            yield item
+
+    for text in pieces(fmt, kind, counted()):
+        out.write(text)
     return count
+
+
+def pieces(fmt: str, kind: Kind, items: Iterable[Trip | Stop]) -> Iterator[str]:
+    """The text :func:`write` writes, a piece at a time (the head, each record, the tail).
+
+    For a caller that hands the text on in chunks as it is made (the HTTP listener).
+    InvalidParameter for an unknown format, before anything is made.
+    """
+    if fmt not in FORMATS:
+        raise InvalidParameter(
+            "format", f"unknown format {fmt!r} (use one of: {', '.join(FORMATS)})"
+        )
+    return _pieces(fmt, kind, items)
+
+
+def _pieces(fmt: str, kind: Kind, items: Iterable[Trip | Stop]) -> Iterator[str]:
+    if fmt == "csv":
+        fields = TRIP_FIELDS if kind == "trips" else STOP_FIELDS
+        yield _csv_row(fields)
+        for item in items:
+            row = record(item)
+            yield _csv_row([row[name] for name in fields])
+        return
+    if fmt == "json":
+        head, tail, encode = "[", "]", _json_item
+    else:
+        head, tail, encode = '{"type":"FeatureCollection","features":[', "]}", _feature
+    yield head + "\n"
+    first = True
+    for item in items:
+        yield ("" if first else ",") + encode(item).decode() + "\n"
+        first = False
+    yield tail + "\n"
+
+
+def _csv_row(cells: Iterable[Any]) -> str:
+    """One row as the csv module writes it (minimal quoting, ``\\r\\n``)."""
+    text = io.StringIO()
+    csv.writer(text).writerow(cells)
+    return text.getvalue()
 
 
 def _json_item(item: Trip | Stop) -> bytes:
@@ -118,15 +159,3 @@ def _feature(item: Trip | Stop) -> bytes:
     else:
         geometry = {"type": "Point", "coordinates": [round(item.lon, 7), round(item.lat, 7)]}
     return _encode({"type": "Feature", "geometry": geometry, "properties": record(item)})
-
-
-def _write_array(
-    items: Iterable[Trip | Stop], out: TextIO, head: bytes, tail: bytes, encode: Any
-) -> int:
-    out.write(head.decode() + "\n")
-    count = 0
-    for item in items:
-        out.write(("," if count else "") + encode(item).decode() + "\n")
-        count += 1
-    out.write(tail.decode() + "\n")
-    return count

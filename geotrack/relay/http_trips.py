@@ -5,21 +5,23 @@ The same answers as ``geotrack trips`` and ``geotrack stops``, with the same par
 and ``format=json|csv|geojson``. Reads need a token that may subscribe, as GET
 /api/positions does; a share link reads its own devices and is refused (403) any other.
 The store is read and the trips computed on the listener's worker threads, never on the
-event loop.
+event loop, a chunk at a time: the next is made once the client has taken the last, so
+memory stays one chunk and one device's detection state however long the history.
 """
 
 from __future__ import annotations
 
-import io
+import contextlib
+import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Final
 
 from aiohttp import web
 from multidict import MultiMapping
 
-from geotrack.analysis import FORMATS, Kind, Params, Stop, Trip, analyze, write
-from geotrack.analysis.output import CONTENT_TYPES
+from geotrack.analysis import FORMATS, Kind, Params, Stop, Trip, analyze
+from geotrack.analysis.output import CONTENT_TYPES, pieces
 from geotrack.auth import Grant
 from geotrack.errors import InvalidParameter, StoreError
 from geotrack.relay.access import Role, device_ids
@@ -39,6 +41,11 @@ TRIPS_PARAMETERS: Final = (
     "format",
     "token",
 )
+
+log = logging.getLogger("geotrack.http")
+
+#: Characters of text handed to the response at a time.
+CHUNK_CHARS: Final = 64 * 1024
 
 GrantCheck = Callable[[web.Request, Role], Grant | None]
 Viewable = Callable[[web.Request, Grant | None, tuple[str, ...]], tuple[str, ...]]
@@ -71,31 +78,70 @@ class TripsEndpoints:
         except InvalidParameter as exc:
             return _text(400, str(exc))
         query.devices = self._viewable(request, grant, query.devices)
+        text = _Text(self._store, kind, query)
+        response: web.StreamResponse | None = None
         try:
-            body: str = await self._store_call(self._compute, kind, query)
+            while chunk := await self._store_call(text.next_chunk):
+                if response is None:
+                    response = web.StreamResponse(
+                        headers={
+                            "Content-Type": CONTENT_TYPES[query.format],
+                            "Content-Disposition": f'inline; filename="{kind}.{query.format}"',
+                        }
+                    )
+                    await response.prepare(request)
+                await response.write(chunk)
+            assert response is not None  # every format has a head
+            await response.write_eof()
         except StoreError as exc:
-            return _text(503, f"store read failed: {exc}")
-        return web.Response(
-            body=body.encode(),
-            headers={
-                "Content-Type": CONTENT_TYPES[query.format],
-                "Content-Disposition": f'inline; filename="{kind}.{query.format}"',
-            },
-        )
-
-    def _compute(self, kind: Kind, query: _Query) -> str:
-        """Run on a worker thread: read the store, find the trips or stops, write them."""
-        positions = self._store.query(query.devices, query.since_ms, query.until_ms)
-        out = io.StringIO(newline="")
-        try:
-            wanted = Trip if kind == "trips" else Stop
-            found = analyze(positions, query.params, paths=query.format == "geojson")
-            write(query.format, kind, (i for i in found if isinstance(i, wanted)), out)
+            if response is None:
+                return _text(503, f"store read failed: {exc}")
+            # Cut, so that the client sees a truncated transfer, not a complete-looking one.
+            log.error("%s to %s cut off: store read failed: %s", kind, request.remote, exc)
+            if request.transport is not None:
+                request.transport.abort()
+        except ConnectionResetError:
+            log.debug("%s to %s stopped: the client went away", kind, request.remote)
         finally:
-            close = getattr(positions, "close", None)
-            if close is not None:
-                close()  # the store's cursor, now rather than whenever it is collected
-        return out.getvalue()
+            with contextlib.suppress(Exception):
+                await self._store_call(text.close)
+        return response if response is not None else web.Response(status=499)
+
+
+class _Text:
+    """The answer's text, made a chunk at a time by calls on worker threads, one at a time."""
+
+    def __init__(self, store: Store, kind: Kind, query: _Query) -> None:
+        self._store = store
+        self._kind = kind
+        self._query = query
+        self._positions: Iterator[Any] | None = None
+        self._pieces: Iterator[str] | None = None
+
+    def next_chunk(self) -> bytes:
+        """The next chunk of the answer; empty at its end."""
+        if self._pieces is None:
+            query = self._query
+            positions = self._store.query(query.devices, query.since_ms, query.until_ms)
+            self._positions = positions
+            wanted = Trip if self._kind == "trips" else Stop
+            found = analyze(positions, query.params, paths=query.format == "geojson")
+            items = (i for i in found if isinstance(i, wanted))
+            self._pieces = pieces(query.format, self._kind, items)
+        taken: list[str] = []
+        size = 0
+        for piece in self._pieces:
+            taken.append(piece)
+            size += len(piece)
+            if size >= CHUNK_CHARS:
+                break
+        return "".join(taken).encode()
+
+    def close(self) -> None:
+        """Release the store's cursor now rather than whenever it is collected."""
+        close = getattr(self._positions, "close", None)
+        if close is not None:
+            close()
 
 
 class _Query:

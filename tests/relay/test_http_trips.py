@@ -145,3 +145,25 @@ def test_a_store_that_is_gone_gets_503(tmp_path: Path) -> None:
             assert body.startswith("store read failed: ")
 
     arun(main())
+
+
+def test_a_long_answer_streams_in_chunks(tmp_path: Path) -> None:
+    db = tmp_path / "geotrack.db"
+    track = Track("bus-9")
+    for leg in range(6):
+        track.move(900, 12, 90 * leg, every=1).stand(300, every=10)
+    with open_store(f"sqlite:///{db}") as store:
+        store.write(track.fixes)
+
+    async def main() -> None:
+        async with running_http(db) as (_, _, http):
+            async with http.get("/api/trips?format=geojson") as response:
+                assert response.status == 200
+                assert response.headers["Transfer-Encoding"] == "chunked"
+                body = await response.read()
+            assert len(body) > 64 * 1024  # more than one chunk
+            features = json.loads(body)["features"]
+            assert len(features) == 6
+            assert sum(f["properties"]["fixes"] for f in features) > 5000
+
+    arun(main())
