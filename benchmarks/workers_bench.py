@@ -38,6 +38,7 @@ from benchmarks.scenarios import Outcome, Scenario, Settings, Variant, run_scena
 __all__ = ["run_workers", "workers_tables"]
 
 _PORTS = re.compile(r"(\d+) workers \(pids [\d, ]+\) share port (\d+)")
+_LISTENING = re.compile(r"geotrack relay listening on ws://127\.0\.0\.1:(\d+)")
 _CONNECTED = re.compile(r"worker (\d+): (publisher|subscriber) 127\.0\.0\.1:(\d+) connected")
 
 
@@ -54,11 +55,15 @@ def run_workers(settings: Settings, log: Callable[[str], None]) -> dict[str, Any
     out["speedup"] = {"median": statistics.median(per_round), "per_round": per_round}
     log(f"  [17] --workers 2 ÷ 1: {', '.join(f'{r:.2f}' for r in per_round)}")
     seconds = 4.0 if settings.quick else 10.0
-    out["latency"] = [_cross_worker(2000.0, seconds) for _ in range(settings.rounds)]
+    # Interleaved: two workers, then the same clients on one process.
+    out["latency"] = [
+        _latency(count, 2000.0, seconds) for _ in range(settings.rounds) for count in (2, 1)
+    ]
     for r in out["latency"]:
+        c, same = r["cross"], r["same"]
         log(
-            f"  [17] cross-worker p50/p99 {r['cross']['p50']:.2f}/{r['cross']['p99']:.2f} ms, "
-            f"same worker {r['same']['p50']:.2f}/{r['same']['p99']:.2f} ms"
+            f"  [17] {r['workers']} worker(s): cross-worker p50/p99 {c['p50']:.2f}/"
+            f"{c['p99']:.2f} ms, same worker {same['p50']:.2f}/{same['p99']:.2f} ms"
         )
     seconds = 2.0 if settings.quick else 4.0
     out["ceiling"] = [
@@ -95,9 +100,9 @@ def _throughput(settings: Settings, log: Callable[[str], None]) -> Outcome:
 
 
 @contextlib.contextmanager
-def _serve_workers(workdir: Path) -> Iterator[tuple[int, list[str]]]:
-    """``geotrack serve --workers 2 --port 0``: its port and its log lines, as they come."""
-    args = [sys.executable, "-m", "geotrack", "serve", "--workers", "2", "--port", "0"]
+def _serve_workers(workdir: Path, count: int) -> Iterator[tuple[int, list[str]]]:
+    """``geotrack serve --workers COUNT --port 0``: its port and its log lines, as they come."""
+    args = [sys.executable, "-m", "geotrack", "serve", "--workers", str(count), "--port", "0"]
     args += ["--store", f"sqlite:///{workdir / 'store.db'}", "--stats-interval", "0"]
     proc = subprocess.Popen(args, cwd=ROOT, env=environment(), stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
@@ -107,11 +112,12 @@ def _serve_workers(workdir: Path) -> Iterator[tuple[int, list[str]]]:
     reader.start()
     try:
         deadline = time.monotonic() + 30
-        while not (m := next((m for x in list(lines) if (m := _PORTS.search(x))), None)):
+        ports = _PORTS if count > 1 else _LISTENING
+        while not (m := next((m for x in list(lines) if (m := ports.search(x))), None)):
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("serve --workers 2 did not start:\n" + "".join(lines[-20:]))
+                raise RuntimeError("serve did not start:\n" + "".join(lines[-20:]))
             time.sleep(0.05)
-        yield int(m[2]), lines
+        yield int(m[m.lastindex or 0]), lines
     finally:
         proc.terminate()
         proc.wait(timeout=60)
@@ -128,22 +134,30 @@ def _worker_of(lines: list[str], role: str, port: int) -> int:
     raise RuntimeError(f"no log line for {role} on port {port}")
 
 
-def _cross_worker(rate: float, seconds: float) -> dict[str, Any]:
-    """Latency of paced single-position frames, crossing workers and not, in ms."""
+def _latency(count: int, rate: float, seconds: float) -> dict[str, Any]:
+    """Latency of paced single-position frames, crossing workers and not, in ms.
+
+    With ``count`` 1, the same clients on one process: every fix is ``same``.
+    """
     with (
         tempfile.TemporaryDirectory(prefix="geotrack-bench-workers-") as tmp,
-        _serve_workers(Path(tmp)) as (port, lines),
+        _serve_workers(Path(tmp), count) as (port, lines),
     ):
-        return asyncio.run(_measure(port, lines, rate, seconds))
+        result = asyncio.run(_measure(port, lines if count > 1 else None, rate, seconds))
+    return {"workers": count, **result}
 
 
-async def _on_each_worker(url: str, role: str, lines: list[str]) -> dict[int, Any]:
+async def _on_each_worker(url: str, role: str, lines: list[str] | None) -> dict[int, Any]:
+    """A connection on each of two workers; with no log (one process), two connections."""
     from websockets.asyncio.client import connect
 
     held: dict[int, Any] = {}
     while len(held) < 2:
         path = {"publisher": "/publish", "subscriber": "/subscribe"}[role]
         ws = await connect(url + path, max_size=None, compression=None)
+        if lines is None:
+            held[len(held)] = ws
+            continue
         worker = await asyncio.to_thread(_worker_of, lines, role, ws.local_address[1])
         if worker in held:
             await ws.close()
@@ -152,7 +166,9 @@ async def _on_each_worker(url: str, role: str, lines: list[str]) -> dict[int, An
     return held
 
 
-async def _measure(port: int, lines: list[str], rate: float, seconds: float) -> dict[str, Any]:
+async def _measure(
+    port: int, lines: list[str] | None, rate: float, seconds: float
+) -> dict[str, Any]:
     url = f"ws://127.0.0.1:{port}"
     subs = await _on_each_worker(url, "subscriber", lines)
     pubs = await _on_each_worker(url, "publisher", lines)
@@ -167,7 +183,7 @@ async def _measure(port: int, lines: list[str], rate: float, seconds: float) -> 
                 for fix in json.loads(message):
                     if now >= warmup:
                         sent_on, sent_at = fix["attrs"]["w"], fix["attrs"]["t"]
-                        kind = "same" if sent_on == worker else "cross"
+                        kind = "same" if sent_on == worker or lines is None else "cross"
                         samples[kind].append((now - sent_at) * 1000)
 
     async def drain(ws: Any) -> None:
@@ -287,16 +303,18 @@ def workers_tables(result: dict[str, Any]) -> list[Table]:
     )
     second = Table(
         title="17. Cross-worker delivery at 2,000 positions/s (one publisher and one "
-        "subscriber on each worker), ms",
+        "subscriber on each worker; the same clients on one process), ms",
         title_justify="left",
     )
-    for name in ("round", "cross p50", "cross p99", "cross max", "same p50", "same p99", "n"):
+    names = ("run", "workers", "cross p50", "cross p99", "cross max", "same p50", "same p99")
+    for name in (*names, "same max", "n"):
         second.add_column(name, justify="right")
     for i, r in enumerate(result["latency"], 1):
         c, same = r["cross"], r["same"]
         second.add_row(
-            str(i), _f(c["p50"], 2), _f(c["p99"], 2), _f(c["max"], 1),
-            _f(same["p50"], 2), _f(same["p99"], 2), f"{c['n']:,}",
+            str(i), str(r["workers"]), _f(c["p50"], 2), _f(c["p99"], 2), _f(c["max"], 1),
+            _f(same["p50"], 2), _f(same["p99"], 2), _f(same["max"], 1),
+            f"{c['n'] + same['n']:,}",
         )  # fmt: skip
     third = Table(title="17. SQLite store ceiling (dedupe index on)", title_justify="left")
     for name in ("writers", "rows/commit", "rows/s", "commits/s"):

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import threading
 import time
 from pathlib import Path
 
 from geotrack.relay.metrics import Family, exposition
-from geotrack.relay.siblings import Siblings, merged_families, write_restarts
+from geotrack.relay.siblings import SharedWriteLock, Siblings, merged_families, write_restarts
 
 
 def test_a_commit_notice_wakes_every_sibling_but_the_sender(tmp_path: Path) -> None:
@@ -79,3 +80,26 @@ def test_merging_keeps_the_order_families_first_appear_in() -> None:
         "geotrack_worker_restarts_total",
     ]
     assert merged[0].samples == [("", (("worker", "0"),), 1), ("", (("worker", "1"),), 1)]
+
+
+def test_the_shared_write_lock_lets_one_holder_in_at_a_time(tmp_path: Path) -> None:
+    # Two locks on one file, as two workers hold them: flock excludes open files, not
+    # processes, so threads show it as well.
+    first = SharedWriteLock(threading.Lock(), tmp_path / "write.lock")
+    second = SharedWriteLock(threading.Lock(), tmp_path / "write.lock")
+    entered = threading.Event()
+
+    def take() -> None:
+        with second:
+            entered.set()
+
+    with first:
+        taker = threading.Thread(target=take)
+        taker.start()
+        assert not entered.wait(0.2)  # held here: the other waits
+    assert entered.wait(10)  # let go: the other gets it
+    taker.join()
+    with first:  # and lets it go again
+        pass
+    first.close()
+    second.close()
