@@ -194,11 +194,12 @@ class _TripBuilder:
 
     def trip(self, device: str) -> Trip:
         duration_ms = self.last.t - self.first.t
-        if self.reported is not None:
+        average = self.distance * 1000 / duration_ms if duration_ms else 0.0
+        if self.reported is not None and self.reported >= average:
             top = self.reported
         else:
-            # Shorter than one span: the trip's own average is all there is.
-            average = self.distance * 1000 / duration_ms if duration_ms else 0.0
+            # No speeds reported, or only ones below the average (a device that sends 0
+            # for unknown); shorter than one span, the trip's own average is all there is.
             top = max(self.computed, average)
         return Trip(
             device,

@@ -39,12 +39,12 @@ The rules, with the defaults of :class:`Params` (docs/trips.md says why):
 - **Trip.** The fixes from a departure (or the first fix, or the first after a gap) to the
   next arrival (or the last fix, or the last before a gap). Its distance is the sum of the
   geodesic (WGS 84) lengths between consecutive fixes; average speed is distance over
-  duration; top speed is the highest speed a fix reports, or, where no fix reports one, the
-  highest over any stretch of at least ``speed_span_s`` (10 s), so that one jittery fix
-  does not make a record. A trip that never goes farther than ``stop_radius`` from where it
-  starts is not a trip: before a stop whose place is within that radius of its start it
-  joins the stop (the device was already there, jittering); at a gap or at the end of the
-  data it is dropped.
+  duration; top speed is the highest speed a fix reports (unless that is below the
+  average: a device sending 0 for unknown), else the highest over any stretch of at least
+  ``speed_span_s`` (10 s), so that one jittery fix does not make a record. A trip that
+  never goes farther than ``stop_radius`` from where it starts is not a trip: before a
+  stop whose place is within that radius of its start it joins the stop (the device was
+  already there, jittering); at a gap or at the end of the data it is dropped.
 
 Late fixes (not after the device's previous one) are skipped. A trip or stop that crosses
 the first or last fix given (a ``--since``/``--until`` bound) is cut there.

@@ -243,6 +243,9 @@ def test_reported_speeds_give_the_top_speed() -> None:
     track = Track().move(300, 15, 90, reported=16.5).stand(600).move(30, 15, 0)
     first = next(trips(track.fixes))
     assert first.max_speed == 16.5
+    # A device that reports 0 for unknown: the speed from the fixes instead.
+    track = Track().move(300, 15, 90, reported=0.0).stand(600)
+    assert next(trips(track.fixes)).max_speed == pytest.approx(15, rel=0.01)
 
 
 def test_paths_and_devices_one_after_the_other() -> None:
