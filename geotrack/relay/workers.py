@@ -139,6 +139,8 @@ class Supervisor:
         old_fd = -1
         try:
             self._directory, self._alive = directory, (alive_r, alive_w)
+            # The supervisor's own descriptors, which a worker closes after the fork.
+            self._inherited = [*reserved, wake_r, wake_w]
             old_fd = signal.set_wakeup_fd(wake_w.fileno())
             for sig in previous:
                 signal.signal(sig, self._on_signal)
@@ -371,6 +373,8 @@ def _worker_main(supervisor: Supervisor, index: int, pipe: Connection) -> None:
 
     alive_r, alive_w = supervisor._alive
     os.close(alive_w)
+    for sock in supervisor._inherited:
+        sock.close()
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -351,3 +351,26 @@ def test_auth_and_tls_hold_on_every_worker(
     with serve_workers(tmp_path / "geotrack.db", *extra) as workers:
         asyncio.run(asyncio.wait_for(main(workers), 50))
         assert workers.stop() == 0
+
+
+def test_workers_stop_cleanly_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    with serve_workers(tmp_path / "geotrack.db", http=False) as workers:
+        workers.proc.send_signal(signal.SIGKILL)
+        workers.proc.wait(timeout=10)
+        stopped = re.compile(r"worker (\d+): stopped: 0 stored")
+        workers.log.wait(lambda ls: len({m[1] for x in ls if (m := stopped.search(x))}) == 2)
+    deadline = time.monotonic() + 20
+    for pid in workers.pids:  # none left behind, and the port is free again
+        while _running(pid):
+            assert time.monotonic() < deadline, f"worker {pid} still runs"
+            time.sleep(0.05)
+    with socket.socket() as again:
+        again.bind(("127.0.0.1", workers.port))
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
