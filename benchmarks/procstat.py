@@ -28,11 +28,28 @@ def _stat_cpu(path: Path) -> float:
 
 
 def cpu(pid: int) -> CpuSample:
-    """utime+stime of the process and of its main thread (the thread whose id is the pid)."""
+    """utime+stime of the process and of its main thread (the thread whose id is the pid).
+
+    The total includes the process's children (``serve --workers``: the workers of a
+    supervisor that serves nothing itself); ``main`` is the process's own main thread.
+    """
     base = Path(f"/proc/{pid}")
-    return CpuSample(
-        time.monotonic(), _stat_cpu(base / "stat"), _stat_cpu(base / "task" / str(pid) / "stat")
-    )
+    total = _stat_cpu(base / "stat") + sum(map(_child_cpu, _children(pid)))
+    return CpuSample(time.monotonic(), total, _stat_cpu(base / "task" / str(pid) / "stat"))
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:  # no such process, or a kernel without CONFIG_PROC_CHILDREN
+        return []
+
+
+def _child_cpu(pid: int) -> float:
+    try:
+        return _stat_cpu(Path(f"/proc/{pid}/stat"))
+    except OSError:  # exited between the listing and now
+        return 0.0
 
 
 def status_kib(pid: int, field: str) -> int:

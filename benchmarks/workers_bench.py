@@ -285,15 +285,19 @@ def workers_tables(result: dict[str, Any]) -> list[Table]:
     """Scenario 17's three tables."""
     outcome: Outcome = result["throughput"]
     first = Table(title=f"17. {outcome.title} (medians)", title_justify="left")
-    for name in ("relay", "rounds", "stored/s", "delivered/s/sub", "machine busy %"):
+    names = ("relay", "rounds", "stored/s", "delivered/s/sub", "relay CPU %", "stored/CPU-s")
+    for name in (*names, "machine busy %"):
         first.add_column(name, justify="left" if name == "relay" else "right")
     for label, rows in outcome.medians.items():
         m = rows[-1]
+        cpu = m.get("relay_cpu_pct") or 0.0
         first.add_row(
             label,
             str(m["rounds"]),
             _f(m.get("stored_per_s"), 0),
             _f(m.get("delivered_per_sub_per_s"), 0),
+            _f(cpu, 0),
+            _f(m["stored_per_s"] / (cpu / 100) if cpu else None, 0),
             _f(m.get("machine_busy_pct"), 0),
         )
     s = result["speedup"]
