@@ -34,6 +34,7 @@ from geotrack.relay.config import RelayConfig
 from geotrack.relay.workers import Supervisor, parse_workers, usable_cores
 from geotrack.schema import ms_to_ts
 from tests.factories import PUB, SUB, T0, stored, token_file
+from tests.mongo_servers import fresh_database, nx27017_server
 from tests.relay_helpers import Lines, collect, fix, within
 from tests.test_faults import (
     CLIENT_SUBSCRIBER,
@@ -90,10 +91,16 @@ class Workers:
 
 
 @contextlib.contextmanager
-def serve_workers(db: Path, *extra: str, count: int = 2, http: bool = True) -> Iterator[Workers]:
-    """``geotrack serve --workers COUNT --port 0`` (and ``--http-port 0``), once all listen."""
+def serve_workers(
+    db: Path | str, *extra: str, count: int = 2, http: bool = True
+) -> Iterator[Workers]:
+    """``geotrack serve --workers COUNT --port 0`` (and ``--http-port 0``), once all listen.
+
+    ``db``: a SQLite file, or a store URL.
+    """
     args = [sys.executable, "-m", "geotrack", "serve", "--workers", str(count), "--port", "0"]
-    args += ["--store", f"sqlite:///{db}", "--stats-interval", "0", *extra]
+    store = db if isinstance(db, str) else f"sqlite:///{db}"
+    args += ["--store", store, "--stats-interval", "0", *extra]
     if http:
         args += ["--http-port", "0"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -374,3 +381,33 @@ def _running(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+@pytest.mark.timeout(90)
+def test_on_mongodb_every_subscriber_gets_every_position_once(
+    request: pytest.FixtureRequest,
+) -> None:
+    # The followers wake on the change stream: no sibling wake-up is needed, nor used.
+    server = nx27017_server(request)
+    database = fresh_database()
+    request.addfinalizer(lambda: server.drop_database(database))
+
+    async def main(workers: Workers) -> None:
+        subscribers = await on_both(workers, "/subscribe", "subscriber")
+        publishers = await on_both(workers, "/publish", "publisher")
+        devices = [f"car-{n}" for n in range(len(publishers))]
+        sends = [publish_all(ws, d, range(50)) for ws, d in zip(publishers, devices, strict=True)]
+        await within(asyncio.gather(*sends), 30)
+        expected = {(d, ms_to_ts(T0 + i * 1000)) for d in devices for i in range(50)}
+        for ws in subscribers:
+            got = keys(await collect(ws, len(expected), 20))
+            assert len(got) == len(expected)
+            assert set(got) == expected
+            with pytest.raises(TimeoutError):  # and nothing more
+                await asyncio.wait_for(ws.recv(), 0.5)
+        for ws in [*subscribers, *publishers]:
+            await ws.close()
+
+    with serve_workers(server.url(database), http=False) as workers:
+        asyncio.run(asyncio.wait_for(main(workers), 80))
+        assert workers.stop() == 0
