@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Annotated, TextIO
+from typing import Annotated, Any, TextIO
 
 import typer
 
@@ -261,44 +261,63 @@ def _emit_to_file(fmt: str, kind: Kind, items: Iterable[Trip | Stop], output: Pa
 
 
 def _table(kind: Kind, items: Iterable[Trip | Stop], out: TextIO) -> int:
+    """A table of every item; narrower when the terminal is (short times, then no places)."""
     from rich.console import Console
+
+    rows = list(items)
+    if not rows:
+        return 0
+    # A terminal's own width; elsewhere (a file, a pipe) rows are not wrapped at 80.
+    console = Console(file=out, soft_wrap=False, width=None if out.isatty() else 200)
+    for year, places in ((True, True), (False, True), (False, False)):
+        table = _build(kind, rows, year=year, places=places)
+        natural = console.measure(table, options=console.options.update_width(10_000))
+        if natural.maximum <= console.width:
+            break
+    console.print(table)
+    return len(rows)
+
+
+def _build(kind: Kind, rows: list[Trip | Stop], *, year: bool, places: bool) -> Any:
     from rich.table import Table
 
-    table = Table(box=None, header_style="bold", pad_edge=False)
     if kind == "trips":
-        columns = [
-            "device",
-            "start (UTC)",
-            "end (UTC)",
-            "duration",
-            "km",
-            "avg km/h",
-            "top km/h",
-            "from",
-            "to",
-        ]
+        columns = ["device", "start", "end", "duration", "km", "avg", "top", "from", "to"]
+        caption = "times UTC, speeds km/h"
     else:
-        columns = ["device", "arrival (UTC)", "departure (UTC)", "duration", "place", "fixes"]
-    numeric = {"km", "avg km/h", "top km/h", "duration", "fixes"}
+        columns = ["device", "arrival", "departure", "duration", "place", "fixes"]
+        caption = "times UTC"
+    if not places:
+        columns = [c for c in columns if c not in ("from", "to", "place")]
+        caption += "; places: --format csv"
+    table = Table(box=None, header_style="bold", pad_edge=False, caption=caption)
+    numeric = {"km", "avg", "top", "duration", "fixes"}
     for column in columns:
-        table.add_column(column, justify="right" if column in numeric else "left")
-    count = 0
-    for item in items:
-        table.add_row(*_cells(item))
-        count += 1
-    if count:
-        # A terminal's own width; elsewhere (a file, a pipe) rows are not wrapped at 80.
-        wide = None if out.isatty() else 200
-        Console(file=out, soft_wrap=False, width=wide).print(table)
-    return count
+        # Everything stays on one line: a wrapped time reads as two rows.
+        table.add_column(
+            column,
+            justify="right" if column in numeric else "left",
+            no_wrap=True,
+            min_width=6 if column == "device" else None,
+        )
+    for item in rows:
+        cells = _cells(item, year)
+        table.add_row(*(c for c, name in zip(cells, _ALL[kind], strict=True) if name in columns))
+    return table
 
 
-def _cells(item: Trip | Stop) -> list[str]:
+_ALL: dict[str, tuple[str, ...]] = {
+    "trips": ("device", "start", "end", "duration", "km", "avg", "top", "from", "to"),
+    "stops": ("device", "arrival", "departure", "duration", "place", "fixes"),
+}
+
+
+def _cells(item: Trip | Stop, year: bool) -> list[str]:
     if isinstance(item, Trip):
         return [
             item.device,
-            _when(item.start),
-            _when(item.end),
+            _when(item.start, year),
+            _when(item.end, year),
             _duration(item.duration_s),
             f"{item.distance_m / 1000:.2f}",
             f"{item.avg_speed * 3.6:.1f}",
@@ -308,17 +327,18 @@ def _cells(item: Trip | Stop) -> list[str]:
         ]
     return [
         item.device,
-        _when(item.arrival),
-        _when(item.departure),
+        _when(item.arrival, year),
+        _when(item.departure, year),
         _duration(item.duration_s),
         _place(item.lat, item.lon),
         str(item.fixes),
     ]
 
 
-def _when(ts: str) -> str:
-    """``2026-11-25 12:00:00`` (UTC, to the second) from a canonical timestamp."""
-    return ts[:19].replace("T", " ")
+def _when(ts: str, year: bool = True) -> str:
+    """``2026-11-25 12:00:00`` (UTC, to the second; ``11-25 12:00:00`` without the year)."""
+    text = ts[:19].replace("T", " ")
+    return text if year else text[5:]
 
 
 def _duration(seconds: float) -> str:

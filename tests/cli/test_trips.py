@@ -53,9 +53,11 @@ def test_stops_as_json_geojson_and_table(stored: Path) -> None:
     assert feature["properties"]["fixes"] == stop["fixes"]
     result = geotrack("trips", "--format", "table", "--device", "walker", cwd=stored)
     assert result.returncode == 0, result.stderr
-    header, row = result.stdout.splitlines()
-    assert header.split()[:4] == ["device", "start", "(UTC)", "end"]
+    header, row, caption = result.stdout.splitlines()
+    columns = ["device", "start", "end", "duration", "km", "avg", "top", "from", "to"]
+    assert header.split() == columns
     assert row.split()[:3] == ["walker", "2025-11-25", "12:00:00"]
+    assert caption.strip() == "times UTC, speeds km/h"
 
 
 def test_the_options_change_the_answer(stored: Path) -> None:
