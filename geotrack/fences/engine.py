@@ -33,6 +33,8 @@ from geotrack.schema import Event, FenceState, Position, ms_to_ts, ts_to_ms
 __all__ = ["FenceEngine"]
 
 _BY_DEVICE_TIME = attrgetter("device", "ts")
+#: Fixes per vectorized step (a few thousand: per fix, larger arrays measured slower).
+_CHUNK = 2000
 
 
 class _State:
@@ -120,7 +122,16 @@ class FenceEngine:
                 if p.time > last.get(p.device, ""):
                     last[p.device] = p.time
             return []
-        batch = sorted(positions, key=_BY_DEVICE_TIME)
+        ordered = sorted(positions, key=_BY_DEVICE_TIME)
+        events: list[Event] = []
+        # In chunks: the vectorized steps cost more per fix on very large arrays.
+        for start in range(0, len(ordered), _CHUNK):
+            self._evaluate(ordered[start : start + _CHUNK], events)
+        return events
+
+    def _evaluate(self, batch: list[Position], events: list[Event]) -> None:
+        """Evaluate fixes sorted by device and time, appending the events they decide."""
+        last = self._last
         fixes, fence_indexes, sides = self.fences.sides(
             [p.lon for p in batch], [p.lat for p in batch], [p.acc or 0.0 for p in batch]
         )
@@ -133,7 +144,6 @@ class FenceEngine:
         side_list = sides.tolist()
         names = self._names
         seen = self._seen
-        events: list[Event] = []
         states = self._states
         step = self._step
         for i, p in enumerate(batch):
@@ -171,7 +181,6 @@ class FenceEngine:
                 seen[device] = signature
             else:
                 seen.pop(device, None)
-        return events
 
     def _step(self, p: Position, name: str, inside: bool, events: list[Event]) -> None:
         device = p.device

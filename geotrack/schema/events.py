@@ -18,6 +18,8 @@ from typing import Final, Literal
 
 import msgspec
 
+from geotrack.schema import position as _position
+from geotrack.schema import time as _time
 from geotrack.schema.position import DEVICE_PATTERN
 from geotrack.schema.time import parse_ts
 
@@ -63,12 +65,19 @@ class Event(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError(f"type: must be one of {', '.join(EVENT_TYPES)}")
         if not self.fence or len(self.fence) > FENCE_NAME_MAX:
             raise ValueError(f"fence: must be 1 to {FENCE_NAME_MAX} characters")
-        if not (isinstance(self.device, str) and _DEVICE_RE.match(self.device)):
+        # The engine makes events of stored positions: their device and ts were checked
+        # then, and the schema's memo caches know them.
+        device = self.device
+        if device not in _position._known_devices and not (
+            isinstance(device, str) and _DEVICE_RE.match(device)
+        ):
             raise ValueError("device: must match " + DEVICE_PATTERN)
-        try:
-            msgspec.structs.force_setattr(self, "ts", parse_ts(self.ts))
-        except ValueError as exc:
-            raise ValueError(f"ts: {exc}") from None
+        ts = self.ts
+        if not (type(ts) is str and (ts in _time._ts_ms or ts in _time._ts_ms_old)):
+            try:
+                msgspec.structs.force_setattr(self, "ts", parse_ts(ts))
+            except ValueError as exc:
+                raise ValueError(f"ts: {exc}") from None
 
     @property
     def key(self) -> tuple[str, str, str, str]:
