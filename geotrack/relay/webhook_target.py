@@ -104,7 +104,12 @@ class Webhook:
             document = json.loads(self.state_file.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
+            raise GeotrackError(
+                f"cannot read the cursor of webhook {self.display} from {self.state_file}: "
+                f"{exc.strerror or exc}"
+            ) from None
+        except ValueError as exc:
             raise GeotrackError(
                 f"cannot read the cursor of webhook {self.display} from {self.state_file}: "
                 f"{exc}; delete the file to start with new events"

@@ -378,3 +378,15 @@ def test_serve_killed_mid_backlog_delivers_everything_after_restart(tmp_path: Pa
 
     stored = arun(main(), 90)
     assert set(receiver.keys()) == set(stored)
+
+
+def test_a_state_directory_that_cannot_be_written_is_one_error_line(tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("a file, not a directory")
+    result = geotrack(
+        *("serve", "-q", "--port", "0", "--store", f"sqlite:///{tmp_path / 'db'}"),
+        *("--webhook", "http://127.0.0.1:9/hook", "--webhook-state", str(tmp_path / "taken")),
+        cwd=tmp_path,
+    )
+    line = only_error(result)
+    assert line.startswith("Error: cannot read the cursor of webhook http://127.0.0.1:9/hook")
+    assert line.endswith(": Not a directory")
