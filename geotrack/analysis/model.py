@@ -22,6 +22,7 @@ class Params:
     leave_fixes: int = 3
     leave_s: float = 30.0
     speed_span_s: float = 10.0
+    min_step_m: float = 10.0
 
     def __post_init__(self) -> None:
         for option, value in (
@@ -34,6 +35,8 @@ class Params:
         ):
             if not (math.isfinite(value) and value > 0):
                 raise InvalidParameter(option, f"must be a positive number, not {value!r}")
+        if not (math.isfinite(self.min_step_m) and self.min_step_m >= 0):
+            raise InvalidParameter("min_step_m", f"must be 0 or more, not {self.min_step_m!r}")
         if self.leave_fixes < 1:
             raise InvalidParameter("leave_fixes", "must be at least 1")
 

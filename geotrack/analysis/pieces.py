@@ -158,10 +158,15 @@ def _settled(window: deque[_Fix]) -> _Fix:
 
 
 class _TripBuilder:
-    """A trip under way: distance, speeds and whether it left its start, fix by fix."""
+    """A trip under way: distance, speeds and whether it left its start, fix by fix.
+
+    The distance grows by steps of at least ``min_step_m``: a fix closer than that to the
+    last one counted waits for the next, so jitter between frequent fixes of a slow device
+    does not add up to distance it never went; the trip's last fix always counts.
+    """
 
     def __init__(self, first: _Fix, params: Params, *, departed: bool, path: bool) -> None:
-        self.first = self.last = first
+        self.first = self.last = self.counted = first
         self.params = params
         self.fixes = 1
         self.distance = 0.0
@@ -174,27 +179,37 @@ class _TripBuilder:
         self.path: list[tuple[float, float]] | None = [(first.lon, first.lat)] if path else None
 
     def add(self, fix: _Fix) -> None:
-        self.distance += _distance(self.last, fix)
+        step = _distance(self.counted, fix)
+        if step >= self.params.min_step_m:
+            self.distance += step
+            self.counted = fix
+            self._speed(fix.t)
         self.last = fix
         self.fixes += 1
         if not self.left and _distance(self.first, fix) > self.params.stop_radius_m:
             self.left = True
         if fix.speed is not None:
             self.reported = max(self.reported or 0.0, fix.speed)
-        span_ms = self.params.speed_span_s * 1000
-        recent = self._recent
-        recent.append((fix.t, self.distance))
-        while len(recent) > 1 and fix.t - recent[1][0] >= span_ms:
-            recent.popleft()
-        t0, d0 = recent[0]
-        if fix.t - t0 >= span_ms:
-            self.computed = max(self.computed, (self.distance - d0) * 1000 / (fix.t - t0))
         if self.path is not None:
             self.path.append((fix.lon, fix.lat))
 
+    def _speed(self, t: int) -> None:
+        """The top speed so far, between counted fixes at least ``speed_span_s`` apart."""
+        span_ms = self.params.speed_span_s * 1000
+        recent = self._recent
+        recent.append((t, self.distance))
+        while len(recent) > 1 and t - recent[1][0] >= span_ms:
+            recent.popleft()
+        t0, d0 = recent[0]
+        if t - t0 >= span_ms:
+            self.computed = max(self.computed, (self.distance - d0) * 1000 / (t - t0))
+
     def trip(self, device: str) -> Trip:
         duration_ms = self.last.t - self.first.t
-        average = self.distance * 1000 / duration_ms if duration_ms else 0.0
+        distance = self.distance
+        if self.counted is not self.last:
+            distance += _distance(self.counted, self.last)
+        average = distance * 1000 / duration_ms if duration_ms else 0.0
         if self.reported is not None and self.reported >= average:
             top = self.reported
         else:
@@ -209,7 +224,7 @@ class _TripBuilder:
             self.last.t,
             self.last.lat,
             self.last.lon,
-            self.distance,
+            distance,
             top,
             self.fixes,
             tuple(self.path or ()),

@@ -38,7 +38,9 @@ The rules, with the defaults of :class:`Params` (docs/trips.md says why):
   Otherwise the trip ends at the fix before the gap and a new one starts after.
 - **Trip.** The fixes from a departure (or the first fix, or the first after a gap) to the
   next arrival (or the last fix, or the last before a gap). Its distance is the sum of the
-  geodesic (WGS 84) lengths between consecutive fixes; average speed is distance over
+  geodesic (WGS 84) lengths between consecutive fixes, each at least ``min_step_m`` (10 m)
+  from the one before it (a fix closer waits for the next, so that jitter between frequent
+  fixes does not add up; the last fix always counts); average speed is distance over
   duration; top speed is the highest speed a fix reports (unless that is below the
   average: a device sending 0 for unknown), else the highest over any stretch of at least
   ``speed_span_s`` (10 s), so that one jittery fix does not make a record. A trip that
