@@ -8,7 +8,8 @@
   of the fixes that crossed from one worker to the other (store, commit, wake-up, the
   sibling's follower) next to those delivered by the worker that stored them.
 - **store ceiling**: SQLite rows/s with the dedupe index, 1, 2 and 4 writer processes on
-  one file, commits of 1 and of 100 rows: what the workers share, so what bounds them.
+  one file, commits of 1 and of 100 rows, queued on a shared flock (as the workers are)
+  and in SQLite's busy handler: what the workers share, so what bounds them.
 """
 
 from __future__ import annotations
@@ -67,10 +68,13 @@ def run_workers(settings: Settings, log: Callable[[str], None]) -> dict[str, Any
         )
     seconds = 2.0 if settings.quick else 4.0
     out["ceiling"] = [
-        _ceiling(writers, batch, seconds) for batch in (1, 100) for writers in (1, 2, 4)
+        _ceiling(writers, batch, seconds, flock)
+        for batch in (1, 100)
+        for writers in (1, 2, 4)
+        for flock in ((False,) if writers == 1 else (True, False))
     ]
     for c in out["ceiling"]:
-        what = f"{c['writers']} writers x {c['batch']}-row commits"
+        what = f"{c['writers']} writers x {c['batch']}-row commits ({c['queue']})"
         log(f"  [17] SQLite {what}: {c['rows_per_s']:,.0f} rows/s")
     return out
 
@@ -233,11 +237,16 @@ def _summary(values: list[float]) -> dict[str, float]:
 # -- store ceiling ---------------------------------------------------------------------------
 
 
-def _writer(url: str, index: int, batch: int, start: float, stop: float, out: Any) -> None:
+def _writer(
+    url: str, index: int, batch: int, lock: Path | None, start: float, stop: float, out: Any
+) -> None:
+    from geotrack.relay.siblings import share_write_lock
     from geotrack.schema import Position, ms_to_ts
     from geotrack.store import open_store
 
     with open_store(url) as store:
+        if lock is not None:
+            share_write_lock(store, lock)
         n = 0
         while time.time() < start:
             time.sleep(0.001)
@@ -251,9 +260,14 @@ def _writer(url: str, index: int, batch: int, start: float, stop: float, out: An
         out.put(n)
 
 
-def _ceiling(writers: int, batch: int, seconds: float) -> dict[str, Any]:
-    """Rows/s that ``writers`` processes get into one SQLite file, ``batch`` rows a commit."""
+def _ceiling(writers: int, batch: int, seconds: float, flock: bool) -> dict[str, Any]:
+    """Rows/s that ``writers`` processes get into one SQLite file, ``batch`` rows a commit.
+
+    With ``flock``, the writers queue on a shared lock file as the workers do; without,
+    in SQLite's busy handler.
+    """
     with tempfile.TemporaryDirectory(prefix="geotrack-bench-ceiling-") as tmp:
+        lock = Path(tmp) / "write.lock" if flock else None
         url = f"sqlite:///{Path(tmp) / 'store.db'}"
         from geotrack.store import open_store
 
@@ -262,7 +276,9 @@ def _ceiling(writers: int, batch: int, seconds: float) -> dict[str, Any]:
         queue = context.Queue()
         start = time.time() + 1.5  # after every writer has imported and opened the store
         procs = [
-            context.Process(target=_writer, args=(url, i, batch, start, start + seconds, queue))
+            context.Process(
+                target=_writer, args=(url, i, batch, lock, start, start + seconds, queue)
+            )
             for i in range(writers)
         ]
         for proc in procs:
@@ -273,6 +289,7 @@ def _ceiling(writers: int, batch: int, seconds: float) -> dict[str, Any]:
     return {
         "writers": writers,
         "batch": batch,
+        "queue": "flock" if flock else "busy handler",
         "rows_per_s": rows / seconds,
         "commits_per_s": rows / batch / seconds,
     }
@@ -321,10 +338,14 @@ def workers_tables(result: dict[str, Any]) -> list[Table]:
             f"{c['n'] + same['n']:,}",
         )  # fmt: skip
     third = Table(title="17. SQLite store ceiling (dedupe index on)", title_justify="left")
-    for name in ("writers", "rows/commit", "rows/s", "commits/s"):
+    for name in ("writers", "rows/commit", "queued in", "rows/s", "commits/s"):
         third.add_column(name, justify="right")
     for c in result["ceiling"]:
         third.add_row(
-            str(c["writers"]), str(c["batch"]), _f(c["rows_per_s"], 0), _f(c["commits_per_s"], 0)
+            str(c["writers"]),
+            str(c["batch"]),
+            c["queue"] if c["writers"] > 1 else "-",
+            _f(c["rows_per_s"], 0),
+            _f(c["commits_per_s"], 0),
         )
     return [first, second, third]

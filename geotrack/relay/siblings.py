@@ -29,7 +29,14 @@ from pathlib import Path
 
 from geotrack.relay.metrics import Family
 
-__all__ = ["RESTARTS_FILE", "SharedWriteLock", "Siblings", "merged_families", "write_restarts"]
+__all__ = [
+    "RESTARTS_FILE",
+    "SharedWriteLock",
+    "Siblings",
+    "merged_families",
+    "share_write_lock",
+    "write_restarts",
+]
 
 #: The supervisor's count of restarted workers, in the shared directory.
 RESTARTS_FILE = "restarts.json"
@@ -69,6 +76,26 @@ class SharedWriteLock:
     def close(self) -> None:
         """Release the lock file (when no write can be under way any more)."""
         os.close(self._fd)
+
+
+def share_write_lock(store: object, path: Path) -> SharedWriteLock | None:
+    """Queue this SQLite store's writes on the kernel lock at ``path`` (:class:`SharedWriteLock`).
+
+    Every process that does this for one file (the workers of ``serve --workers``) takes
+    turns writing without SQLite's busy-handler sleeps. None for another kind of store.
+
+    The SQLite store has no public hook for this, so its write lock (the one every write
+    transaction, prune batch and ping takes) is wrapped in place. The benchmark (scenario
+    17, docs/benchmarks.md) shows what it buys: without it, colliding commits wait out
+    SQLite's busy-handler sleeps.
+    """
+    from geotrack.store.sqlite import SQLiteStore
+
+    if not isinstance(store, SQLiteStore):
+        return None
+    lock = SharedWriteLock(store._lock, path)
+    store._lock = lock  # type: ignore[assignment]
+    return lock
 
 
 class Siblings:

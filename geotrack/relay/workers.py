@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from geotrack.errors import GeotrackError, InvalidParameter, RelayError
 from geotrack.relay.access import bind_error
 from geotrack.relay.config import RelayConfig
-from geotrack.relay.siblings import SharedWriteLock, Siblings, write_restarts
+from geotrack.relay.siblings import Siblings, share_write_lock, write_restarts
 
 if TYPE_CHECKING:
     import asyncio
@@ -387,7 +387,7 @@ def _worker_main(supervisor: Supervisor, index: int, pipe: Connection) -> None:
         stop = asyncio.Event()
         loop.add_reader(alive_r, stop.set)  # readable at EOF: the supervisor is gone
         store = await loop.run_in_executor(None, supervisor.open_store)
-        shared_lock = _share_write_lock(store, supervisor._directory / "write.lock")
+        shared_lock = share_write_lock(store, supervisor._directory / "write.lock")
         tasks: list[asyncio.Task[None]] = []
 
         def started(relay: Relay, listener: HttpListener | None) -> None:
@@ -418,23 +418,6 @@ def _worker_main(supervisor: Supervisor, index: int, pipe: Connection) -> None:
         raise SystemExit(1) from None
     except KeyboardInterrupt:
         raise SystemExit(1) from None
-
-
-def _share_write_lock(store: Any, path: Path) -> SharedWriteLock | None:
-    """Queue the workers' SQLite writers on one kernel lock (see :class:`SharedWriteLock`).
-
-    The SQLite store has no public hook for this, so its write lock (the one every write
-    transaction, prune batch and ping takes) is wrapped in place. The benchmark (scenario
-    17, docs/benchmarks.md) shows what it buys: without it, colliding commits wait out
-    SQLite's busy-handler sleeps.
-    """
-    from geotrack.store.sqlite import SQLiteStore
-
-    if not isinstance(store, SQLiteStore):
-        return None
-    lock = SharedWriteLock(store._lock, path)
-    store._lock = lock  # type: ignore[assignment]
-    return lock
 
 
 async def _save_metrics(siblings: Siblings, listener: HttpListener) -> None:
