@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import ssl
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from geotrack.relay.webhook_target import idempotency_key
 from geotrack.relay.webhooks import Webhooks, webhook_families
 from geotrack.schema import Event, ms_to_ts
 from geotrack.store import Store, open_store
-from tests.cli_helpers import geotrack, only_error
+from tests.cli_helpers import env, geotrack, only_error
 from tests.conftest import free_port
 from tests.factories import T0_S
 from tests.relay.test_events import IN, OUT, at, fences_file
@@ -62,17 +63,17 @@ class Receiver:
 
 
 @contextlib.asynccontextmanager
-async def receiving(receiver: Receiver) -> AsyncIterator[str]:
-    """The receiver served on 127.0.0.1 and a free port; yields its URL."""
+async def receiving(receiver: Receiver, tls: ssl.SSLContext | None = None) -> AsyncIterator[str]:
+    """The receiver served on 127.0.0.1 and a free port (https with ``tls``); its URL."""
     app = web.Application()
     app.router.add_post("/hook", receiver.handle)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
     await site.start()
     port = runner.addresses[0][1]
     try:
-        yield f"http://127.0.0.1:{port}/hook"
+        yield f"{'https' if tls else 'http'}://{'localhost' if tls else '127.0.0.1'}:{port}/hook"
     finally:
         await runner.cleanup()
 
@@ -390,3 +391,51 @@ def test_a_state_directory_that_cannot_be_written_is_one_error_line(tmp_path: Pa
     line = only_error(result)
     assert line.startswith("Error: cannot read the cursor of webhook http://127.0.0.1:9/hook")
     assert line.endswith(": Not a directory")
+
+
+def test_https_receiver_trusted_through_ssl_cert_file(tmp_path: Path) -> None:
+    """A receiver with a certificate of a private CA: refused until SSL_CERT_FILE names it."""
+    import trustme
+
+    ca = trustme.CA()
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(tls)
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    db = tmp_path / "db"
+    receiver = Receiver()
+
+    async def main() -> None:
+        async with receiving(receiver, tls) as url:
+            for trusted in (False, True):
+                environment = env()
+                if trusted:
+                    environment["SSL_CERT_FILE"] = str(tmp_path / "ca.pem")
+                port = free_port()
+                proc = await asyncio.create_subprocess_exec(
+                    *(sys.executable, "-m", "geotrack", "serve", "--port", str(port)),
+                    *("--store", f"sqlite:///{db}", "--stats-interval", "0"),
+                    *("--webhook", url, "--webhook-state", str(tmp_path / "state")),
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.PIPE,
+                    env=environment,
+                )
+                try:
+                    await asyncio.get_running_loop().run_in_executor(None, wait_listening, port)
+                    with open_store(f"sqlite:///{db}") as store:
+                        write(store, event(10 if trusted else 1))
+                    if trusted:
+                        await until(lambda: len(receiver.accepted) == 2)
+                    else:
+                        await asyncio.sleep(1.5)
+                finally:
+                    proc.terminate()
+                    assert proc.stderr is not None
+                    log = (await proc.stderr.read()).decode()
+                    assert await proc.wait() == 0
+                if not trusted:
+                    assert receiver.accepted == []
+                    assert "certificate verify failed" in log, log
+
+    arun(main(), 60)
+    # The event stored while the receiver was not trusted came first, after the restart.
+    assert receiver.keys() == [idempotency_key(event(1)), idempotency_key(event(10))]
