@@ -9,7 +9,8 @@ Variants, interleaved (A B C, C B A, ...), each on a fresh relay and a fresh cop
 
 - ``no prune``: the load alone;
 - ``prune``: ``geotrack prune --before 30d`` in a separate process (an operator's cron
-  job), launched when the measurement begins; its wall time gives the prune rate;
+  job), launched when the load begins (the warm-up absorbs the interpreter's start-up,
+  which is not pruning); its wall time gives the prune rate;
 - ``retain``: the relay started with ``--retain 30d``: its first check runs inside the
   relay's process, from start-up through the measured window.
 
@@ -153,9 +154,7 @@ def run_prune(
                 pruner: _Prune | None = None
                 if variant == "prune":
                     pruner = _Prune()
-                    result = run(
-                        GEOTRACK, load, prepare=pruner.prepare(copy), on_measure=pruner.start
-                    )
+                    result = run(GEOTRACK, load, prepare=pruner.prepare(copy), on_load=pruner.start)
                     if pruner.thread is not None:
                         pruner.thread.join(600)
                 elif variant == "retain":
@@ -170,7 +169,7 @@ def run_prune(
                 extra = ""
                 if pruner is not None:
                     one.prune_seconds = pruner.ended - pruner.began
-                    one.covered = pruner.ended >= pruner.began + duration
+                    one.covered = pruner.ended >= pruner.began + warmup + duration
                     extra = (
                         f", prune {one.prune_seconds:.1f} s "
                         f"({rows / one.prune_seconds:,.0f} rows/s"

@@ -183,12 +183,13 @@ def run(
     profile_to: Path | None = None,
     keep_dir: bool = False,
     prepare: Callable[[Path], None] | None = None,
-    on_measure: Callable[[RelayProcess], None] | None = None,
+    on_load: Callable[[RelayProcess], None] | None = None,
 ) -> RunResult:
     """Start a relay, drive it with ``workload``, stop it, and return the figures.
 
-    ``prepare`` gets the store's path before the relay starts (to fill it); ``on_measure``
-    is called when the first phase's measurement begins (to start something under load).
+    ``prepare`` gets the store's path before the relay starts (to fill it); ``on_load``
+    is called when the first phase's load begins, at its warm-up (to start something
+    under load: the warm-up absorbs its start-up).
     """
     # No "@" of geotrack@REV in the store's path: it goes into a sqlite:// URL.
     safe = kind.name.replace("@", "-")
@@ -205,7 +206,7 @@ def run(
             if prepare is not None:
                 prepare(relay.db)
             relay.start()
-            return _drive(relay, workload, workdir, loadgens, profile_to, on_measure)
+            return _drive(relay, workload, workdir, loadgens, profile_to, on_load)
         finally:
             for lg in loadgens:
                 lg.close()
@@ -273,7 +274,7 @@ def _drive(
     workdir: Path,
     loadgens: list[_Loadgen],
     profile_to: Path | None,
-    on_measure: Callable[[RelayProcess], None] | None = None,
+    on_load: Callable[[RelayProcess], None] | None = None,
 ) -> RunResult:
     notes: list[str] = []
     idle: dict[str, Any] = {}
@@ -311,9 +312,10 @@ def _drive(
     ] = []
     profile: dict[str, Any] = {}
     for i, phase in enumerate(schedule):
+        if on_load is not None and i == 0:
+            _sleep_until(phase["start"])
+            on_load(relay)
         _sleep_until(phase["measure"])
-        if on_measure is not None and i == 0:
-            on_measure(relay)
         profiler = None
         if profile_to is not None and i == len(schedule) - 1 and not relay.kind.is_node:
             profiler = Profiler(relay.pid, phase["end"] - phase["measure"], profile_to)
