@@ -112,3 +112,27 @@ def test_a_relay_without_fences_shows_no_fence_panel(page: Page) -> None:
     assert page.find("#events-panel").get_attribute("hidden") is not None
     assert page.js("return window.geotrack.fences()") is None
     assert not page.find_all("#map .gt-fence")
+
+
+def test_under_auth_the_page_reads_fences_and_events_with_its_token(
+    browser: Any, tmp_path: Path
+) -> None:
+    from tests.factories import PUB, SUB, token_file
+
+    tokens = token_file(tmp_path / "tokens.toml")
+    path = fences_file(tmp_path)
+    extra = ("--fences", str(path), "--auth", str(tokens))
+    with web_relay_process(tmp_path / "geotrack.db", *extra) as relay:
+        page = Page(browser, relay).open(f"token={SUB}")
+        page.wait(lambda: set(fences(page)) == {"depot", "yard"}, "the fences")
+        now = time.time()
+        publish(
+            relay.ws_url,
+            [
+                {"device": "van", "lat": 52.50, "lon": OUT, "ts": now - 2},
+                {"device": "van", "lat": 52.50, "lon": IN, "ts": now - 1},
+            ],
+            token=PUB,
+        )
+        page.wait(lambda: fences(page)["depot"]["flashing"] == "enter", "the enter flash")
+        assert event_rows(page)[0].split()[:3] == ["entered", "van", "depot"]
