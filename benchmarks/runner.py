@@ -283,7 +283,8 @@ def _drive(
         idle["rss_before_kib"] = relay.rss_kib()
     started = time.monotonic()
     # Subscribers (and idle connections) first, so they see every position published.
-    for name, config in _configs(relay, w):
+    configs = _configs(relay, w)
+    for name, config in configs:
         loadgens.append(_Loadgen(config, workdir, name))
     ready = [lg.receive(timeout=180) for lg in loadgens]
     if w.idle:
@@ -304,8 +305,13 @@ def _drive(
         )
         t = end + 0.5
     stop = (schedule[-1]["end"] if schedule else t) + w.drain
-    for lg in loadgens:
-        lg.send({"phases": schedule, "stop": stop})
+    for lg, (_, config) in zip(loadgens, configs, strict=True):
+        phases = schedule
+        if config["role"] == "publish" and w.publishers:
+            # A phase's rate is the total: each publisher process offers its share.
+            share = config["connections"] / w.publishers
+            phases = [{**p, "rate": p["rate"] * share} for p in schedule]
+        lg.send({"phases": phases, "stop": stop})
 
     samples: list[
         tuple[procstat.CpuSample, procstat.CpuSample, tuple[float, float], tuple[float, float]]
