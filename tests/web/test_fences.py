@@ -136,3 +136,38 @@ def test_under_auth_the_page_reads_fences_and_events_with_its_token(
         )
         page.wait(lambda: fences(page)["depot"]["flashing"] == "enter", "the enter flash")
         assert event_rows(page)[0].split()[:3] == ["entered", "van", "depot"]
+
+
+def test_a_fence_added_through_rest_is_drawn_when_its_first_event_comes(
+    browser: Any, tmp_path: Path
+) -> None:
+    import json
+    import urllib.request
+
+    path = fences_file(tmp_path)
+    with web_relay_process(tmp_path / "geotrack.db", "--fences", str(path)) as relay:
+        page = Page(browser, relay).open()
+        page.wait(lambda: set(fences(page)) == {"depot", "yard"}, "the fences")
+        square = [[13.30, 52.60], [13.31, 52.60], [13.31, 52.61], [13.30, 52.61], [13.30, 52.60]]
+        feature = {
+            "type": "Feature",
+            "properties": {},
+            "geometry": {"type": "Polygon", "coordinates": [square]},
+        }
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{relay.http_port}/api/fences/north",
+            data=json.dumps(feature).encode(),
+            method="PUT",
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 201
+        now = time.time()
+        publish(
+            relay.ws_url,
+            [
+                {"device": "cab", "lat": 52.59, "lon": 13.305, "ts": now - 2},
+                {"device": "cab", "lat": 52.605, "lon": 13.305, "ts": now - 1},
+            ],
+        )
+        page.wait(lambda: (fences(page).get("north") or {}).get("flashing") == "enter", "north")
+        assert fences(page)["north"]["kind"] == "polygon"

@@ -53,6 +53,7 @@ export class Fences {
     if (!response.ok) return false;
     this.draw(await response.json());
     this.available = true;
+    this.refreshing = null;
     this.panel.hidden = false;
     const now = Date.now() + this.clockOffsetMs;
     this.subscription = new Subscription({
@@ -99,14 +100,39 @@ export class Fences {
   /** Events from /events: each once (a reconnect may send some again), newest listed first. */
   take(events) {
     const now = Date.now() + this.clockOffsetMs;
+    const fresh = [];
     for (const e of events) {
       const k = key(e);
       if (this.seen.has(k)) continue;
       this.seen.add(k);
       const live = now - Date.parse(e.ts) <= LIVE_WITHIN_MS;
       this.addRow(e, live);
-      if (live) this.flash(e);
+      if (live) fresh.push(e);
     }
+    if (fresh.some((e) => !this.layers.has(e.fence))) {
+      // A fence added through REST since the page drew them: draw them again, then flash.
+      this.refresh().then(() => fresh.forEach((e) => this.flash(e)));
+    } else {
+      fresh.forEach((e) => this.flash(e));
+    }
+  }
+
+  /** Draw the relay's fences again (one request at a time). */
+  refresh() {
+    this.refreshing ??= (async () => {
+      try {
+        const response = await fetch("/api/fences", {
+          headers: authHeaders(this.token),
+          cache: "no-store",
+        });
+        if (response.ok) this.draw(await response.json());
+      } catch {
+        // the fences drawn stay
+      } finally {
+        this.refreshing = null;
+      }
+    })();
+    return this.refreshing;
   }
 
   addRow(e, live) {
