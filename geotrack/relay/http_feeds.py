@@ -6,32 +6,30 @@ browser's ``EventSource``), with the filters, cursors, tokens and limits of /sub
     GET /api/positions/poll?since=CURSOR&wait=30   one answer, held until news or ``wait``
     GET /api/stream                                text/event-stream, ``id:`` = the cursor
 
-Nothing here polls the store per request. One :class:`Tail` reads each commit once, woken
-by the relay's hub right after the commit (the relay's own writes and, through its peer
-follower, every other writer's), and keeps the recent changes in memory with their
-cursors. A request whose cursor is among them is answered from memory, and a request with
-nothing to send waits on one shared future: an idle watcher costs a coroutine and a
-timer, no thread and no store read. A cursor older than the memory (or a time) is
-answered from the store's change feed once, on a worker thread; its answer's cursor then
-lands in memory. Cursors are the store's own, so a watcher can move between /subscribe,
-the feeds and relays sharing the store.
+Nothing here polls the store per request. One
+:class:`~geotrack.relay.recent.RecentChanges` reads each commit once, woken by the relay's
+hub right after the commit (the relay's own writes and, through its peer follower, every
+other writer's), and keeps the recent changes in memory with their cursors. A request
+whose cursor is among them is answered from memory, and a request with nothing to send
+waits on one shared future: an idle watcher costs a coroutine and a timer, no thread and
+no store read. A cursor older than the memory (or a time) is answered from the store's
+change feed once, on a worker thread; its answer's cursor then lands in memory. Cursors
+are the store's own, so a watcher can move between /subscribe, the feeds and relays
+sharing the store.
 
-The same tail dates the store's contents for short polls: ``GET /api/positions`` carries
+The same reader dates the store's contents for short polls: ``GET /api/positions`` carries
 an ETag that changes with every commit, and ``If-None-Match`` with the current one is
 answered 304 without touching the store (:meth:`Feeds.etag`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import logging
 import math
 import time
-from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, NamedTuple
 
 import msgspec
@@ -46,24 +44,21 @@ from geotrack.relay.access import (
     restrict_filter,
 )
 from geotrack.relay.fanout import MAX_FRAME_POSITIONS, Hub
+from geotrack.relay.recent import Entry, RecentChanges, cursor_of
 from geotrack.schema import (
-    Position,
     SubscribeFilter,
     encode_batch,
     encode_position,
     parse_duration,
     parse_time,
 )
-from geotrack.store import ChangeFeed, Store
+from geotrack.store import Store
 
 __all__ = [
     "DEFAULT_WAIT",
-    "IDLE_AFTER",
     "KEEPALIVE",
     "MAX_WAIT",
-    "RECENT",
     "Feeds",
-    "Tail",
 ]
 
 log = logging.getLogger("geotrack.http")
@@ -73,11 +68,6 @@ DEFAULT_WAIT: Final = 30.0
 MAX_WAIT: Final = 120.0
 #: Seconds between the comment lines that keep an idle event stream (and proxies) alive.
 KEEPALIVE: Final = 15.0
-#: Changes kept in memory for watchers to catch up from without a store read (~10 s at
-#: 1,000 positions/s, a few MB).
-RECENT: Final = 10_000
-#: Seconds after the last HTTP watcher left that the tail stops following the store.
-IDLE_AFTER: Final = 60.0
 #: The ``retry:`` an event stream advises: milliseconds before EventSource reconnects.
 _RETRY_MS: Final = 2000
 #: Changes one store read looks at, at most, for one answer.
@@ -91,12 +81,6 @@ Viewable = Callable[[web.Request, Grant | None, tuple[str, ...]], tuple[str, ...
 StoreCall = Callable[..., Awaitable[Any]]
 
 
-class _Entry(NamedTuple):
-    cursor: str
-    position: Position
-    encoded: bytes
-
-
 class _Batch(NamedTuple):
     """What a watcher gets next: encoded positions and the cursor to resume after them."""
 
@@ -104,208 +88,6 @@ class _Batch(NamedTuple):
     cursor: str | None
     #: Whether it stopped at a limit with more to come at once.
     more: bool = False
-
-
-class Tail:
-    """The store's recent changes, read once for every HTTP watcher.
-
-    :meth:`wake` (hooked to the hub, so called after every commit) makes it read the
-    store's change feed on its own thread; waiters of :meth:`changed` wake when it has.
-    It reads only while watched: a relay nobody follows over HTTP pays nothing per commit.
-    The first request (:meth:`attach`) opens a feed at the store's end; :data:`IDLE_AFTER`
-    seconds after the last request ended it closes the feed and forgets what it kept
-    (cursors from before are then served from the store).
-    """
-
-    def __init__(self, store: Store, keep: int = RECENT) -> None:
-        self._store = store
-        self._keep = keep
-        self._entries: deque[_Entry] = deque()
-        #: Absolute number of the first entry kept.
-        self._base = 0
-        #: Cursor -> how many entries come before it (absolute): where it resumes.
-        self._marks: OrderedDict[str, int] = OrderedDict()
-        self._cursor: str | None = None
-        #: Commits seen (wakes): dates the store's contents for ETags.
-        self.version = 0
-        self._read_version = 0
-        self._pending = asyncio.Event()
-        self._changed: asyncio.Future[None] | None = None
-        self._opened: asyncio.Future[None] | None = None
-        self._feed: ChangeFeed | None = None
-        self._executor: ThreadPoolExecutor | None = None
-        self._task: asyncio.Task[None] | None = None
-        #: Requests being served now, and when the last one ended.
-        self.users = 0
-        self._last_use = 0.0
-        self.closed = False
-
-    @property
-    def cursor(self) -> str | None:
-        """The cursor right after the newest change read (None before the store gave one)."""
-        return self._cursor
-
-    async def start(self) -> None:
-        """Get ready to follow the store (the feed opens with the first request)."""
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="geotrack-feeds")
-        self._changed = asyncio.get_running_loop().create_future()
-        self._task = asyncio.create_task(self._run(), name="geotrack-feeds")
-
-    async def close(self) -> None:
-        """Stop reading and wake every waiter (they answer with what they have)."""
-        self.closed = True
-        self._notify()
-        if self._opened is not None and not self._opened.done():
-            self._opened.set_exception(StoreError("the relay is stopping"))
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._executor is not None:
-            if self._feed is not None:
-                await asyncio.get_running_loop().run_in_executor(self._executor, self._feed.close)
-                self._feed = None
-            self._executor.shutdown(wait=True)
-            self._executor = None
-
-    async def attach(self) -> None:
-        """A request starts using the tail: open the feed if it is not. Raises StoreError."""
-        self.users += 1
-        if self._opened is None:
-            self._opened = asyncio.get_running_loop().create_future()
-            self._opened.add_done_callback(_retrieve)
-            self._pending.set()
-        try:
-            await asyncio.shield(self._opened)
-        except BaseException:
-            self.detach()
-            raise
-
-    def detach(self) -> None:
-        """A request is done with the tail."""
-        self.users -= 1
-        self._last_use = time.monotonic()
-
-    def wake(self) -> None:
-        """Something was committed: read it (soon, on the tail's thread)."""
-        self.version += 1
-        if self._opened is not None:
-            self._pending.set()
-
-    def after(self, cursor: str) -> tuple[list[_Entry], str | None] | None:
-        """The changes kept after ``cursor`` and the cursor after them; None if not kept."""
-        mark = self._marks.get(cursor)
-        if mark is None or mark < self._base:
-            return None
-        start = mark - self._base
-        return [self._entries[i] for i in range(start, len(self._entries))], self._cursor
-
-    @property
-    def behind(self) -> bool:
-        """Whether a commit was seen that is not read yet (it is being read)."""
-        return self.version > self._read_version and not self.closed
-
-    def knows(self, cursor: str) -> bool:
-        """Whether ``cursor`` can be resumed from memory."""
-        mark = self._marks.get(cursor)
-        return mark is not None and mark >= self._base
-
-    async def changed(self, seconds: float) -> None:
-        """Wait until the next changes are read, the tail closes, or ``seconds`` pass."""
-        if self.closed or self._changed is None or seconds <= 0:
-            return
-        await asyncio.wait((self._changed,), timeout=seconds)
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await self._pending.wait()
-            self._pending.clear()
-            seen = self.version
-            try:
-                if self._feed is None:
-                    if self._opened is not None:  # else a wake left over from going idle
-                        await self._open(loop, seen)
-                    continue
-                # A change stream (MongoDB) may show a commit a moment after it: wait a
-                # little for it; SQLite's rows are there at once.
-                changes, cursor = await loop.run_in_executor(self._executor, _read, self._feed, 0.2)
-            except StoreError as exc:
-                log.error("HTTP feeds: reading the store failed: %s; retrying in 1 s", exc)
-                if self._feed is None and self._opened is not None:
-                    opened, self._opened = self._opened, None
-                    opened.set_exception(exc)  # the requests waiting answer 503
-                    continue
-                await asyncio.sleep(1)
-                self._pending.set()
-                continue
-            if changes:
-                self._append(changes)
-                self._pending.set()  # more may be waiting (a feed reads a batch at a time)
-            self._mark(cursor)
-            if not changes:
-                self._read_version = seen
-            self._notify()
-            if not self.users and time.monotonic() - self._last_use > IDLE_AFTER:
-                await self._idle(loop)
-
-    async def _open(self, loop: asyncio.AbstractEventLoop, seen: int) -> None:
-        """Open a feed at the store's end; what was kept before is forgotten."""
-        feed = await loop.run_in_executor(self._executor, self._store.follow)
-        self._feed = feed
-        self._entries.clear()
-        self._base = 0
-        self._marks.clear()
-        self._read_version = seen
-        self._mark(await loop.run_in_executor(self._executor, _cursor_of, feed))
-        self._last_use = time.monotonic()
-        if self._opened is not None and not self._opened.done():
-            self._opened.set_result(None)
-        log.debug("HTTP feeds: following the store from %s", self._cursor)
-
-    async def _idle(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Nobody watched for a while: stop reading every commit."""
-        feed, self._feed = self._feed, None
-        self._opened = None
-        self._entries.clear()
-        self._marks.clear()
-        self._cursor = None
-        if feed is not None:
-            await loop.run_in_executor(self._executor, feed.close)
-        log.debug("HTTP feeds: nobody watching, no longer following the store")
-
-    def _append(self, changes: list[Any]) -> None:
-        for change in changes:
-            self._entries.append(
-                _Entry(change.cursor, change.position, encode_position(change.position))
-            )
-            self._mark(change.cursor)
-        excess = len(self._entries) - self._keep
-        for _ in range(max(0, excess)):
-            self._entries.popleft()
-            self._base += 1
-        while self._marks and next(iter(self._marks.values())) < self._base:
-            self._marks.popitem(last=False)
-
-    def _mark(self, cursor: str | None) -> None:
-        if cursor is None:
-            return
-        self._cursor = cursor
-        self._marks[cursor] = self._base + len(self._entries)
-        self._marks.move_to_end(cursor)
-
-    def _notify(self) -> None:
-        changed = self._changed
-        if changed is not None and not changed.done():
-            changed.set_result(None)
-        if not self.closed:
-            self._changed = asyncio.get_running_loop().create_future()
-
-
-def _retrieve(future: asyncio.Future[None]) -> None:
-    """Mark a failure as seen: the requests that awaited it report it."""
-    if not future.cancelled():
-        future.exception()
 
 
 class _Watch(NamedTuple):
@@ -340,7 +122,7 @@ class Feeds:
         self._authorize = authorize
         self._viewable = viewable
         self._store_call = store_call
-        self.tail = Tail(store)
+        self.tail = RecentChanges(store)
         #: Seconds between keep-alive comments on an idle event stream.
         self.keepalive = KEEPALIVE
 
@@ -566,7 +348,7 @@ class Feeds:
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def _select(entries: list[_Entry], end: str | None, flt: SubscribeFilter) -> _Batch:
+def _select(entries: list[Entry], end: str | None, flt: SubscribeFilter) -> _Batch:
     """The entries ``flt`` passes, at most MAX_FRAME_POSITIONS, and the cursor after them."""
     encoded: list[bytes] = []
     for entry in entries:
@@ -595,20 +377,8 @@ def _read_store(store: Store, since: str | int, flt: SubscribeFilter) -> _Batch:
                         return _Batch(encoded, change.cursor, more=change is not changes[-1])
             read += len(changes)
             if read >= _READ_AT_MOST:
-                return _Batch(encoded, _cursor_of(feed), more=True)
-        return _Batch(encoded, _cursor_of(feed))
-
-
-def _read(feed: ChangeFeed, timeout: float) -> tuple[list[Any], str | None]:
-    changes = feed.poll(timeout)
-    return changes, _cursor_of(feed)
-
-
-def _cursor_of(feed: ChangeFeed) -> str | None:
-    try:
-        return feed.cursor
-    except StoreError:  # a change stream that has not given a resume token yet
-        return None
+                return _Batch(encoded, cursor_of(feed), more=True)
+        return _Batch(encoded, cursor_of(feed))
 
 
 def _relative(text: str) -> bool:

@@ -19,7 +19,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 
 from geotrack.auth import Tokens, sign_share
-from geotrack.relay import http_feeds
+from geotrack.relay import recent
 from geotrack.store import open_store
 from tests.factories import PUB, SUB, pos
 from tests.mongo_servers import fresh_database, nx27017_server
@@ -397,7 +397,7 @@ def test_feeds_count_as_subscribe_reads_in_metrics(tmp_path: Path) -> None:
 def test_the_tail_follows_the_store_only_while_watched(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(http_feeds, "IDLE_AFTER", 0.2)
+    monkeypatch.setattr(recent, "IDLE_AFTER", 0.2)
 
     async def main() -> None:
         async with running_http(tmp_path / "db") as (relay, listener, http):
