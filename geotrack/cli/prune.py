@@ -40,10 +40,10 @@ def prune(
         bool, typer.Option("--quiet", "-q", help="Only the summary line, no table.")
     ] = False,
 ) -> None:
-    """Delete stored positions older than a time, per device, in small batches.
+    """Delete stored positions (and geofence events) older than a time, in small batches.
 
     Prints how many positions of each device were deleted (with --dry-run: would be),
-    then a total. The deletes go in short batches, each committed on its own, so a relay
+    then a total, with the geofence events. The deletes go in short batches, each committed on its own, so a relay
     writing to the same store keeps storing and acking meanwhile, and Ctrl-C stops
     after the current batch, keeping what was deleted. Followers resuming from a cursor
     (`geotrack tail --since CURSOR`) are not disturbed. A running relay can prune by
