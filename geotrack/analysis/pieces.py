@@ -255,6 +255,8 @@ class _StopBuilder:
         self.place = arrival
         for fix in fixes:
             self.add(fix, _distance(self.place, fix) if self.count else 0.0)
+        #: The last fix of the window that made it a stop: it lasts at least until then.
+        self.confirmed = self.last
 
     def add(self, fix: _Fix, distance: float) -> None:
         """Add a fix ``distance`` metres from the place (within the radius)."""
@@ -281,8 +283,19 @@ class _StopBuilder:
         self.core_last = self.last
         self.off_core.clear()
 
+    def leaving(self) -> tuple[_Fix, list[_Fix]]:
+        """The departure, if the device left now, and the stop's fixes after it.
+
+        The departure is the last fix in the core, or the last of the window that made it
+        a stop if that is later: a stop lasts at least ``stop_duration``.
+        """
+        if self.core_last.t >= self.confirmed.t:
+            return self.core_last, list(self.off_core)
+        return self.confirmed, [f for f in self.off_core if f.t > self.confirmed.t]
+
     def stop(self, device: str) -> Stop:
-        """The stop as it ends at its last fix in the core (or staying off it)."""
+        """The stop as it ends at its departure (:meth:`leaving`)."""
         place = self.place
-        fixes = self.count + self.absorbed - len(self.off_core)
-        return Stop(device, place.lat, place.lon, self.arrival.t, self.core_last.t, fixes)
+        departure, after = self.leaving()
+        fixes = self.count + self.absorbed - len(after)
+        return Stop(device, place.lat, place.lon, self.arrival.t, departure.t, fixes)

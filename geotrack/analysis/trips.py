@@ -18,15 +18,17 @@ The rules, with the defaults of :class:`Params` (docs/trips.md says why):
   when the window spans ``stop_duration`` and drifts.
 - **Arrival and place.** The stop's *core* is a third of the radius (67 m) around its
   place. The arrival is the window's first fix within the core of where the window's later
-  half (by time) settled: fixes on the way in belong to the trip. The place is the
-  centroid of the stop's fixes within half the radius of it (a fix farther counts to the
-  stop but does not move it, so walking off does not drag the place along).
+  half (by time) settled: fixes on the way in belong to the trip (what is left must still
+  span ``stop_duration``, or it is no stop yet). The place is the centroid of the stop's
+  fixes within half the radius of it (a fix farther counts to the stop but does not move
+  it, so walking off does not drag the place along).
 - **Staying and leaving.** A fix within ``stop_radius`` of the place belongs to the stop.
   Fixes outside are held: the device has left only when ``leave_fixes`` (3) fixes in a
   row, spanning ``leave_s`` (30 s), lie outside; a fix back inside before that makes them
   jitter (they are dropped, and the stop goes on). The departure is the stop's last fix in
   the core (or its last fix, when it stayed off the core but inside the radius for
-  ``stop_duration``); the next trip starts there.
+  ``stop_duration``), never before the last fix of the window that made it a stop; the
+  next trip starts there.
 - **Excursion.** A trip that comes back within ``stop_radius`` of the place of the stop it
   left, settling there again in less than ``stop_duration`` after leaving, was no trip (a
   burst of jitter, a lap of the car park): the stop goes on, its fixes included. So a stop
@@ -196,10 +198,11 @@ class _Device:
         """
         stop = self.stop
         assert stop is not None
-        trip = _TripBuilder(stop.core_last, self.params, departed=True, path=self.paths)
-        for fix in stop.off_core:
+        departure, after = stop.leaving()
+        trip = _TripBuilder(departure, self.params, departed=True, path=self.paths)
+        for fix in after:
             trip.add(fix)
-        self.left = _Left(stop, stop.stop(self.device), len(stop.off_core))
+        self.left = _Left(stop, stop.stop(self.device), len(after))
         self.stop = None
         return trip
 
@@ -303,6 +306,10 @@ class _Device:
                 return
             while len(window) > 1 and _distance(settled, window[0]) > self.radius * CORE:
                 self._commit(window.popleft())
+            if window[-1].t - window[0].t < self.params.stop_duration_s * 1000:
+                # Settled, but not yet for ``stop_duration``: not a stop yet.
+                self._compact()
+                return
         self._report_left()
         arrival = window[0]
         stop = _StopBuilder(arrival, window, self.params)

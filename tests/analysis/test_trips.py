@@ -8,6 +8,8 @@ import random
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pyproj import Geod
 
 from geotrack.analysis import Params, Stop, Trip, analyze, stops, trips
@@ -387,3 +389,49 @@ def test_a_real_run_paused_twice_has_two_stops_over_the_pauses() -> None:
     assert drives[0].max_speed == max(p.speed or 0 for p in drive.positions)
     # scripts/make_samples.py drove 2,168 m; fixes jitter by 3 m, also at three red lights.
     assert drives[0].distance_m == pytest.approx(2168, rel=0.05)
+
+
+@st.composite
+def _journeys(draw: st.DrawFn) -> list[Position]:
+    """A device's day made of random legs: moving, standing, silent, a jump."""
+    track = Track("any", (draw(st.floats(-60, 60)), draw(st.floats(-179, 179))))
+    track.rng = random.Random(draw(st.integers(0, 2**16)))
+    for _ in range(draw(st.integers(1, 8))):
+        every = draw(st.sampled_from([1.0, 5.0, 30.0, 120.0]))
+        seconds = draw(st.floats(10, 2400))
+        leg = draw(st.sampled_from(["move", "stand", "skip", "jump"]))
+        if leg == "move":
+            speed = draw(st.floats(0.2, 35))
+            track.move(seconds, speed, draw(st.floats(0, 359)), every, draw(st.floats(0, 40)))
+        elif leg == "stand":
+            track.stand(seconds, every, draw(st.floats(0, 60)))
+        elif leg == "skip":
+            track.skip(draw(st.floats(1, 3 * 3600)))
+        else:
+            track.jump(draw(st.floats(0, 5000)), draw(st.floats(0, 359)))
+    return track.fixes
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_journeys())
+def test_any_track_gives_ordered_trips_and_stops_that_never_overlap(fixes: list[Position]) -> None:
+    params = Params()
+    found = list(analyze(fixes, params))
+    first, last = (fixes[0].ts_ms, fixes[-1].ts_ms) if fixes else (0, 0)
+    previous_end = first
+    for item in found:
+        start, end = (
+            (item.start_ms, item.end_ms)
+            if isinstance(item, Trip)
+            else (item.arrival_ms, item.departure_ms)
+        )
+        # In time order, one after the other (a trip may start where a stop ended).
+        assert first <= previous_end <= start <= end <= last
+        previous_end = end
+        if isinstance(item, Stop):
+            assert item.duration_s >= params.stop_duration_s
+            assert item.fixes >= 2
+        else:
+            assert item.fixes >= 2
+            assert item.distance_m >= 0 and item.max_speed >= 0
+            assert item.avg_speed <= item.max_speed + 1e-9 or item.duration_s == 0
