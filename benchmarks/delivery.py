@@ -7,9 +7,9 @@ WebSocket ``/subscribe``, Server-Sent Events (``/api/stream``), long polling
 with ``wait=0``: one request, one answer). Mechanisms take turns within each round, each
 on a fresh relay.
 
-The watchers are written on raw sockets (asyncio streams; WebSocket through websockets'
-sans-I/O protocol), so every byte each one sends and receives is counted on the client
-side, HTTP headers and WebSocket framing included. A short poller's request carries the
+The watchers (:mod:`benchmarks.delivery_clients`) are written on raw sockets, so every
+byte each one sends and receives is counted on the client side, HTTP headers and
+WebSocket framing included. A short poller's request carries the
 headers curl sends (Host, User-Agent, Accept): a browser's are several times larger, so
 the per-request overhead measured here is a floor.
 
@@ -31,212 +31,24 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from websockets.client import ClientProtocol
-from websockets.frames import Opcode
-from websockets.http11 import Response
-from websockets.uri import parse_uri
-
 from benchmarks import procstat
+from benchmarks.delivery_clients import (
+    MECHANISMS,
+    Probes,
+    Wire,
+    cursor_in,
+    get,
+    head,
+    publish,
+    watcher,
+)
 from benchmarks.relays import GEOTRACK, RelayProcess
 
-__all__ = ["MECHANISMS", "WORKLOADS", "Wire", "run_delivery", "summarize", "workload"]
-
-#: Every mechanism, in the order tables show them.
-MECHANISMS: Final = ("websocket", "sse", "long-poll", "short-poll-1s", "short-poll-5s")
-#: Seconds between a short poller's requests.
-_SHORT: Final = {"short-poll-1s": 1.0, "short-poll-5s": 5.0}
-_PROBE: Final = re.compile(rb'"p":(\d+)')
-_POSITION: Final = b'"device":'
-_LENGTH: Final = re.compile(rb"(?i)\r\ncontent-length: *(\d+)")
-_TICK: Final = 0.1  # the publisher sends one batch every tick
-_DEVICES: Final = 100
-
-
-@dataclass(slots=True)
-class Wire:
-    """What one watcher moved: bytes each way and positions received."""
-
-    sent: int = 0
-    received: int = 0
-    positions: int = 0
-    latencies: list[float] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class _Probes:
-    """Send times of the probes, and whether latencies are being recorded now."""
-
-    sent: dict[int, float] = field(default_factory=dict)
-    recording: bool = False
-
-    def seen(self, wire: Wire, chunk: bytes) -> None:
-        wire.positions += chunk.count(_POSITION)
-        if self.recording:
-            now = time.perf_counter()
-            for match in _PROBE.finditer(chunk):
-                began = self.sent.get(int(match.group(1)))
-                if began is not None:
-                    wire.latencies.append(now - began)
-
-
-# -- watchers ----------------------------------------------------------------------------------
-
-
-async def _websocket(port: int, wire: Wire, probes: _Probes) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    protocol = ClientProtocol(parse_uri(f"ws://127.0.0.1:{port}/subscribe"), max_size=None)
-    protocol.send_request(protocol.connect())
-
-    def flush() -> None:
-        for data in protocol.data_to_send():
-            wire.sent += len(data)
-            writer.write(data)
-
-    flush()
-    try:
-        while data := await reader.read(65536):
-            wire.received += len(data)
-            protocol.receive_data(data)
-            for event in protocol.events_received():
-                if isinstance(event, Response):
-                    if event.status_code != 101:
-                        raise RuntimeError(f"/subscribe refused: {event.status_code}")
-                elif event.opcode == Opcode.TEXT:
-                    probes.seen(wire, event.data)
-            flush()  # pongs
-    finally:
-        writer.close()
-
-
-def _request(port: int, path: str) -> bytes:
-    return (
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-        "User-Agent: curl/8.5.0\r\nAccept: */*\r\n\r\n"
-    ).encode()
-
-
-async def _get(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, wire: Wire, port: int, path: str
-) -> bytes:
-    """One GET on a kept-alive connection; its body (which must have a Content-Length)."""
-    request = _request(port, path)
-    wire.sent += len(request)
-    writer.write(request)
-    head = await reader.readuntil(b"\r\n\r\n")
-    length = _LENGTH.search(head)
-    if not head.startswith(b"HTTP/1.1 200") or length is None:
-        raise RuntimeError(f"{path}: {head[:200]!r}")
-    body = await reader.readexactly(int(length.group(1)))
-    wire.received += len(head) + len(body)
-    return body
-
-
-def _cursor(body: bytes) -> str:
-    start = body.index(b'"cursor":"') + 10
-    return body[start : body.index(b'"', start)].decode()
-
-
-async def _poller(port: int, wire: Wire, probes: _Probes, every: float | None) -> None:
-    """Long polling (``every`` None) or short polling every ``every`` seconds."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        if every is not None:
-            await asyncio.sleep(random.uniform(0, every))  # pollers do not march in step
-        cursor = _cursor(await _get(reader, writer, wire, port, "/api/positions/poll"))
-        wait = "30" if every is None else "0"
-        next_at = time.monotonic()
-        more = False
-        while True:
-            if every is not None and not more:
-                next_at += every
-                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-            body = await _get(
-                reader, writer, wire, port, f"/api/positions/poll?since={cursor}&wait={wait}"
-            )
-            probes.seen(wire, body)
-            cursor = _cursor(body)
-            more = b'"more":true' in body[:200]  # a full answer: ask again at once
-    finally:
-        writer.close()
-
-
-async def _sse(port: int, wire: Wire, probes: _Probes) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        request = _request(port, "/api/stream")
-        wire.sent += len(request)
-        writer.write(request)
-        head = await reader.readuntil(b"\r\n\r\n")
-        wire.received += len(head)
-        if b"chunked" not in head.lower():
-            raise RuntimeError(f"/api/stream: {head[:200]!r}")
-        while True:
-            size_line = await reader.readuntil(b"\r\n")
-            size = int(size_line, 16)
-            chunk = await reader.readexactly(size + 2)
-            wire.received += len(size_line) + len(chunk)
-            if size == 0:
-                return
-            probes.seen(wire, chunk)
-    finally:
-        writer.close()
-
-
-def _watcher(mechanism: str, relay: RelayProcess, wire: Wire, probes: _Probes) -> Any:
-    assert relay.http_port is not None
-    if mechanism == "websocket":
-        return _websocket(relay.port, wire, probes)
-    if mechanism == "sse":
-        return _sse(relay.http_port, wire, probes)
-    return _poller(relay.http_port, wire, probes, _SHORT.get(mechanism))
-
-
-# -- the fleet ---------------------------------------------------------------------------------
-
-
-async def _publish(port: int, rate: int, probes: _Probes) -> None:
-    """Publish ``rate`` positions a second in batches of one tick, one probe in each."""
-    from websockets.asyncio.client import connect
-
-    per_tick = max(1, round(rate * _TICK))
-    base = 1_790_000_000.0 + random.randrange(10**6)
-    n = 0
-    seq = 0
-    async with connect(f"ws://127.0.0.1:{port}/publish", max_size=None) as ws:
-
-        async def drain() -> None:
-            async for _ in ws:
-                pass
-
-        acks = asyncio.create_task(drain())
-        next_at = time.monotonic()
-        try:
-            while True:
-                batch: list[dict[str, Any]] = []
-                for i in range(per_tick):
-                    fix: dict[str, Any] = {
-                        "device": f"vehicle-{n % _DEVICES:03d}",
-                        "lat": 52.5 + (n % 997) * 1e-5,
-                        "lon": 13.4 + (n % 991) * 1e-5,
-                        "ts": round(base + n / 1000, 3),
-                        "speed": 8.5,
-                    }
-                    if i == 0:
-                        seq += 1
-                        fix["attrs"] = {"p": seq}
-                    batch.append(fix)
-                    n += 1
-                probes.sent[seq] = time.perf_counter()
-                await ws.send(json.dumps(batch, separators=(",", ":")))
-                next_at += _TICK
-                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-        finally:
-            acks.cancel()
-
+__all__ = ["WORKLOADS", "run_delivery", "summarize", "workload"]
 
 # -- runs --------------------------------------------------------------------------------------
 
@@ -250,12 +62,12 @@ class _Plan:
 
 
 async def _connect_all(
-    mechanism: str, relay: RelayProcess, count: int, probes: _Probes
+    mechanism: str, relay: RelayProcess, count: int, probes: Probes
 ) -> tuple[list[Wire], list[asyncio.Task[None]]]:
     wires = [Wire() for _ in range(count)]
     tasks = []
     for i, wire in enumerate(wires):
-        tasks.append(asyncio.create_task(_watcher(mechanism, relay, wire, probes)))
+        tasks.append(asyncio.create_task(watcher(mechanism, relay, wire, probes)))
         if i % 50 == 49:
             await asyncio.sleep(0.05)  # not a thundering herd on the accept queue
     return wires, tasks
@@ -269,13 +81,13 @@ async def _measure(mechanism: str | None, plan: _Plan, workdir: Path) -> dict[st
     """One relay, one mechanism (None: the publisher alone), one window."""
     relay = RelayProcess(GEOTRACK, workdir, http=True)
     relay.start()
-    probes = _Probes()
+    probes = Probes()
     tasks: list[asyncio.Task[None]] = []
     try:
         wires: list[Wire] = []
         if mechanism is not None:
             wires, tasks = await _connect_all(mechanism, relay, plan.watchers, probes)
-        tasks.append(asyncio.create_task(_publish(relay.port, plan.rate, probes)))
+        tasks.append(asyncio.create_task(publish(relay.port, plan.rate, probes)))
         await asyncio.sleep(plan.warmup)
         failed = [t for t in tasks if t.done()]
         if failed:
@@ -313,7 +125,7 @@ async def _idle(mechanism: str, watchers: int, window: float, workdir: Path) -> 
     """``watchers`` of one mechanism on a relay where nothing happens."""
     relay = RelayProcess(GEOTRACK, workdir, http=True)
     relay.start()
-    probes = _Probes()
+    probes = Probes()
     tasks: list[asyncio.Task[None]] = []
     try:
         await asyncio.sleep(1.0)
@@ -366,10 +178,10 @@ async def _short_poll_cost(workdir: Path, rows: int, requests: int) -> list[dict
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         wire = Wire()
-        head = await _head(reader, writer, wire, port, export, "")
-        tag = re.search(rb"(?i)\r\netag: *([^\r]+)", head)
+        first = await head(reader, writer, wire, port, export, "")
+        tag = re.search(rb"(?i)\r\netag: *([^\r]+)", first)
         etag = tag.group(1).decode() if tag else ""
-        cursor = _cursor(await _get(reader, writer, wire, port, "/api/positions/poll"))
+        cursor = cursor_in(await get(reader, writer, wire, port, "/api/positions/poll"))
         paths = {
             "export": (export, ""),
             "export, If-None-Match (304)": (export, f"If-None-Match: {etag}\r\n"),
@@ -382,7 +194,7 @@ async def _short_poll_cost(workdir: Path, rows: int, requests: int) -> list[dict
                 cpu0 = procstat.cpu(relay.pid)
                 for _ in range(20):
                     began = time.perf_counter()
-                    await _head(reader, writer, wire, port, path, extra)
+                    await head(reader, writer, wire, port, path, extra)
                     entry["seconds"].append(time.perf_counter() - began)
                 entry["cpu"] += procstat.cpu(relay.pid).total - cpu0.total
                 entry["bytes"] += wire.sent + wire.received
@@ -403,33 +215,6 @@ async def _short_poll_cost(workdir: Path, rows: int, requests: int) -> list[dict
 
 
 _COST_VARIANTS: Final = ("export", "export, If-None-Match (304)", "poll, wait=0")
-
-
-async def _head(
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-    wire: Wire,
-    port: int,
-    path: str,
-    extra: str,
-) -> bytes:
-    """A GET with ``extra`` header lines; reads the answer (chunked or not), returns its head."""
-    request = _request(port, path).replace(b"\r\n\r\n", b"\r\n" + extra.encode() + b"\r\n")
-    wire.sent += len(request)
-    writer.write(request)
-    head = await reader.readuntil(b"\r\n\r\n")
-    wire.received += len(head)
-    length = _LENGTH.search(head)
-    if length is not None:
-        wire.received += len(await reader.readexactly(int(length.group(1))))
-    elif b"chunked" in head.lower():
-        while True:
-            size_line = await reader.readuntil(b"\r\n")
-            chunk = await reader.readexactly(int(size_line, 16) + 2)
-            wire.received += len(size_line) + len(chunk)
-            if len(chunk) == 2:
-                break
-    return head
 
 
 def _quantile(values: list[float], q: float) -> float | None:
