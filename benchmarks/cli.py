@@ -41,6 +41,7 @@ from benchmarks.profiling import py_spy
 from benchmarks.prune_bench import prune_table, run_prune
 from benchmarks.relays import ROOT, SetupError, ensure_node_modules, node_versions
 from benchmarks.scenarios import Outcome, Settings, build, log_to_stderr, run_scenario
+from benchmarks.webhooks_bench import run_webhooks, webhooks_table
 from benchmarks.workers_bench import run_workers, workers_tables
 
 NAMES = {
@@ -66,6 +67,8 @@ NAMES = {
     # Only when asked (--only workers): serve --workers 2 vs 1, cross-worker latency, the
     # SQLite ceiling (issue 15 part 3).
     "workers": 17,
+    # Only when asked (--only webhooks): delivering a backlog to a webhook (issue 13).
+    "webhooks": 18,
 }
 
 
@@ -297,6 +300,10 @@ def _run(args: argparse.Namespace, chosen: set[int], baseline: Baseline | None) 
     if 17 in chosen:
         log("[17] serve --workers 2 vs 1, cross-worker latency, SQLite ceiling (issue 15)")
         workers = run_workers(settings, log)
+    hooked = None
+    if 18 in chosen:
+        log("[18] Webhook delivery of a stored backlog, 1 vs 8 in flight (issue 13)")
+        hooked = run_webhooks(settings.rounds, log)
     elapsed = time.monotonic() - began
 
     target_items = report.targets(outcomes, export)
@@ -323,6 +330,8 @@ def _run(args: argparse.Namespace, chosen: set[int], baseline: Baseline | None) 
     if workers is not None:
         for table in workers_tables(workers):
             console.print(table)
+    if hooked is not None:
+        console.print(webhooks_table(hooked))
     label = None if baseline is None else baseline.label
     if 7 in chosen and (table := side_by_side(outcomes, label)) is not None:
         console.print(table)
@@ -358,6 +367,7 @@ def _run(args: argparse.Namespace, chosen: set[int], baseline: Baseline | None) 
         "workers": None
         if workers is None
         else {**workers, "throughput": workers["throughput"].to_json()},
+        "webhooks": hooked,
         "targets": target_items,
     }
     output.write_text(json.dumps(document, indent=1, default=str))
