@@ -30,6 +30,7 @@ from benchmarks.scenarios import Outcome, Scenario, Settings, Variant, run_scena
 __all__ = [
     "FLEET_RATE",
     "P99_LIMIT_MS",
+    "cpu_per_position",
     "fleet_scenario",
     "fleet_table",
     "held",
@@ -202,12 +203,20 @@ def _f(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
+def cpu_per_position(figures: dict[str, Any]) -> float | None:
+    """Relay CPU microseconds per stored position (less noisy than CPU % on a busy machine)."""
+    rate = figures.get("stored_per_s") or 0.0
+    cpu = figures.get("relay_cpu_pct")
+    return None if not rate or cpu is None else cpu / 100 / rate * 1e6
+
+
 def fleet_table(outcome: Outcome) -> Table:
     """Scenario 15's medians, one row per relay."""
     table = Table(title=f"15. {outcome.title} (medians)", title_justify="left")
     for name in (
         "relay", "rounds", "p50 ms", "p99 ms", "max ms", "stored/s", "relay CPU %",
-        "main thread %", "late (deferred)", "unsent", "subs complete", "closed by relay",
+        "main thread %", "CPU µs/position", "late (deferred)", "unsent", "subs complete",
+        "closed by relay",
     ):  # fmt: skip
         table.add_column(name, justify="left" if name == "relay" else "right")
     for label, rows in outcome.medians.items():
@@ -221,6 +230,7 @@ def fleet_table(outcome: Outcome) -> Table:
             _f(m.get("stored_per_s"), 0),
             _f(m.get("relay_cpu_pct"), 0),
             _f(m.get("relay_main_cpu_pct"), 0),
+            _f(cpu_per_position(m), 0),
             f"{m.get('deferred', 0):,}",
             f"{m.get('unsent', 0):,}",
             f"{m['subscribers_complete_min']}/{m['subscribers']}",
