@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -455,3 +456,41 @@ def test_long_polls_and_streams_over_a_mongo_store(
     finally:
         store.close()
         server.drop_database(database)
+
+
+def test_held_requests_hold_no_thread_each(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with running_http(tmp_path / "db") as (relay, listener, http):
+            cursor = (await poll(http, ""))["cursor"]
+            before = threading.active_count()
+            connector = aiohttp.TCPConnector(limit=0)
+            async with aiohttp.ClientSession(listener.url, connector=connector) as many:
+                held = [
+                    asyncio.create_task(poll(many, f"since={cursor}&wait=60")) for _ in range(200)
+                ]
+                streams = [asyncio.create_task(_read_to_end(many)) for _ in range(50)]
+                await asyncio.sleep(1.0)
+                assert not any(task.done() for task in held + streams)
+                assert threading.active_count() <= before + 4  # a worker pool, not one each
+                ws = await publisher(relay)
+                await publish(ws, fix("car-1", 0))
+                answers = await within(asyncio.gather(*held), 10)
+                assert all(len(a["positions"]) == 1 for a in answers)
+                for task in streams:
+                    task.cancel()
+                await ws.close()
+
+    arun(main())
+
+
+def test_a_share_links_stream_ends_when_the_link_expires(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with running_http(tmp_path / "db", tokens=table()) as (_, _, http):
+            now = int(time.time())
+            link = sign_share(SECRET, ["bus-1"], now + 2, now)
+            async with http.get(f"/api/stream?token={link}") as response:
+                assert response.status == 200
+                body = await within(response.read(), 10)
+            assert b"this link expired at" in body
+
+    arun(main())
