@@ -7,6 +7,8 @@
   by the relay's log), positions paced to 2,000/s in all: publish -> subscriber latency
   of the fixes that crossed from one worker to the other (store, commit, wake-up, the
   sibling's follower) next to those delivered by the worker that stored them.
+- **saturation**: scenario 16's paced climb at 1,000 publisher connections (one ladder),
+  for 2 workers, 1 worker and the Node ``ws`` reference.
 - **store ceiling**: SQLite rows/s with the dedupe index, 1, 2 and 4 writer processes on
   one file, commits of 1 and of 100 rows, queued on a shared flock (as the workers are)
   and in SQLite's busy handler: what the workers share, so what bounds them.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import multiprocessing
 import re
@@ -31,9 +34,9 @@ from typing import Any
 
 from rich.table import Table
 
-from benchmarks.fleet_bench import _f
-from benchmarks.relays import GEOTRACK, ROOT, environment
-from benchmarks.runner import PhaseSpec, Workload
+from benchmarks.fleet_bench import P99_LIMIT_MS, _f, held, saturation_point
+from benchmarks.relays import GEOTRACK, NODE_WS, ROOT, RelayKind, SetupError, environment
+from benchmarks.runner import PhaseSpec, Workload, run
 from benchmarks.scenarios import Outcome, Scenario, Settings, Variant, run_scenario
 
 __all__ = ["run_workers", "workers_tables"]
@@ -66,6 +69,7 @@ def run_workers(settings: Settings, log: Callable[[str], None]) -> dict[str, Any
             f"  [17] {r['workers']} worker(s): cross-worker p50/p99 {c['p50']:.2f}/"
             f"{c['p99']:.2f} ms, same worker {same['p50']:.2f}/{same['p99']:.2f} ms"
         )
+    out["saturation"] = _saturation(settings, log)
     seconds = 2.0 if settings.quick else 4.0
     out["ceiling"] = [
         _ceiling(writers, batch, seconds, flock)
@@ -98,6 +102,66 @@ def _throughput(settings: Settings, log: Callable[[str], None]) -> Outcome:
         profile=(),
     )
     return run_scenario(scenario, settings, log)
+
+
+# -- saturation at 1,000 connections ---------------------------------------------------------
+
+
+def _saturation(settings: Settings, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Scenario 16's climb at 1,000 publishers: 2 workers, 1, and Node ws, interleaved.
+
+    One ladder of paced rates per relay and round (scenario 16 climbs two); the point is
+    the highest rate held (p99 <= 100 ms, everything offered sent) with every lower one.
+    """
+    rates = [2000.0, 5000.0, 8000.0] if settings.quick else [2000.0 * k for k in range(1, 9)]
+    phases = tuple(
+        PhaseSpec("rate", rate=r, warmup=settings.warmup, duration=settings.duration) for r in rates
+    )
+    base = Workload(
+        publishers=1000,
+        window=8,
+        subscribers=50,
+        subscriber_procs=2,
+        latency_every=5,
+        phases=phases,
+        connect_concurrency=100,
+        drain=2.0,
+        relay_args=("--max-connections", "20000"),
+    )
+    two = dataclasses.replace(base, relay_args=(*base.relay_args, "--workers", "2"))
+    variants: list[tuple[str, RelayKind, Workload]] = [
+        ("2 workers", GEOTRACK, two),
+        ("1 worker", GEOTRACK, base),
+    ]
+    if settings.references:
+        variants.append(("node-ws", NODE_WS, base))
+    out: list[dict[str, Any]] = []
+    for r in range(max(1, settings.rounds // 2)):
+        for label, kind, workload in variants if r % 2 == 0 else variants[::-1]:
+            try:
+                result = run(kind, workload)
+            except SetupError as exc:
+                log(f"  [17] saturation {label}: skipped: {exc}")
+                continue
+            steps = [
+                {
+                    "rate": p.rate,
+                    "p99": p.latency_ms.get("p99"),
+                    "relay_cpu_pct": p.relay_cpu_pct,
+                    "held": held(result, i),
+                }
+                for i, p in enumerate(result.phases)
+            ]
+            point, every = saturation_point(steps)
+            out.append({"relay": label, "round": r + 1, "saturation": point, "censored": every,
+                        "steps": steps})  # fmt: skip
+            log(
+                f"  [17] saturation at 1,000 publishers, {label}: holds {point:,.0f}/s; "
+                + ", ".join(
+                    f"{s['rate']:,.0f}: p99 {s['p99'] or float('nan'):.0f} ms" for s in steps
+                )
+            )
+    return out
 
 
 # -- cross-worker latency --------------------------------------------------------------------
@@ -327,8 +391,8 @@ def workers_tables(result: dict[str, Any]) -> list[Table]:
         "subscriber on each worker; the same clients on one process), ms",
         title_justify="left",
     )
-    names = ("run", "workers", "cross p50", "cross p99", "cross max", "same p50", "same p99")
-    for name in (*names, "same max", "n"):
+    columns = ("run", "workers", "cross p50", "cross p99", "cross max", "same p50", "same p99")
+    for name in (*columns, "same max", "n"):
         second.add_column(name, justify="right")
     for i, r in enumerate(result["latency"], 1):
         c, same = r["cross"], r["same"]
@@ -348,4 +412,19 @@ def workers_tables(result: dict[str, Any]) -> list[Table]:
             _f(c["rows_per_s"], 0),
             _f(c["commits_per_s"], 0),
         )
-    return [first, second, third]
+    fourth = Table(
+        title=f"17. Saturation at 1,000 publisher connections: highest paced rate with p99 <= "
+        f"{P99_LIMIT_MS:.0f} ms (one ladder per relay and round)",
+        title_justify="left",
+    )
+    for name in ("relay", "round", "holds /s", "steps: rate p99 ms (CPU %)"):
+        fourth.add_column(name, justify="left" if name != "holds /s" else "right")
+    for e in result.get("saturation", []):
+        steps = ", ".join(
+            f"{s['rate']:,.0f}{'' if s['held'] else ' ✗'} {_f(s['p99'], 0)} "
+            f"({s['relay_cpu_pct']:.0f})"
+            for s in e["steps"]
+        )
+        holds = f"{e['saturation']:,.0f}" + ("+" if e["censored"] else "")
+        fourth.add_row(e["relay"], str(e["round"]), holds, steps)
+    return [first, second, third, fourth]
