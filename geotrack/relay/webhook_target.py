@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import random
+import threading
 import time
 from pathlib import Path
 from urllib.parse import quote, urlsplit
@@ -97,6 +98,7 @@ class Webhook:
         self.saved: str | int | None = None
         self._last_log = -float("inf")
         self._unlogged = 0
+        self._saving = threading.Lock()
 
     def load_cursor(self) -> str | int | None:
         """The saved cursor (or store time, Unix ms), None when there is none."""
@@ -124,17 +126,21 @@ class Webhook:
         return cursor
 
     def save_cursor(self) -> None:
-        """Write the cursor (atomically: a new file renamed over the old) if it moved."""
-        cursor = self.cursor
-        if cursor is None or cursor == self.saved:
-            return
-        document = {"webhook": self.display, "store": self._store_url, "cursor": cursor}
-        self.state_file.parent.mkdir(parents=True, exist_ok=True)
-        # Its own temporary name: two relays on one machine may share a state directory.
-        temporary = self.state_file.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(document) + "\n", encoding="utf-8")
-        os.replace(temporary, self.state_file)
-        self.saved = cursor
+        """Write the cursor (atomically: a new file renamed over the old) if it moved.
+
+        Called from worker threads; one save at a time.
+        """
+        with self._saving:
+            cursor = self.cursor
+            if cursor is None or cursor == self.saved:
+                return
+            document = {"webhook": self.display, "store": self._store_url, "cursor": cursor}
+            self.state_file.parent.mkdir(parents=True, exist_ok=True)
+            # Its own temporary name: two relays on one machine may share the directory.
+            temporary = self.state_file.with_suffix(f".{os.getpid()}.tmp")
+            temporary.write_text(json.dumps(document) + "\n", encoding="utf-8")
+            os.replace(temporary, self.state_file)
+            self.saved = cursor
 
     def failure(self, reason: str, interval: float) -> None:
         """Count a failed attempt; log it unless one was logged less than ``interval`` ago."""

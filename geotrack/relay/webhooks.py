@@ -219,7 +219,7 @@ class Webhooks:
                 if hook.cursor != hook.saved and (
                     not window or time.monotonic() - saved_at >= _SAVE_EVERY
                 ):
-                    await self._save(hook, executor)
+                    await self._save(hook)
                     saved_at = time.monotonic()
         finally:
             for task in sending.values():
@@ -227,6 +227,7 @@ class Webhooks:
             if reading is not None:
                 # The feed is closed in the same thread, after this poll has returned.
                 reading.cancel()
+            await asyncio.gather(*sending.values(), return_exceptions=True)
 
     async def _read(
         self, hook: Webhook, reading: asyncio.Future[list[EventChange]]
@@ -242,9 +243,10 @@ class Webhooks:
         await self._deliver(hook, item.event)
         item.delivered = True
 
-    async def _save(self, hook: Webhook, executor: ThreadPoolExecutor) -> None:
+    async def _save(self, hook: Webhook) -> None:
+        # Not in the feed's thread: a poll under way there would hold the save up.
         try:
-            await asyncio.get_running_loop().run_in_executor(executor, hook.save_cursor)
+            await asyncio.get_running_loop().run_in_executor(None, hook.save_cursor)
         except OSError as exc:
             # Delivery goes on; a restart before the next successful save repeats events.
             hook.failure(f"cannot save its cursor to {hook.state_file}: {exc}", self.log_interval)
@@ -267,8 +269,9 @@ class Webhooks:
                     reason = f"HTTP {response.status} {response.reason or ''}".rstrip()
             except TimeoutError:
                 reason = f"no answer within {self.timeout:g} s"
-            except aiohttp.ClientError as exc:
-                # Some errors quote the URL: never with its credentials or query.
+            except Exception as exc:
+                # Whatever fails, the event is retried: aiohttp.ClientError mostly. Some
+                # errors quote the URL: never with its credentials or query.
                 reason = (str(exc) or type(exc).__name__).replace(hook.url, hook.display)
             hook.failure(reason, self.log_interval)
             await asyncio.sleep(backoff(attempt, self.retry_min, self.retry_max))
