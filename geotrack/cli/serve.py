@@ -218,8 +218,8 @@ def serve(
             metavar="URL",
             help="POST every stored fence event to this URL as JSON (repeat for several), "
             "with an Idempotency-Key header naming it; anything but 2xx is retried with "
-            "backoff, in order, and a restart resumes where delivery stopped: at least "
-            "once. Example: --webhook https://hooks.example.org/geotrack. In "
+            "backoff (each device's events in order), and a restart resumes where delivery "
+            "stopped: at least once. Example: --webhook https://hooks.example.org/geotrack. In "
             "GEOTRACK_WEBHOOK (space-separated) a password stays out of the process list. "
             "See docs/fences.md.",
             envvar="GEOTRACK_WEBHOOK",
