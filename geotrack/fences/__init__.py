@@ -11,6 +11,7 @@ from geotrack.fences.index import INSIDE, OUTSIDE, UNSURE, FenceSet
 from geotrack.fences.loading import (
     FENCE_NAME_PATTERN,
     Fence,
+    feature_collection,
     fence_from_feature,
     load_fences,
     parse_fences,
@@ -24,6 +25,7 @@ __all__ = [
     "Fence",
     "FenceEngine",
     "FenceSet",
+    "feature_collection",
     "fence_from_feature",
     "load_fences",
     "parse_fences",

@@ -16,7 +16,6 @@ finds it in the file (docs/fences.md).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import queue
@@ -152,9 +151,6 @@ class Fencing:
         FenceError when the feature is not a fence, or the file does not load now.
         """
         fence = fence_from_feature(feature, f"fence {name!r}", name=name)
-        properties = dict(fence.feature.get("properties") or {})
-        properties["name"] = name
-        fence.feature["properties"] = properties
         async with self._file_lock:
             fences = await asyncio.to_thread(load_fences, self.path)
             new = all(f.name != name for f in fences)
@@ -268,12 +264,16 @@ class Fencing:
 
 def _write(path: Path, fences: Sequence[Fence]) -> None:
     """Write the fences as a FeatureCollection, atomically (a temporary file, renamed)."""
-    document = {"type": "FeatureCollection", "features": [f.feature for f in fences]}
+    # One feature a line: a diff of the file after a REST change shows that feature.
+    document = (
+        '{"type": "FeatureCollection", "features": [\n'
+        + ",\n".join(f.source for f in fences)
+        + "\n]}\n"
+    )
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with temporary.open("w", encoding="utf-8") as out:
-            json.dump(document, out, indent=1, ensure_ascii=False)
-            out.write("\n")
+            out.write(document)
             out.flush()
             os.fsync(out.fileno())
         os.replace(temporary, path)

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
 
 from aiohttp import web
 
 from geotrack.auth import Grant
 from geotrack.errors import FenceError
+from geotrack.fences import feature_collection
 from geotrack.relay.access import Role
 from geotrack.relay.fencing import Fencing
 
@@ -32,12 +32,8 @@ def _answer(status: int, text: str) -> web.Response:
     return web.Response(status=status, text=text.replace("\n", " ").strip() + "\n")
 
 
-def _json(document: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        status=status,
-        body=json.dumps(document, ensure_ascii=False).encode(),
-        content_type="application/geo+json",
-    )
+def _json_text(text: str, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=text.encode(), content_type="application/geo+json")
 
 
 async def fences_list(
@@ -47,7 +43,7 @@ async def fences_list(
     grant(request, "subscribe")
     if fencing is None:
         return _answer(404, _NO_FENCES)
-    return _json({"type": "FeatureCollection", "features": [f.feature for f in fencing.fences]})
+    return _json_text(feature_collection(fencing.fences))
 
 
 async def fence_item(
@@ -64,7 +60,7 @@ async def fence_item(
             return _answer(404, _NO_FENCES)
         for fence in fencing.fences:
             if fence.name == name:
-                return _json(fence.feature)
+                return _json_text(fence.source)
         return _answer(404, f"no fence named {name[:100]!r}")
     _may_change(grant(request, "publish"), grant(request, "subscribe"))
     if fencing is None:
@@ -88,7 +84,7 @@ async def fence_item(
             return _answer(400, str(exc))
         return _answer(409, f"the fences file does not load, fix it first: {exc}")
     current = next(f for f in fencing.fences if f.name == name)
-    return _json(current.feature, 201 if new else 200)
+    return _json_text(current.source, 201 if new else 200)
 
 
 def _may_change(*grants: Grant | None) -> None:
