@@ -42,13 +42,12 @@ def test_fences_are_drawn_and_events_flash(browser: Any, tmp_path: Path) -> None
         assert not page.find("#events-panel").get_attribute("hidden")
         assert page.find_all("#map .leaflet-gtFences-pane path.gt-fence")
 
-        page.js("window.geotrack.map.setView([52.50, 13.40], 14, {animate: false})")
         now = time.time()
         publish(
             relay.ws_url,
             [
-                {"device": "van", "lat": 52.50, "lon": OUT, "ts": now - 2},
-                {"device": "van", "lat": 52.50, "lon": IN, "ts": now - 1},
+                {"device": "van", "lat": 52.498, "lon": OUT, "ts": now - 2},
+                {"device": "van", "lat": 52.498, "lon": IN + 0.002, "ts": now - 1},
             ],
         )
         page.wait(lambda: page.js("return window.geotrack.events().length") == 1, "the event")
@@ -65,6 +64,11 @@ def test_fences_are_drawn_and_events_flash(browser: Any, tmp_path: Path) -> None
         page.wait(lambda: page.js("return window.geotrack.pulsing('van')"), "the marker pulse")
         row = event_rows(page)[0].split()
         assert row[:3] == ["entered", "van", "depot"]
+        # Both fences in view (the map fits itself to the first device's fix).
+        page.js(
+            "window.geotrack.map.fitBounds([[52.494, 13.393], [52.506, 13.478]],"
+            " {animate: false, padding: [30, 30]})"
+        )
         page.driver.save_screenshot(str(screenshot_path(tmp_path, "map-fences.png")))
         # The flash ends by itself.
         page.wait(lambda: fences(page)["depot"]["flashing"] is None, "the flash to end", 6)
