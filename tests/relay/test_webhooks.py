@@ -442,3 +442,28 @@ def test_https_receiver_trusted_through_ssl_cert_file(tmp_path: Path) -> None:
     arun(main(), 60)
     # The event stored while the receiver was not trusted came first, after the restart.
     assert receiver.keys() == [idempotency_key(event(1)), idempotency_key(event(10))]
+
+
+def test_each_webhook_gets_every_event_on_its_own_cursor(tmp_path: Path) -> None:
+    """Two webhooks (the same one given twice counts once): a failing one does not hold
+    up the other, and each has its own cursor file."""
+    good, failing = Receiver(), Receiver(fail_first=10)
+
+    async def main() -> None:
+        with open_store(f"sqlite:///{tmp_path / 'db'}") as store:
+            async with receiving(good) as one, receiving(failing) as two:
+                hooks = Webhooks(store, [one, two, one], tmp_path / "state", retry_min=0.2)
+                hooks.retry_max = 0.2
+                await hooks.start()
+                try:
+                    assert [h.display for h in hooks.hooks] == [one, two]
+                    write(store, event(1), event(2))
+                    await until(lambda: len(good.accepted) == 2)
+                    assert failing.accepted == []  # still retrying its first
+                    await until(lambda: len(failing.accepted) == 2)
+                finally:
+                    await hooks.stop()
+        assert good.keys() == failing.keys() == [idempotency_key(event(i)) for i in (1, 2)]
+        assert len(list((tmp_path / "state").glob("*.json"))) == 2
+
+    arun(main())
