@@ -75,3 +75,35 @@ def test_a_stop_asked_for_while_emitting_ends_right_after_that_change(tmp_path: 
         rest: list[Change] = []
         follow(store, rest.append, since=cursor, running=lambda: len(rest) < 7)
         assert [c.position for c in rest] == [pos(i=i) for i in range(3, 10)]
+
+
+def test_events_resume_command_and_a_stop_mid_batch(tmp_path: Path) -> None:
+    from geotrack.schema import Event, ms_to_ts
+    from geotrack.store import EventChange
+    from geotrack.tail import follow_events, format_event_json, format_event_line
+
+    command = resume_command("sqlite:4", ["van"], store=None, events=True, fences=["north gate"])
+    assert command == "geotrack tail --events --device van --fence 'north gate' --since sqlite:4"
+    events = [
+        Event(
+            "enter" if i % 2 == 0 else "exit",
+            "van",
+            "depot",
+            ms_to_ts(1_700_000_000_000 + i),
+            1.0,
+            2.0,
+        )
+        for i in range(6)
+    ]
+    assert format_event_json(events[0]).startswith('{"type":"enter","device":"van","fence":"depot"')
+    assert format_event_line(events[1]).split()[1:4] == ["van", "exit", "depot"]
+    with open_store(f"sqlite:///{tmp_path / 'store.db'}") as store:
+        store.write_events(events)
+        emitted: list[EventChange] = []
+        cursor = follow_events(
+            store, emitted.append, since="sqlite:0", running=lambda: len(emitted) < 2
+        )
+        assert [c.event for c in emitted] == events[:2] and cursor == "sqlite:2"
+        rest: list[EventChange] = []
+        follow_events(store, rest.append, since=cursor, running=lambda: len(rest) < 4)
+        assert [c.event for c in rest] == events[2:]
