@@ -43,12 +43,13 @@ def prune(
     """Delete stored positions (and geofence events) older than a time, in small batches.
 
     Prints how many positions of each device were deleted (with --dry-run: would be),
-    then a total, with the geofence events. The deletes go in short batches, each committed on its own, so a relay
-    writing to the same store keeps storing and acking meanwhile, and Ctrl-C stops
-    after the current batch, keeping what was deleted. Followers resuming from a cursor
-    (`geotrack tail --since CURSOR`) are not disturbed. A running relay can prune by
-    itself: `geotrack serve --retain 90d`. SQLite reuses the freed space for new
-    positions; the file does not shrink (docs/storage.md, "Retention").
+    then a total, with the geofence events. The deletes go in short batches, each
+    committed on its own, so a relay writing to the same store keeps storing and acking
+    meanwhile, and Ctrl-C stops after the current batch, keeping what was deleted.
+    Followers resuming from a cursor (`geotrack tail --since CURSOR`) are not disturbed.
+    A running relay can prune by itself, gentler on its own writes:
+    `geotrack serve --retain 90d`. SQLite reuses the freed space for new positions; the
+    file does not shrink (docs/storage.md, "Retention").
 
     Examples:
 
