@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from operator import attrgetter
+from typing import Any
 
 import numpy as np
 
@@ -138,7 +139,8 @@ class FenceEngine:
         # Where each fix's pairs begin (they come ordered by fix), and per pair a code of
         # fence and side: a device whose fix has the same codes as its last one, with no
         # dwell under way, cannot change state (the usual case: parked, or far from all).
-        bounds = np.searchsorted(fixes, np.arange(len(batch) + 1)).tolist()
+        edges = np.searchsorted(fixes, np.arange(len(batch) + 1))
+        bounds = edges.tolist()
         codes = (fence_indexes * 2 + (sides == UNSURE)).tolist()
         fence_list = fence_indexes.tolist()
         side_list = sides.tolist()
@@ -146,7 +148,16 @@ class FenceEngine:
         seen = self._seen
         states = self._states
         step = self._step
-        for i, p in enumerate(batch):
+        # Only devices near a fence in this batch, or inside or waiting on one already,
+        # can change state; the fixes of every other device only move its latest ts.
+        near = np.flatnonzero(edges[1:] > edges[:-1]).tolist()
+        devices = {batch[i].device for i in near}
+        devices.update(d for d in states if d not in devices)
+        work = [i for i, p in enumerate(batch) if p.device in devices] if devices else []
+        # Sorted, so each device's newest fix comes last (ts is canonical text by now).
+        newest: dict[str, Any] = {p.device: p.ts for p in batch}
+        for i in work:
+            p = batch[i]
             device = p.device
             ts: str = p.ts  # type: ignore[assignment]  # canonical text once constructed
             if ts <= last.get(device, ""):
@@ -181,6 +192,9 @@ class FenceEngine:
                 seen[device] = signature
             else:
                 seen.pop(device, None)
+        for name, text in newest.items():
+            if text > last.get(name, ""):
+                last[name] = text
 
     def _step(self, p: Position, name: str, inside: bool, events: list[Event]) -> None:
         device = p.device
