@@ -10,7 +10,7 @@
 - **saturation**: scenario 16's paced climb at 1,000 publisher connections (one ladder),
   for 2 workers, 1 worker and the Node ``ws`` reference.
 - **store ceiling**: SQLite rows/s with the dedupe index, 1, 2 and 4 writer processes on
-  one file, commits of 1 and of 100 rows, queued on a shared flock (as the workers are)
+  one file, commits of 1, 100 and 1,000 rows, queued on a shared flock (as the workers are)
   and in SQLite's busy handler: what the workers share, so what bounds them.
 """
 
@@ -73,7 +73,7 @@ def run_workers(settings: Settings, log: Callable[[str], None]) -> dict[str, Any
     seconds = 2.0 if settings.quick else 4.0
     out["ceiling"] = [
         _ceiling(writers, batch, seconds, flock)
-        for batch in (1, 100)
+        for batch in (1, 100, 1000)  # 1000: a group commit at saturation
         for writers in (1, 2, 4)
         for flock in ((False,) if writers == 1 else (True, False))
     ]
