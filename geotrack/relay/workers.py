@@ -385,7 +385,15 @@ def _worker_main(supervisor: Supervisor, index: int, pipe: Connection) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
-        loop.add_reader(alive_r, stop.set)  # readable at EOF: the supervisor is gone
+        orphaned = False
+
+        def supervisor_gone() -> None:  # the pipe reads EOF: stop as on SIGTERM
+            nonlocal orphaned
+            orphaned = True
+            loop.remove_reader(alive_r)
+            stop.set()
+
+        loop.add_reader(alive_r, supervisor_gone)
         store = await loop.run_in_executor(None, supervisor.open_store)
         shared_lock = share_write_lock(store, supervisor._directory / "write.lock")
         tasks: list[asyncio.Task[None]] = []
@@ -407,6 +415,8 @@ def _worker_main(supervisor: Supervisor, index: int, pipe: Connection) -> None:
             store.close()
             if shared_lock is not None:
                 shared_lock.close()
+            if orphaned:  # nobody else removes it; siblings hold what they still use open
+                shutil.rmtree(supervisor._directory, ignore_errors=True)
 
     try:
         with asyncio.Runner(loop_factory=supervisor.loop_factory) as runner:

@@ -373,6 +373,7 @@ def test_workers_stop_cleanly_when_the_supervisor_is_killed(tmp_path: Path) -> N
             time.sleep(0.05)
     with socket.socket() as again:
         again.bind(("127.0.0.1", workers.port))
+    assert not re.search(r"Traceback", workers.log.text)
 
 
 def _running(pid: int) -> bool:
