@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -315,7 +316,17 @@ def serve(
         _serve_workers(store, config, count)
         return
     with errors(), open_db(store) as db, event_loop_runner() as runner:
-        runner.run(serve(db, config))
+        runner.run(serve(db, config, started=_freeze_start_up))
+
+
+def _freeze_start_up(*_: object) -> None:
+    """Once the relay listens: what start-up made (modules, settings, the fences'
+    geometries) lives as long as this process, so move it out of the garbage collector's
+    sight and no full collection walks it again (with 10,000 fences this was a tenth of
+    the relay's CPU per stored position). For a process of its own only: frozen objects
+    that become cyclic garbage later are never collected."""
+    gc.collect()
+    gc.freeze()
 
 
 def _serve_workers(store: str, config: RelayConfig, count: int) -> None:
