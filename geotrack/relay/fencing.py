@@ -39,6 +39,8 @@ log = logging.getLogger("geotrack.relay")
 
 #: Positions taken from the queue for one evaluation at most.
 _MAX_BATCH = 50_000
+#: Attempts to store a turn's events once the relay is stopping.
+_TRIES_AT_SHUTDOWN = 6
 #: Seconds between the starts of two evaluations at least.
 _PACE = 0.1
 #: Seconds between saves of changed states when no event carries them.
@@ -237,18 +239,22 @@ class Fencing:
             self._saved_at = now
 
     def _write(self, events: list[Event], states: list[FenceState]) -> None:
-        """Store events and states, retrying while the store fails (until the relay stops)."""
+        """Store events and states, retrying while the store fails: for as long as it
+        takes while the relay runs, a few times (about 6 s) once it is stopping."""
         if not events and not states:
             return
         pause = 0.1
+        tries_left = _TRIES_AT_SHUTDOWN
         while True:
             try:
                 new = self.store.write_events(events, self._origin, states=states)
             except StoreError as exc:
                 self.failures += 1
                 if self._stopping:
-                    log.error("%d fence events not stored at shutdown: %s", len(events), exc)
-                    return
+                    tries_left -= 1
+                    if not tries_left:
+                        log.error("%d fence events not stored at shutdown: %s", len(events), exc)
+                        return
                 log.error("storing %d fence events failed, retrying: %s", len(events), exc)
                 time.sleep(pause)
                 pause = min(pause * 2, 5.0)
