@@ -408,6 +408,10 @@ def _worker_main(supervisor: Supervisor, index: int, pipe: Connection) -> None:
 
         try:
             await serve(store, supervisor.worker_config(index), stop, started)
+            # Drained: a stop signal arriving late (the supervisor passes SIGTERM on after
+            # Ctrl-C reached the whole process group) must not turn a clean exit into -15.
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_IGN)
         finally:
             for task in tasks:
                 task.cancel()
