@@ -4,7 +4,7 @@
 STRtree), the fences whose bounding box meets each fix's accuracy box; only those are
 then tested exactly. So 10,000 fences cost a fix about what a handful do.
 
-The exact test (:meth:`FenceSet.classify`) is geodesic where it measures: a circle's
+The exact tests (:meth:`FenceSet.sides`) decide as geodesic distances do: a circle's
 radius and a fix's accuracy are metres on the WGS84 ellipsoid (pyproj's Geod). A fix
 whose accuracy circle lies across the edge is UNSURE: it neither enters nor leaves.
 """
@@ -122,16 +122,6 @@ class FenceSet:
             )
         keep = side != OUTSIDE
         return fix[keep], fence[keep], side[keep]
-
-    def classify(self, fence: Fence, lon: float, lat: float, acc: float) -> int:
-        """INSIDE, OUTSIDE, or UNSURE when the accuracy circle (metres) crosses the edge,
-        for one fix and one fence of this set (as :meth:`sides` decides it).
-
-        Without an accuracy (0), a fix on the edge counts as inside.
-        """
-        only = FenceSet([fence])
-        fixes, _, sides = only.sides([lon], [lat], [acc])
-        return int(sides[0]) if len(fixes) else OUTSIDE
 
 
 def _flat_metres(lon1: Any, lat1: Any, lon2: Any, lat2: Any) -> Any:

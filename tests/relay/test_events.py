@@ -317,3 +317,26 @@ def test_a_bad_fences_file_is_one_error_line(tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("Error: ") and "feature 0: properties.name" in lines[0]
+
+
+def test_a_share_link_sees_only_its_devices_events(tmp_path: Path) -> None:
+    tokens = Tokens.from_entries(
+        [{"name": "pub", "token": "publisher-token-0123456789", "role": "publish"}],
+        share={"secret": "a-share-secret-of-at-least-32-characters"},
+    )
+    link = tokens.share(["van"], 3600)
+
+    async def main() -> None:
+        async with fenced_relay(tmp_path / "db", fences_file(tmp_path), tokens=tokens) as relay:
+            with pytest.raises(InvalidStatus) as info:
+                await events_of(relay, f"token={link}&device=bike")
+            assert info.value.response.status_code == 403
+            ws = await events_of(relay, f"token={link}")
+            url = relay.url + "/publish?token=publisher-token-0123456789"
+            async with connect(url, open_timeout=5) as pub:
+                assert (await roundtrip(pub, [at("bike", 0, IN), at("van", 1, IN)]))["stored"] == 2
+            assert brief(await receive(ws, 1)) == [("enter", "van", "depot", 1)]
+            await nothing_more(ws)
+            await ws.close()
+
+    arun(main())
