@@ -27,13 +27,14 @@ from typing import TYPE_CHECKING, Any
 
 from geotrack.errors import FenceError, StoreError
 from geotrack.fences import Fence, FenceEngine, fence_from_feature, load_fences
+from geotrack.relay.metrics import Family
 from geotrack.schema import Event, FenceState, Position
 from geotrack.store import Store
 
 if TYPE_CHECKING:
     from geotrack.relay.server import Relay
 
-__all__ = ["Fencing"]
+__all__ = ["Fencing", "fence_families"]
 
 log = logging.getLogger("geotrack.relay")
 
@@ -266,6 +267,32 @@ class Fencing:
                         "event %s: %s %s at %s", event.type, event.device, event.fence, event.ts
                     )
             return
+
+
+def fence_families(fencing: Fencing) -> list[Family]:
+    """What /metrics shows of the fences: how many, positions evaluated, events."""
+    fences = Family("geotrack_fences", "gauge", "Fences in use (serve --fences).")
+    fences.add(len(fencing.fences))
+    evaluated = Family(
+        "geotrack_fence_positions_total",
+        "counter",
+        "Stored positions (this relay's and its peers') evaluated against the fences.",
+    )
+    evaluated.add(fencing.evaluated)
+    events = Family(
+        "geotrack_fence_events_total",
+        "counter",
+        "Enter/exit events decided here: stored new, or already stored (by another relay).",
+    )
+    events.add(fencing.stored, result="stored")
+    events.add(fencing.decided - fencing.stored, result="duplicate")
+    failures = Family(
+        "geotrack_fence_store_failures_total",
+        "counter",
+        "Failed writes of events and fence states (retried).",
+    )
+    failures.add(fencing.failures)
+    return [fences, evaluated, events, failures]
 
 
 def _write(path: Path, fences: Sequence[Fence]) -> None:

@@ -664,6 +664,10 @@ class HttpListener:
             from geotrack.relay.webhooks import webhook_families
 
             families.extend(webhook_families(self.webhooks))
+        if self.fences is not None:
+            from geotrack.relay.fencing import fence_families
+
+            families.extend(fence_families(self.fences))
         return families
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -96,6 +97,16 @@ def test_list_get_put_delete_and_the_file_follows(tmp_path: Path) -> None:
                     await roundtrip(pub, fix)
                 events = json.loads(await within(ws.recv()))
             assert [(e["type"], e["fence"]) for e in events] == [("enter", "yard")]
+            # /metrics counts the fences and what they decided.
+            for _ in range(50):
+                async with http.get("/metrics") as r:
+                    text = await r.text()
+                if 'geotrack_fence_events_total{result="stored"} 1' in text:
+                    break
+                await asyncio.sleep(0.1)
+            assert "\ngeotrack_fences 1\n" in text
+            assert 'geotrack_fence_events_total{result="stored"} 1\n' in text
+            assert "\ngeotrack_fence_positions_total 1\n" in text
 
     arun(main())
 
