@@ -1,6 +1,7 @@
 """``geotrack serve --workers N``: N relay processes on one port and one store, supervised.
 
-The parent (:class:`Supervisor`) binds nothing it serves from; it reserves the ports
+The parent (:class:`Supervisor`, here; each worker's side is
+:mod:`~geotrack.relay.worker_process`) binds nothing it serves from; it reserves the ports
 (picking them when 0 is asked for), forks the workers, restarts one that dies and, on
 SIGTERM or SIGINT, tells every worker to stop and waits for each to drain. Each worker is
 a whole relay (:func:`geotrack.relay.runner.serve`) that binds the WebSocket port and the
@@ -34,16 +35,15 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from geotrack.errors import GeotrackError, InvalidParameter, RelayError
+from geotrack.errors import InvalidParameter, RelayError
 from geotrack.relay.access import bind_error
 from geotrack.relay.config import RelayConfig
-from geotrack.relay.siblings import Siblings, share_write_lock, write_restarts
+from geotrack.relay.siblings import write_restarts
+from geotrack.relay.worker_process import WorkerSetup, run_worker
 
 if TYPE_CHECKING:
     import asyncio
 
-    from geotrack.relay.http import HttpListener
-    from geotrack.relay.server import Relay
 
 __all__ = ["MAX_WORKERS", "Supervisor", "parse_workers", "usable_cores"]
 
@@ -232,8 +232,8 @@ class Supervisor:
         context = multiprocessing.get_context("fork")
         receive, send = context.Pipe(duplex=False)
         proc = context.Process(
-            target=_worker_main,
-            args=(self, index, send),
+            target=run_worker,
+            args=(self._setup(index), send),
             name=f"geotrack-worker-{index}",
         )
         proc.start()
@@ -336,7 +336,19 @@ class Supervisor:
         log.info("all %d workers stopped%s", self.count, "" if clean else " (not all cleanly)")
         return clean
 
-    # -- in a worker -----------------------------------------------------------------
+    # -- what a worker gets ------------------------------------------------------------
+
+    def _setup(self, index: int) -> WorkerSetup:
+        return WorkerSetup(
+            index,
+            self.count,
+            self.worker_config(index),
+            self.open_store,
+            self.loop_factory,
+            self._directory,
+            *self._alive,
+            tuple(self._inherited),
+        )
 
     def worker_config(self, index: int) -> RelayConfig:
         """Worker ``index``'s settings: the shared ports, its share of the connections."""
@@ -363,97 +375,3 @@ class Supervisor:
             if "webhooks" in names:
                 changes.update(webhooks=(), webhook_state=None)
         return dataclasses.replace(self.config, **changes)
-
-
-def _worker_main(supervisor: Supervisor, index: int, pipe: Connection) -> None:
-    """A worker process: one relay until SIGTERM/SIGINT or the supervisor's end."""
-    import asyncio
-
-    from geotrack.relay.runner import serve
-
-    alive_r, alive_w = supervisor._alive
-    os.close(alive_w)
-    for sock in supervisor._inherited:
-        sock.close()
-    signal.set_wakeup_fd(-1)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_Prefix(f"worker {index}: "))
-    siblings = Siblings(supervisor._directory, index, supervisor.count)
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        orphaned = False
-
-        def supervisor_gone() -> None:  # the pipe reads EOF: stop as on SIGTERM
-            nonlocal orphaned
-            orphaned = True
-            loop.remove_reader(alive_r)
-            stop.set()
-
-        loop.add_reader(alive_r, supervisor_gone)
-        store = await loop.run_in_executor(None, supervisor.open_store)
-        shared_lock = share_write_lock(store, supervisor._directory / "write.lock")
-        tasks: list[asyncio.Task[None]] = []
-
-        def started(relay: Relay, listener: HttpListener | None) -> None:
-            relay.stored_hooks.append(siblings.notify)
-            siblings.listen(loop, relay.wake_follower)
-            if listener is not None:
-                listener.metrics_view = siblings.view
-                tasks.append(loop.create_task(_save_metrics(siblings, listener)))
-            pipe.send(("ready", None))
-
-        try:
-            await serve(store, supervisor.worker_config(index), stop, started)
-            # Drained: a stop signal arriving late (the supervisor passes SIGTERM on after
-            # Ctrl-C reached the whole process group) must not turn a clean exit into -15.
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, signal.SIG_IGN)
-        finally:
-            for task in tasks:
-                task.cancel()
-            siblings.close(loop)
-            store.close()
-            if shared_lock is not None:
-                shared_lock.close()
-            if orphaned:  # nobody else removes it; siblings hold what they still use open
-                shutil.rmtree(supervisor._directory, ignore_errors=True)
-
-    try:
-        with asyncio.Runner(loop_factory=supervisor.loop_factory) as runner:
-            runner.run(main())
-    except GeotrackError as exc:
-        with contextlib.suppress(OSError):
-            pipe.send(("error", str(exc)))
-        log.error("%s", exc)
-        raise SystemExit(1) from None
-    except KeyboardInterrupt:
-        raise SystemExit(1) from None
-
-
-async def _save_metrics(siblings: Siblings, listener: HttpListener) -> None:
-    import asyncio
-
-    while True:
-        try:
-            siblings.save(listener.families())
-        except OSError as exc:
-            log.warning("cannot share this worker's metrics: %s", exc)
-        await asyncio.sleep(1.0)
-
-
-class _Prefix(logging.Filter):
-    """Puts the worker's name in front of every line it logs."""
-
-    def __init__(self, prefix: str) -> None:
-        super().__init__()
-        self.prefix = prefix
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not getattr(record, "_worker_prefixed", False):
-            record.msg = self.prefix + str(record.msg)
-            record._worker_prefixed = True
-        return True
