@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -412,3 +413,42 @@ def test_on_mongodb_every_subscriber_gets_every_position_once(
     with serve_workers(server.url(database), http=False) as workers:
         asyncio.run(asyncio.wait_for(main(workers), 80))
         assert workers.stop() == 0
+
+
+@pytest.mark.timeout(60)
+def test_fences_run_once_on_every_workers_positions(tmp_path: Path) -> None:
+    # The fence engine runs in worker 0 only, fed by its own commits and, through the
+    # change feed, by its sibling's: the fixes worker 1 stored are evaluated too.
+    fences = tmp_path / "fences.geojson"
+    circle = {"name": "depot", "radius": 500}
+    feature = {"type": "Feature", "properties": circle, "geometry": {}}
+    feature["geometry"] = {"type": "Point", "coordinates": [13.4, 52.5]}
+    fences.write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
+    db = tmp_path / "geotrack.db"
+
+    async def main(workers: Workers) -> list[str]:
+        publishers = await on_both(workers, "/publish", "publisher")
+        devices = [f"van-{n}" for n in range(len(publishers))]
+        for ws, device in zip(publishers, devices, strict=True):
+            for i, (lat, lon) in enumerate([(52.5, 13.4), (52.6, 13.6)]):  # in, then out
+                await ws.send(json.dumps(fix(device, i, lat=lat, lon=lon)))
+                assert json.loads(await within(ws.recv()))["stored"] == 1
+        for ws in publishers:
+            await ws.close()
+        return devices
+
+    with serve_workers(db, "--fences", str(fences), http=False) as workers:
+        devices = asyncio.run(asyncio.wait_for(main(workers), 40))
+        deadline = time.monotonic() + 20
+        while len(events := fence_events(db)) < 2 * len(devices):
+            assert time.monotonic() < deadline, events
+            time.sleep(0.1)
+        assert workers.stop() == 0
+    assert sorted(fence_events(db)) == sorted(
+        (d, kind) for d in devices for kind in ("enter", "exit")
+    )
+
+
+def fence_events(db: Path) -> list[tuple[str, str]]:
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as conn:
+        return [(d, t) for d, t in conn.execute("SELECT device, type FROM events")]
