@@ -12,7 +12,10 @@ Variants, interleaved (A B C, C B A, ...), each on a fresh relay and a fresh cop
   job), launched when the load begins (the warm-up absorbs the interpreter's start-up,
   which is not pruning); its wall time gives the prune rate;
 - ``retain``: the relay started with ``--retain 30d``: its first check runs inside the
-  relay's process, from start-up through the measured window.
+  relay's process, from start-up through the measured window;
+- with a baseline revision (the 4th argument, e.g. ``HEAD~1``), ``prune @REV`` too: the
+  separate-process prune beside that revision's relay (:mod:`benchmarks.baseline`), so a
+  change to the relay's write path is compared under the same rounds' noise.
 
 Reported per variant: medians of p50/p99; per round, p99 ÷ the ``no prune`` p99 and the
 median of those ratios; the prune's rows/s; whether it lasted the whole measured window
@@ -36,7 +39,7 @@ from typing import Any
 from rich import box
 from rich.table import Table
 
-from benchmarks.relays import GEOTRACK, ROOT, RelayProcess, environment
+from benchmarks.relays import GEOTRACK, ROOT, RelayKind, RelayProcess, environment
 from benchmarks.runner import PhaseSpec, RunResult, Workload, run
 
 DEVICES = 100
@@ -75,6 +78,7 @@ class _Prune:
     """A ``geotrack prune`` child started under load, and when it ended."""
 
     db: Path = Path()
+    tree: Path = ROOT
     began: float = 0.0
     ended: float = 0.0
     exit: int | None = None
@@ -97,7 +101,11 @@ class _Prune:
         ]  # fmt: skip
         self.began = time.monotonic()
         proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            cmd,
+            cwd=ROOT,
+            env=environment(self.tree),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
 
         def wait() -> None:
@@ -126,8 +134,13 @@ def run_prune(
     warmup: float,
     duration: float,
     log: Callable[[str], None],
+    baseline: RelayKind | None = None,
 ) -> dict[str, Any]:
-    """Fill one store, then run the variants ``rounds`` times, interleaved; the figures."""
+    """Fill one store, then run the variants ``rounds`` times, interleaved; the figures.
+
+    ``baseline``: another revision's relay, for the variant ``prune @REV`` (see above).
+    """
+    variants = VARIANTS if baseline is None else (*VARIANTS, f"prune @{baseline.name}")
     phase = (PhaseSpec("rate", rate=5000, warmup=warmup, duration=duration),)
     load = Workload(publishers=100, window=8, subscribers=10, latency_every=1, phases=phase)
     retain = Workload(
@@ -149,12 +162,13 @@ def run_prune(
 
         for r in range(rounds):
             one = _Round()
-            order = VARIANTS if r % 2 == 0 else VARIANTS[::-1]
+            order = variants if r % 2 == 0 else variants[::-1]
             for variant in order:
                 pruner: _Prune | None = None
-                if variant == "prune":
-                    pruner = _Prune()
-                    result = run(GEOTRACK, load, prepare=pruner.prepare(copy), on_load=pruner.start)
+                if variant.startswith("prune"):
+                    kind = GEOTRACK if variant == "prune" or baseline is None else baseline
+                    pruner = _Prune(tree=kind.tree or ROOT)
+                    result = run(kind, load, prepare=pruner.prepare(copy), on_load=pruner.start)
                     if pruner.thread is not None:
                         pruner.thread.join(600)
                 elif variant == "retain":
@@ -168,12 +182,13 @@ def run_prune(
                 one.notes.extend(f"{variant}: {n}" for n in result.notes)
                 extra = ""
                 if pruner is not None:
-                    one.prune_seconds = pruner.ended - pruner.began
-                    one.covered = pruner.ended >= pruner.began + warmup + duration
+                    seconds = pruner.ended - pruner.began
+                    covered = pruner.ended >= pruner.began + warmup + duration
+                    if variant == "prune":
+                        one.prune_seconds, one.covered = seconds, covered
                     extra = (
-                        f", prune {one.prune_seconds:.1f} s "
-                        f"({rows / one.prune_seconds:,.0f} rows/s"
-                        f"{'' if one.covered else ', ended before the window did'})"
+                        f", prune {seconds:.1f} s ({rows / seconds:,.0f} rows/s"
+                        f"{'' if covered else ', ended before the window did'})"
                     )
                     if pruner.exit != 0:
                         one.notes.append(f"prune exited {pruner.exit}: {pruner.output}")
@@ -184,7 +199,7 @@ def run_prune(
                     f"p99 {one.p99[variant]:.2f} ms{extra}" + _stored(result)
                 )
             results.append(one)
-    return _summary(rows, duration, results)
+    return _summary(rows, duration, results, variants)
 
 
 def _stored(result: RunResult) -> str:
@@ -192,21 +207,25 @@ def _stored(result: RunResult) -> str:
     return "" if phase is None else f", {phase.stored_per_s:,.0f} stored/s"
 
 
-def _summary(rows: int, duration: float, results: list[_Round]) -> dict[str, Any]:
+def _summary(
+    rows: int, duration: float, results: list[_Round], variants: tuple[str, ...] = VARIANTS
+) -> dict[str, Any]:
     medians: dict[str, dict[str, float]] = {}
-    for variant in VARIANTS:
+    for variant in variants:
         medians[variant] = {
             "p50": statistics.median(r.p50[variant] for r in results),
             "p99": statistics.median(r.p99[variant] for r in results),
         }
     ratios = {
         variant: [r.p99[variant] / r.p99["no prune"] for r in results]
-        for variant in ("prune", "retain")
+        for variant in variants
+        if variant != "no prune"
     }
     prune_s = [r.prune_seconds for r in results]
     return {
         "rows": rows,
         "window_s": duration,
+        "variants": list(variants),
         "rounds": [
             {
                 "p50": r.p50,
@@ -239,7 +258,7 @@ def prune_table(summary: dict[str, Any]) -> Table:
     )
     for name in ("variant", "p50 ms", "p99 ms", "p99 ÷ no prune (per round)", "median", "met"):
         table.add_column(name, justify="left" if name == "variant" else "right")
-    for variant in VARIANTS:
+    for variant in summary.get("variants", VARIANTS):
         m = summary["medians"][variant]
         ratios = summary["p99_ratios"].get(variant)
         median = summary["p99_ratio_median"].get(variant)
@@ -268,5 +287,12 @@ if __name__ == "__main__":
     rows = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     window = float(sys.argv[3]) if len(sys.argv) > 3 else 8.0
-    result = run_prune(rows, rounds, 1.0, window, lambda line: print(line, file=sys.stderr))
+    say: Callable[[str], None] = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    if len(sys.argv) > 4:
+        from benchmarks.baseline import Baseline
+
+        with Baseline(sys.argv[4]) as kind:
+            result = run_prune(rows, rounds, 1.0, window, say, kind)
+    else:
+        result = run_prune(rows, rounds, 1.0, window, say)
     Console(width=170).print(prune_table(result))

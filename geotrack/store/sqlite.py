@@ -3,7 +3,8 @@
 Rows carry a ``seq`` (``AUTOINCREMENT``, never reused), which orders the change feed and
 makes its cursor (``sqlite:<seq>``). A unique index on (device, ts) makes writes
 idempotent and serves track queries. Several processes may share one file: WAL lets
-readers run beside the single writer, and ``busy_timeout`` makes writers queue.
+readers run beside the single writer, and ``busy_timeout`` makes writers queue (the
+store's writer tries the lock again every millisecond, see :func:`_begin_immediate`).
 
 URL: ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``; query options
 ``synchronous=full|normal`` (default ``full``: an ack means the fix survives power loss;
@@ -74,6 +75,8 @@ _INSERT: Final = (
 # Large batches are inserted this many rows to a statement: one multi-row INSERT binds
 # and steps in one call, half the cost per row of executemany's statement per row.
 _ROWS_PER_INSERT: Final = 100
+#: How long the store's writer sleeps between tries of a write lock another process holds.
+_LOCK_RETRY_S: Final = 0.001
 
 
 def _insert(rows: int) -> str:
@@ -204,6 +207,11 @@ class SQLiteStore(Store):
             # name now (a deleted store file stays readable through open connections).
             self._identity = _identity(os.stat(self.path))
             self._init_schema()
+            # The writer waits for the lock in _begin_immediate, not in SQLite's handler.
+            self._writer.execute("PRAGMA busy_timeout=0")
+        except sqlite3.Error as exc:
+            self._writer.close()
+            raise StoreError(f"cannot open {self.display_url}: {exc}") from None
         except OSError as exc:
             self._writer.close()
             raise StoreError(f"cannot open {self.display_url}: {exc.strerror or exc}") from None
@@ -323,7 +331,7 @@ class SQLiteStore(Store):
         with self._lock:
             self._check_open()
             try:
-                self._writer.execute("BEGIN IMMEDIATE")
+                _begin_immediate(self._writer, self._busy_timeout_ms)
                 try:
                     before = self._writer.total_changes
                     # The highest seq so far; rows this transaction inserts have larger ones.
@@ -432,16 +440,34 @@ class SQLiteStore(Store):
         origin: str | None = None,
         *,
         states: Sequence[FenceState] = (),
+        cursor: tuple[str, str] | None = None,
     ) -> list[bool]:
-        if not events and not states:
+        if not events and not states and cursor is None:
             return []
 
         def work() -> list[bool]:
             new = insert_events(self._writer, events, origin)
             upsert_states(self._writer, states)
+            if cursor is not None:
+                self._writer.execute(
+                    "INSERT OR REPLACE INTO geotrack_meta VALUES (?, ?)",
+                    (f"cursor:{cursor[0]}", cursor[1]),
+                )
             return new
 
         return self._in_write_transaction(work)
+
+    def saved_cursor(self, name: str) -> str | None:
+        conn = self._reader()
+        try:
+            row = conn.execute(
+                "SELECT value FROM geotrack_meta WHERE key = ?", (f"cursor:{name}",)
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"reading a cursor of {self.display_url} failed: {exc}") from None
+        finally:
+            conn.close()
+        return None if row is None else str(row[0])
 
     def save_fence_states(self, states: Sequence[FenceState]) -> None:
         if states:
@@ -452,7 +478,7 @@ class SQLiteStore(Store):
         with self._lock:
             self._check_open()
             try:
-                self._writer.execute("BEGIN IMMEDIATE")
+                _begin_immediate(self._writer, self._busy_timeout_ms)
                 try:
                     result = work()
                     self._writer.execute("COMMIT")
@@ -599,7 +625,7 @@ class SQLiteStore(Store):
                     f"this store opened"
                 )
             try:
-                self._writer.execute("BEGIN IMMEDIATE")
+                _begin_immediate(self._writer, self._busy_timeout_ms)
                 self._writer.execute("ROLLBACK")
             except sqlite3.Error as exc:
                 raise StoreError(f"{self.display_url} is not usable: {exc}") from None
@@ -609,6 +635,26 @@ class SQLiteStore(Store):
             if not self._closed:
                 self._closed = True
                 self._writer.close()
+
+
+def _begin_immediate(conn: sqlite3.Connection, timeout_ms: int) -> None:
+    """``BEGIN IMMEDIATE``, trying again every millisecond for up to ``timeout_ms``.
+
+    The writer's connection has no busy timeout: SQLite's busy handler sleeps 1, 2, 5,
+    10, 15, 20, 25, 25, 25, 50, 50, 100 ms between tries however soon the lock is free,
+    so a relay's commit that found another process's 2 ms prune batch holding the lock
+    (``geotrack prune`` beside a live relay) waited tens of milliseconds. Tries are a
+    few microseconds each; the last one's "database is locked" is raised at the timeout.
+    """
+    deadline = time.monotonic() + timeout_ms / 1000
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+        time.sleep(_LOCK_RETRY_S)
 
 
 def _insert_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
