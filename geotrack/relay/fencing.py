@@ -1,10 +1,13 @@
 """The relay's geofencing: the fence engine in a worker thread, the fences file, reloads.
 
-:class:`Fencing` takes every position the relay stored (after the commit, and those its
-peers stored, read from the change feed) on a queue; one worker thread runs the
-:class:`~geotrack.fences.FenceEngine` on them, writes the events it decides to the store
-(where ``/events`` subscribers and other relays find them) and saves the engine's
-changed states, so the event loop never evaluates a fence and the acks never wait for it.
+:class:`Fencing` follows the store's change feed (every position stored, by this relay
+or its peers, in store order); one worker thread runs the
+:class:`~geotrack.fences.FenceEngine` on what it reads, writes the events it decides to
+the store (where ``/events`` subscribers and other relays find them) and saves the
+engine's changed states and the feed's cursor with them, in one transaction: so the event
+loop never evaluates a fence, the acks never wait for it, and a relay killed (-9) before
+its worker evaluated what it stored resumes after the restart where the saved states
+left off (docs/fences.md, "Restarts").
 
 The fences file is the one truth: SIGHUP rereads it (a file that does not load is logged
 and the fences in use stay), and the REST API (``PUT``/``DELETE /api/fences/NAME``)
@@ -16,6 +19,7 @@ finds it in the file (docs/fences.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import queue
@@ -25,11 +29,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from geotrack.errors import FenceError, StoreError
+from geotrack.errors import FenceError, GeotrackError, StoreError
 from geotrack.fences import Fence, FenceEngine, fence_from_feature, load_fences
 from geotrack.relay.metrics import Family
 from geotrack.schema import Event, FenceState, Position
-from geotrack.store import Store
+from geotrack.store import ChangeFeed, Store
 
 if TYPE_CHECKING:
     from geotrack.relay.server import Relay
@@ -46,6 +50,8 @@ _TRIES_AT_SHUTDOWN = 6
 _PACE = 0.1
 #: Seconds between saves of changed states when no event carries them.
 _SAVE_EVERY = 1.0
+#: The name the evaluation's change-feed cursor is saved under (Store.saved_cursor).
+CURSOR_NAME = "fences"
 _Command = Callable[[], None]
 
 
@@ -66,11 +72,16 @@ class Fencing:
         self._origin = origin
         self._fences: tuple[Fence, ...] = tuple(fences)
         self._engine = FenceEngine(fences, dwell)
-        self._queue: queue.SimpleQueue[list[Position] | _Command | None] = queue.SimpleQueue()
+        self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
+        self._feed: ChangeFeed | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._saved_at = 0.0
         self._evaluated_at = 0.0
+        self._dirty = False  # states changed since the last save
+        #: The change-feed cursor after the last position evaluated, and the one saved.
+        self._cursor: str | None = None
+        self._saved_cursor: str | None = None
         self._file_lock = asyncio.Lock()
         #: Positions evaluated, events decided, events the store took as new (another
         #: relay may have stored the same first), and failed store writes.
@@ -87,14 +98,13 @@ class Fencing:
     @classmethod
     async def attach(cls, relay: Relay) -> Fencing:
         """Start the fencing of a started relay from its config (``--fences``): every
-        position it stores, and every one its peers store, is evaluated."""
+        position stored (by it or its peers) is evaluated, from the store's change feed."""
         config = relay.config
         if config.fences is None:
             raise FenceError("--fences", "no fences file given")
         fencing = cls(relay.store, config.fences, config.fence_list, config.fence_dwell, relay.id)
         await fencing.start()
         relay.stored_hooks.append(fencing.submit)
-        relay.peer_hooks.append(fencing.submit)
         log.info(
             "fences: %d from %s, dwell %gs; events on %s/events",
             len(fencing.fences),
@@ -110,21 +120,47 @@ class Fencing:
         return self._fences
 
     async def start(self) -> None:
-        """Load the saved states (the state survives a restart), start the worker."""
-        states = await asyncio.to_thread(self.store.fence_states)
-        self._engine.load(states)
+        """Load the saved states and cursor, follow the store from it, start the worker.
+
+        The first start on a store evaluates the positions stored from then on; later
+        ones resume after the last position whose evaluation was saved (with the states),
+        so what a killed relay stored but had not evaluated is evaluated now.
+        """
+        await asyncio.to_thread(self._open)
         self._thread = threading.Thread(target=self._run, name="geotrack-fences", daemon=True)
         self._thread.start()
 
+    def _open(self) -> None:
+        self._engine.load(self.store.fence_states())
+        saved = self._saved_cursor = self.store.saved_cursor(CURSOR_NAME)
+        feed = None
+        if saved is not None:
+            try:
+                feed = self.store.follow(since=saved)
+            except GeotrackError as exc:  # e.g. MongoDB's oplog no longer reaches it
+                log.error("fences: cannot resume the evaluation (%s); evaluating from now", exc)
+        if feed is None:
+            feed = self.store.follow()
+            with contextlib.suppress(StoreError):  # a change stream may not have one yet
+                self._cursor = feed.cursor
+                self.store.write_events([], self._origin, cursor=(CURSOR_NAME, self._cursor))
+                self._saved_cursor = self._cursor
+        self._feed = feed
+
     def submit(self, positions: list[Position]) -> None:
-        """Queue newly stored positions for evaluation (cheap: called on the event loop)."""
-        if positions and not self._stopping:
-            self._queue.put(positions)
+        """Newly stored positions: wake the worker (cheap; a stored hook on the event loop).
+
+        The worker reads every stored position from the change feed, so this only ends
+        its wait early.
+        """
+        wake = getattr(self._feed, "wake", None)
+        if positions and wake is not None:
+            wake()
 
     async def stop(self) -> None:
-        """Evaluate what is queued, then stop the worker."""
+        """Evaluate what is stored (stop the relay first), then stop the worker."""
         self._stopping = True
-        self._queue.put(None)
+        self.submit([])
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
 
@@ -134,7 +170,7 @@ class Fencing:
         """Use these fences from the next evaluation on (in the worker's order)."""
         self._fences = tuple(fences)
         engine = self._engine
-        self._queue.put(lambda: engine.set_fences(fences))
+        self._commands.put(lambda: engine.set_fences(fences))
 
     async def reload(self) -> bool:
         """Reread the fences file (SIGHUP); on an error log it and keep the fences in use."""
@@ -180,75 +216,88 @@ class Fencing:
     # -- the worker thread -------------------------------------------------------------
 
     def _run(self) -> None:
-        while True:
-            try:
-                if not self._step():
-                    return
-            except Exception:  # a bug must not stop the evaluation of what follows
-                log.exception("the fence worker failed on an item; going on")
+        assert self._feed is not None
+        try:
+            while True:
+                try:
+                    if not self._step(self._feed):
+                        return
+                except StoreError as exc:
+                    self.failures += 1
+                    log.error("fences: following the store failed: %s; retrying in 1 s", exc)
+                    time.sleep(1.0)
+                except Exception:  # a bug must not stop the evaluation of what follows
+                    log.exception("the fence worker failed on an item; going on")
+                    time.sleep(0.1)
+        finally:
+            self._feed.close()
 
-    def _step(self) -> bool:
-        """Take the next item (or a run of positions) and handle it; False at the end."""
-        item = self._queue.get()
-        if item is None:
-            self._write([], self._engine.take_changed())  # what waited for the next second
-            return False
-        if callable(item):
-            item()
-            return True
+    def _step(self, feed: ChangeFeed) -> bool:
+        """Apply fence changes, evaluate what the feed has; False once stopped and drained."""
+        stopping = self._stopping
         # Evaluations (and so the event writes, each a transaction and an fsync that the
         # relay's own writer waits behind) come at most every _PACE seconds: under load
         # the batches grow instead. An event reaches /events that much later at most.
         wait = self._evaluated_at + _PACE - time.monotonic()
-        if wait > 0 and not self._stopping:
+        if wait > 0 and not stopping:
             time.sleep(wait)
-        batch = list(item)
-        # Take what else is queued, up to a command: one evaluation, one store write.
-        while len(batch) < _MAX_BATCH:
+        changes = feed.poll(0.0 if stopping else _PACE)
+        while changes and len(changes) < _MAX_BATCH:
+            more = feed.poll(0.0)
+            if not more:
+                break
+            changes.extend(more)
+        # Fence changes made before these positions were stored apply to them (and a
+        # few made while they were read: a change takes effect from about then).
+        while True:
             try:
-                more = self._queue.get_nowait()
+                self._commands.get_nowait()()
             except queue.Empty:
                 break
-            if not isinstance(more, list):
-                self._evaluate(batch)
-                if more is None:
-                    self._write([], self._engine.take_changed())
-                    return False
-                more()
-                batch = []
-                continue
-            batch.extend(more)
-        self._evaluate(batch)
+        if changes:
+            self._evaluate([c.position for c in changes], changes[-1].cursor)
+        if stopping and not changes:
+            self._write([], self._engine.take_changed())  # what waited for the next second
+            return False
+        if self._dirty and time.monotonic() - self._saved_at >= _SAVE_EVERY:
+            self._write([], self._engine.take_changed())
         return True
 
-    def _evaluate(self, positions: list[Position]) -> None:
-        if not positions:
-            return
+    def _evaluate(self, positions: list[Position], cursor: str) -> None:
         self._evaluated_at = time.monotonic()
         try:
             events = self._engine.evaluate(positions)
         except Exception:  # an engine bug must not stop the worker
             log.exception("evaluating %d positions against the fences failed", len(positions))
-            return
+            events = []
+        self._cursor = cursor
+        self._dirty = True
         self.evaluated += len(positions)
         self.decided += len(events)
-        # States go with the events, in their transaction; without events, at most once
-        # a second (a dwell started or cancelled), so the writer is not held up for them.
-        now = time.monotonic()
-        if events or now - self._saved_at >= _SAVE_EVERY or self._stopping:
+        # States and the cursor go with the events, in their transaction; without events,
+        # at most once a second (a dwell started or cancelled, positions far from every
+        # fence), so the writer is not held up for them.
+        if events:
             self._write(events, self._engine.take_changed())
-            self._saved_at = now
 
     def _write(self, events: list[Event], states: list[FenceState]) -> None:
-        """Store events and states, retrying while the store fails: for as long as it
-        takes while the relay runs, a few times (about 6 s) once it is stopping."""
-        if not events and not states:
+        """Store events, states and the cursor, retrying while the store fails: for as
+        long as it takes while the relay runs, a few times (about 6 s) once it is stopping."""
+        cursor = self._cursor if self._cursor != self._saved_cursor else None
+        self._saved_at = time.monotonic()
+        self._dirty = False
+        if not events and not states and cursor is None:
             return
         pause = 0.1
         tries_left = _TRIES_AT_SHUTDOWN
         while True:
             try:
-                new = self.store.write_events(events, self._origin, states=states)
+                new = self.store.write_events(
+                    events,
+                    self._origin,
+                    states=states,
+                    cursor=None if cursor is None else (CURSOR_NAME, cursor),
+                )
             except StoreError as exc:
                 self.failures += 1
                 if self._stopping:
@@ -260,6 +309,8 @@ class Fencing:
                 time.sleep(pause)
                 pause = min(pause * 2, 5.0)
                 continue
+            if cursor is not None:
+                self._saved_cursor = cursor
             self.stored += sum(new)
             for event, fresh in zip(events, new, strict=True):
                 if fresh:

@@ -213,6 +213,7 @@ class Store(ABC):
         origin: str | None = None,
         *,
         states: Sequence[FenceState] = (),
+        cursor: tuple[str, str] | None = None,
     ) -> list[bool]:
         """Store events durably; return, for each, whether it was new.
 
@@ -221,7 +222,16 @@ class Store(ABC):
         not delivered again by :meth:`follow_events`. All-or-nothing like :meth:`write`.
         ``states`` are saved as :meth:`save_fence_states` does, in the same transaction
         where the backend has one (SQLite): the engine's state and its events agree.
+        ``cursor`` is ``(name, change-feed cursor)``: saved under that name with them
+        (:meth:`saved_cursor` reads it back), so the fence engine resumes its evaluation
+        after a crash where its saved states left off. Without a transaction (MongoDB) it
+        is saved last: a crash in between leaves an older cursor, which only replays.
         """
+
+    @abstractmethod
+    def saved_cursor(self, name: str) -> str | None:
+        """The change-feed cursor last saved under ``name`` by :meth:`write_events`; None
+        when there is none."""
 
     @abstractmethod
     def query_events(

@@ -516,6 +516,7 @@ class MongoStore(Store):
         origin: str | None = None,
         *,
         states: Sequence[FenceState] = (),
+        cursor: tuple[str, str] | None = None,
     ) -> list[bool]:
         self._check_open()
         new: list[bool] = []
@@ -527,7 +528,25 @@ class MongoStore(Store):
         # After the events (no transaction across collections): a crash in between
         # leaves the older state, which decides the same events again, stored once.
         self.save_fence_states(states)
+        if cursor is not None:  # last: a crash before it leaves an older cursor (a replay)
+            try:
+                self._cursors().replace_one(
+                    {"_id": cursor[0]}, {"_id": cursor[0], "cursor": cursor[1]}, upsert=True
+                )
+            except PyMongoError as exc:
+                self._raise(exc, "saving a cursor")
         return new
+
+    def _cursors(self) -> MongoCollection[Document]:
+        return self._positions.database.get_collection("geotrack_cursors", codec_options=_CODEC)
+
+    def saved_cursor(self, name: str) -> str | None:
+        self._check_open()
+        try:
+            doc = self._cursors().find_one({"_id": name})
+        except PyMongoError as exc:
+            self._raise(exc, "reading a cursor")
+        return None if doc is None else str(doc["cursor"])
 
     def query_events(
         self,

@@ -45,11 +45,12 @@ class FlakyStore(SQLiteStore):
         origin: str | None = None,
         *,
         states: Sequence[FenceState] = (),
+        cursor: tuple[str, str] | None = None,
     ) -> list[bool]:
         if events and self.failures:
             self.failures -= 1
             raise StoreError("database is locked")
-        return super().write_events(events, origin, states=states)
+        return super().write_events(events, origin, states=states, cursor=cursor)
 
 
 def test_events_are_retried_until_stored_and_states_saved(tmp_path: Path) -> None:
@@ -59,8 +60,8 @@ def test_events_are_retried_until_stored_and_states_saved(tmp_path: Path) -> Non
         with FlakyStore(tmp_path / "db") as store:
             fencing = Fencing.from_file(store, path, 0.0, "relay-test")
             await fencing.start()
-            fencing.submit([at(0, 13.30), at(1, 13.40)])
-            fencing.submit([at(2, 13.41)])
+            store.write([at(0, 13.30), at(1, 13.40)])
+            store.write([at(2, 13.41)])
             await fencing.stop()
             assert fencing.failures == 2
             assert [(e.type, e.ts) for e in store.query_events()] == [
@@ -85,7 +86,7 @@ def test_reload_keeps_the_fences_in_use_when_the_file_is_bad(tmp_path: Path) -> 
             write_fences(path, "depot", "annex")
             assert await fencing.reload()
             assert [f.name for f in fencing.fences] == ["depot", "annex"]
-            fencing.submit([at(0, 13.40)])
+            store.write([at(0, 13.40)])
             await fencing.stop()
             assert sorted(e.fence for e in store.query_events()) == ["annex", "depot"]
 
@@ -99,7 +100,7 @@ def test_a_restart_takes_the_saved_states(tmp_path: Path) -> None:
         with SQLiteStore(tmp_path / "db") as store:
             fencing = Fencing.from_file(store, path, 30.0, "relay-test")
             await fencing.start()
-            fencing.submit(list(fixes))
+            store.write(list(fixes))
             await asyncio.sleep(0)
             await fencing.stop()
             return list(store.query_events())
@@ -111,3 +112,46 @@ def test_a_restart_takes_the_saved_states(tmp_path: Path) -> None:
         ("enter", ms_to_ts(T0 + 30_000)),
         ("exit", ms_to_ts(T0 + 70_000)),
     ]
+
+
+def test_the_first_start_evaluates_from_then_on(tmp_path: Path) -> None:
+    path = write_fences(tmp_path / "fences.geojson", "depot")
+
+    async def main() -> None:
+        with SQLiteStore(tmp_path / "db") as store:
+            store.write([at(0, 13.30), at(1, 13.40)])  # before any fencing: not evaluated
+            fencing = Fencing.from_file(store, path, 0.0, "relay-test")
+            await fencing.start()
+            assert store.saved_cursor("fences") == "sqlite:2"
+            store.write([at(2, 13.30), at(3, 13.40)])
+            await fencing.stop()
+            assert [(e.type, e.ts) for e in store.query_events()] == [
+                ("enter", ms_to_ts(T0 + 3000))
+            ]
+            assert store.saved_cursor("fences") == "sqlite:4"
+
+    arun(main())
+
+
+def test_what_was_stored_while_no_fencing_ran_is_evaluated_at_the_next_start(
+    tmp_path: Path,
+) -> None:
+    """A relay killed before its worker evaluated (or one down while another wrote)."""
+    path = write_fences(tmp_path / "fences.geojson", "depot")
+
+    async def run(*fixes: Position) -> list[tuple[str, str]]:
+        with SQLiteStore(tmp_path / "db") as store:
+            fencing = Fencing.from_file(store, path, 0.0, "relay-test")
+            await fencing.start()
+            store.write(list(fixes))
+            await fencing.stop()
+            return [(e.type, e.ts) for e in store.query_events()]
+
+    assert arun(run(at(0, 13.30))) == []
+    with SQLiteStore(tmp_path / "db") as store:  # stored, never evaluated
+        store.write([at(1, 13.40), at(2, 13.40)])
+    assert arun(run(at(3, 13.30))) == [
+        ("enter", ms_to_ts(T0 + 1000)),
+        ("exit", ms_to_ts(T0 + 3000)),
+    ]
+    assert len(arun(run())) == 2  # nothing evaluated twice

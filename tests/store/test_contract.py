@@ -412,3 +412,23 @@ def test_write_events_saves_states_with_them(store_factory: StoreFactory) -> Non
         state,
     ]
     assert [e.type for e in store.query_events()] == ["enter"]
+
+
+def test_write_events_saves_a_named_cursor_with_them(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    assert store.saved_cursor("fences") is None
+    feed = store.follow()
+    store.write([pos(i=0)])
+    assert feed.poll(5)
+    cursor = feed.cursor
+    feed.close()
+    state = FenceState("van", "depot", True, None, T0)
+    store.write_events([_event("enter", i=1)], "relay-a", states=[state], cursor=("fences", cursor))
+    store.write_events([], cursor=("other", "x"))
+    again = store_factory()
+    assert again.saved_cursor("fences") == cursor
+    assert again.saved_cursor("other") == "x"
+    assert again.fence_states() == [state]
+    store.write([pos(i=1)])
+    with again.follow(since=again.saved_cursor("fences")) as resumed:
+        assert [c.position for c in resumed.poll(5)] == [pos(i=1)]
