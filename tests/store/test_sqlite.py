@@ -115,6 +115,53 @@ def test_ping_fails_while_another_process_holds_the_write_lock(tmp_path: Path) -
         store.ping()
 
 
+def test_a_write_tries_the_lock_again_until_another_process_lets_it_go(tmp_path: Path) -> None:
+    # The writer polls the lock (a try every millisecond) instead of sleeping in SQLite's
+    # busy handler, whose sleeps grow to 100 ms: each try is a "BEGIN IMMEDIATE" traced on
+    # the store's writer connection, where the busy handler's retries would trace once.
+    db = tmp_path / "store.db"
+    with open_store(f"sqlite:///{db}") as store:
+        assert isinstance(store, SQLiteStore)
+        tries: list[str] = []
+        store._writer.set_trace_callback(
+            lambda sql: tries.append(sql) if sql == "BEGIN IMMEDIATE" else None
+        )
+        locker = sqlite3.connect(db, isolation_level=None)
+        try:
+            locker.execute("BEGIN IMMEDIATE")
+            locker.execute("INSERT INTO geotrack_meta VALUES ('locker', 'held')")
+            result: list[list[bool]] = []
+            thread = threading.Thread(target=lambda: result.append(store.write([pos("a", 1)])))
+            thread.start()
+            for _ in range(1000):  # up to ~10 s on a loaded machine
+                if len(tries) >= 5:
+                    break
+                time.sleep(0.01)
+            assert len(tries) >= 5 and thread.is_alive() and not result
+            locker.execute("COMMIT")
+        finally:
+            locker.close()
+        thread.join(10)
+        assert result == [[True]]
+        assert [p.device for p in store.query()] == ["a"]
+
+
+def test_a_write_gives_up_at_the_busy_timeout_and_loses_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "store.db"
+    with open_store(f"sqlite:///{db}?busy_timeout=50") as store:
+        store.write([pos("a", 1)])
+        locker = sqlite3.connect(db, isolation_level=None)
+        try:
+            locker.execute("BEGIN IMMEDIATE")
+            with pytest.raises(StoreError, match=r"write to .* failed: database is locked"):
+                store.write([pos("a", 2)])
+            locker.execute("ROLLBACK")
+        finally:
+            locker.close()
+        assert store.write([pos("a", 2), pos("a", 3)]) == [True, True]
+        assert [p.ts_ms for p in store.query()] == [pos("a", i).ts_ms for i in (1, 2, 3)]
+
+
 # -- the feed passes over the left-out origin's own commits ---------------------------
 
 
