@@ -340,3 +340,55 @@ def test_a_share_link_sees_only_its_devices_events(tmp_path: Path) -> None:
             await ws.close()
 
     arun(main())
+
+
+def test_a_relay_killed_before_evaluating_evaluates_after_the_restart(tmp_path: Path) -> None:
+    """kill -9 right after the ack of the fix that crosses: the event comes after the restart.
+
+    The fence worker evaluates at most every 0.1 s, so a fix acked while it waits out that
+    pace (fixes far from the fence keep it busy just before) is stored, not evaluated,
+    when the relay dies. Each attempt checks that it caught that moment (no event stored
+    at the kill); one that did not is retried with another device.
+    """
+    from tests.relay_helpers import relay_process
+
+    fences = fences_file(tmp_path)
+    url = f"sqlite:///{tmp_path / 'db'}"
+
+    async def cross(port: int, device: str) -> None:
+        async with connect(f"ws://127.0.0.1:{port}/publish", open_timeout=5) as pub:
+            for s in range(30):  # outside: evaluations every 0.1 s, no event
+                await roundtrip(pub, [at(device, s, OUT)])
+                await asyncio.sleep(0.01)
+            await roundtrip(pub, [at(device, 30, IN)])
+
+    def stored_events(device: str) -> list[str]:
+        with open_store(url) as store:
+            return [e.type for e in store.query_events(devices=[device])]
+
+    caught = None
+    for attempt in range(5):
+        device = f"van-{attempt}"
+        port = free_port()
+        with relay_process(url, port, "--fences", str(fences)) as proc:
+            arun(cross(port, device))
+            proc.kill()  # SIGKILL: nothing is flushed
+            proc.wait(timeout=10)
+        if stored_events(device) == []:
+            caught = device
+            break
+    assert caught is not None, "the worker evaluated before every kill; nothing was tested"
+
+    async def after_restart(port: int) -> list[dict[str, Any]]:
+        ws = await connect(f"ws://127.0.0.1:{port}/events?device={caught}&since=1h")
+        got = await receive(ws, 1)
+        await nothing_more(ws)
+        await ws.close()
+        return got
+
+    port = free_port()
+    with relay_process(url, port, "--fences", str(fences)) as proc:
+        assert brief(arun(after_restart(port))) == [("enter", caught, "depot", 30)]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    assert stored_events(caught) == ["enter"]
