@@ -93,6 +93,7 @@ def run_worker(setup: WorkerSetup, pipe: Connection) -> None:
         tasks: list[asyncio.Task[None]] = []
 
         def started(relay: Relay, listener: HttpListener | None) -> None:
+            _forward_siblings_to_mqtt(relay)
             relay.stored_hooks.append(siblings.notify)
             siblings.listen(loop, relay.wake_follower)
             if listener is not None:
@@ -126,6 +127,20 @@ def run_worker(setup: WorkerSetup, pipe: Connection) -> None:
         raise SystemExit(1) from None
     except KeyboardInterrupt:
         raise SystemExit(1) from None
+
+
+def _forward_siblings_to_mqtt(relay: Relay) -> None:
+    """``--mqtt-publish`` in worker 0: forward what the siblings stored too, not only its own.
+
+    A bridge forwards what its relay stored; the workers are one relay, so worker 0's
+    bridges (the only ones) also take what its follower reads: the siblings' positions
+    (and, with other relays on the store, theirs: docs/operations.md, "Workers").
+    """
+    from geotrack.relay.mqtt import MqttBridge
+
+    for hook in list(relay.stored_hooks):
+        if isinstance(getattr(hook, "__self__", None), MqttBridge):
+            relay.peer_hooks.append(hook)
 
 
 async def _save_metrics(siblings: Siblings, listener: HttpListener) -> None:

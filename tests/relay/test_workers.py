@@ -36,6 +36,7 @@ from geotrack.relay.workers import Supervisor, parse_workers, usable_cores
 from geotrack.schema import ms_to_ts
 from tests.factories import PUB, SUB, T0, stored, token_file
 from tests.mongo_servers import fresh_database, nx27017_server
+from tests.mqtt_broker import needs_mosquitto, running_broker, subscription
 from tests.relay_helpers import Lines, collect, fix, within
 from tests.test_faults import (
     CLIENT_SUBSCRIBER,
@@ -452,3 +453,38 @@ def test_fences_run_once_on_every_workers_positions(tmp_path: Path) -> None:
 def fence_events(db: Path) -> list[tuple[str, str]]:
     with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as conn:
         return [(d, t) for d, t in conn.execute("SELECT device, type FROM events")]
+
+
+@needs_mosquitto
+@pytest.mark.timeout(60)
+def test_mqtt_publish_forwards_what_either_worker_stored_once(tmp_path: Path) -> None:
+    # One broker session (worker 0's) forwards its own positions and its sibling's.
+    with running_broker(tmp_path / "broker") as broker:
+        extra = ("--mqtt", broker.url(), "--mqtt-publish", "geotrack/{device}")
+        with serve_workers(tmp_path / "geotrack.db", *extra, http=False) as workers:
+
+            async def main() -> list[str]:
+                publishers = await on_both(workers, "/publish", "publisher")
+                devices = [f"car-{n}" for n in range(len(publishers))]
+                for ws, device in zip(publishers, devices, strict=True):
+                    await publish_all(ws, device, range(3))
+                for ws in publishers:
+                    await ws.close()
+                return devices
+
+            count = 0
+            with subscription(broker, "geotrack/#", 100) as seen:
+                devices = asyncio.run(asyncio.wait_for(main(), 40))
+                count = 3 * len(devices)
+                got = seen.wait(lambda ls: len(forwarded(ls)) >= count, 20)
+                time.sleep(1)  # a position forwarded twice would arrive now
+                got = seen.wait(lambda ls: True)
+            assert workers.stop() == 0
+    topics = sorted(topic for topic, _ in forwarded(got))
+    assert topics == sorted(f"geotrack/{d}" for d in devices for _ in range(3))
+
+
+def forwarded(lines: list[str]) -> list[tuple[str, str]]:
+    """(topic, payload) of the geotrack/ messages ``mosquitto_sub -v`` printed."""
+    pairs = (line.partition(" ") for line in lines)
+    return [(topic, payload) for topic, _, payload in pairs if topic.startswith("geotrack/")]
