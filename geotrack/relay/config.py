@@ -118,6 +118,9 @@ class RelayConfig:
     fence_dwell: float = 0.0
     #: ``fences``, read (filled in from it).
     fence_list: tuple[Fence, ...] = ()
+    #: False: the fences are served and changed through REST but evaluated elsewhere
+    #: (``serve --workers``: by worker 0 only, docs/fences.md).
+    fence_evaluation: bool = True
     #: Bind with SO_REUSEPORT, sharing the ports with sibling processes (set for each
     #: worker of ``serve --workers``, geotrack/relay/workers.py).
     reuse_port: bool = False

@@ -65,11 +65,19 @@ class Fencing:
         fences: Sequence[Fence],
         dwell: float,
         origin: str,
+        *,
+        evaluate: bool = True,
     ) -> None:
         self.store = store
         self.path = path
         self.dwell = dwell
         self._origin = origin
+        #: False: the fences are only served and changed (REST, SIGHUP), never evaluated
+        #: (``serve --workers``: the workers other than 0).
+        self.evaluate = evaluate
+        #: Called on the event loop after a REST change was written to the file
+        #: (``serve --workers``: have every worker reload it).
+        self.changed_hooks: list[Callable[[], None]] = []
         self._fences: tuple[Fence, ...] = tuple(fences)
         self._engine = FenceEngine(fences, dwell)
         self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
@@ -102,7 +110,18 @@ class Fencing:
         config = relay.config
         if config.fences is None:
             raise FenceError("--fences", "no fences file given")
-        fencing = cls(relay.store, config.fences, config.fence_list, config.fence_dwell, relay.id)
+        evaluate = config.fence_evaluation
+        fencing = cls(
+            relay.store,
+            config.fences,
+            config.fence_list,
+            config.fence_dwell,
+            relay.id,
+            evaluate=evaluate,
+        )
+        if not evaluate:
+            log.info("fences: %d from %s (worker 0 evaluates)", len(fencing.fences), config.fences)
+            return fencing
         await fencing.start()
         relay.stored_hooks.append(fencing.submit)
         log.info(
@@ -170,7 +189,8 @@ class Fencing:
         """Use these fences from the next evaluation on (in the worker's order)."""
         self._fences = tuple(fences)
         engine = self._engine
-        self._commands.put(lambda: engine.set_fences(fences))
+        if self.evaluate:
+            self._commands.put(lambda: engine.set_fences(fences))
 
     async def reload(self) -> bool:
         """Reread the fences file (SIGHUP); on an error log it and keep the fences in use."""
@@ -199,6 +219,7 @@ class Fencing:
             await asyncio.to_thread(_write, self.path, fences)
             self._apply(fences)
         log.info("fence %r %s through the REST API", name, "added" if new else "replaced")
+        self._changed()
         return new
 
     async def delete(self, name: str) -> bool:
@@ -211,7 +232,12 @@ class Fencing:
             await asyncio.to_thread(_write, self.path, kept)
             self._apply(kept)
         log.info("fence %r deleted through the REST API", name)
+        self._changed()
         return True
+
+    def _changed(self) -> None:
+        for hook in self.changed_hooks:
+            hook()
 
     # -- the worker thread -------------------------------------------------------------
 

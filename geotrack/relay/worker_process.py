@@ -72,6 +72,8 @@ def run_worker(setup: WorkerSetup, pipe: Connection) -> None:
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # not the supervisor's; serve() handles it
+    supervisor = os.getppid()
     for handler in logging.getLogger().handlers:
         handler.addFilter(_Prefix(f"worker {setup.index}: "))
     siblings = Siblings(setup.directory, setup.index, setup.count)
@@ -95,6 +97,9 @@ def run_worker(setup: WorkerSetup, pipe: Connection) -> None:
         def started(relay: Relay, listener: HttpListener | None) -> None:
             _forward_siblings_to_mqtt(relay)
             relay.stored_hooks.append(siblings.notify)
+            if listener is not None and listener.fences is not None:
+                # A REST change of the fences file: the supervisor has every worker reload it.
+                listener.fences.changed_hooks.append(lambda: _reload_all(supervisor))
             siblings.listen(loop, relay.wake_follower)
             if listener is not None:
                 listener.metrics_view = siblings.view
@@ -105,7 +110,7 @@ def run_worker(setup: WorkerSetup, pipe: Connection) -> None:
             await serve(store, setup.config, stop, started)
             # Drained: a stop signal arriving late (the supervisor passes SIGTERM on after
             # Ctrl-C reached the whole process group) must not turn a clean exit into -15.
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_IGN)
         finally:
             for task in tasks:
@@ -141,6 +146,13 @@ def _forward_siblings_to_mqtt(relay: Relay) -> None:
     for hook in list(relay.stored_hooks):
         if isinstance(getattr(hook, "__self__", None), MqttBridge):
             relay.peer_hooks.append(hook)
+
+
+def _reload_all(supervisor: int) -> None:
+    """Send the supervisor SIGHUP, which it passes to every worker (while it is ours)."""
+    if os.getppid() == supervisor:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(supervisor, signal.SIGHUP)
 
 
 async def _save_metrics(siblings: Siblings, listener: HttpListener) -> None:

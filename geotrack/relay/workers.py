@@ -144,6 +144,7 @@ class Supervisor:
             old_fd = signal.set_wakeup_fd(wake_w.fileno())
             for sig in previous:
                 signal.signal(sig, self._on_signal)
+            previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._pass_sighup)
             for index in range(self.count):
                 self._start(index)
             for index in range(self.count):
@@ -257,6 +258,15 @@ class Supervisor:
     def _on_signal(self, signum: int, frame: object) -> None:
         self._stopping = True
 
+    def _pass_sighup(self, signum: int, frame: object) -> None:
+        """SIGHUP: every worker rereads the fences file (with --fences; else ignored)."""
+        if self.config.fences is None:
+            return
+        for proc in list(self._procs.values()):
+            if proc.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGHUP)
+
     def _supervise(self, wake: socket.socket) -> None:
         """Restart workers that die, until a signal says stop."""
         restart_at: dict[int, float] = {}
@@ -367,9 +377,7 @@ class Supervisor:
                 mqtt_publish=None,
                 mqtt_tls=None,
                 retain=None,
-                fences=None,
-                fence_dwell=0.0,
-                fence_list=(),
+                fence_evaluation=False,  # REST and SIGHUP still work on every worker
             )
             names = {f.name for f in dataclasses.fields(self.config)}
             if "webhooks" in names:
