@@ -67,7 +67,10 @@ def test_each_endpoint_accepts_its_parameters_only() -> None:
         check_parameters("/subscribe", ["device", "colour"])
     with pytest.raises(InvalidParameter, match=r"^device: .*accepted by /publish: token\)"):
         check_parameters("/publish", ["device"])
-    assert set(PARAMETERS) == {"/publish", "/subscribe"}
+    check_parameters("/events", ["device", "fence", "since", "token"])
+    with pytest.raises(InvalidParameter, match=r"^bbox: unknown parameter"):
+        check_parameters("/events", ["bbox"])
+    assert set(PARAMETERS) == {"/publish", "/subscribe", "/events"}
 
 
 def test_bind_errors_are_one_line_naming_the_address() -> None:
