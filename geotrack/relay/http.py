@@ -16,6 +16,8 @@ docs/http.md:
     GET  /api/devices       every device with its last fix
     GET  /api/positions/poll  long polling; GET /api/stream  Server-Sent Events
                             (:mod:`geotrack.relay.http_feeds`)
+    GET  /api/trips, /api/stops   trips and stops (:mod:`geotrack.relay.http_trips`)
+    GET|PUT|DELETE /api/fences[/NAME]  the geofences (:mod:`geotrack.relay.http_fences`)
     GET  /healthz           200 when the store answers, else 503
     GET  /metrics           Prometheus text format 0.0.4
 
@@ -277,7 +279,8 @@ class HttpListener:
             response = _text(
                 404,
                 f"no such endpoint {request.path[:100]!r}: see docs/http.md "
-                "(/, /owntracks, /overland, /api/positions, /api/devices, /healthz, /metrics)",
+                "(/, /owntracks, /overland, /api/positions, /api/positions/poll, /api/stream, "
+                "/api/devices, /api/trips, /api/stops, /api/fences, /healthz, /metrics)",
             )
         except web.HTTPException as exc:
             self.requests[(name, request.method, exc.status)] += 1

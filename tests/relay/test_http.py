@@ -643,3 +643,25 @@ def test_serve_with_http_port(tmp_path: Path) -> None:
     assert f"HTTP on http://127.0.0.1:{http_port}" in log
     assert "stopped: 1 stored" in log
     assert [p.device for p in stored(tmp_path / "geotrack.db")] == ["123456789012345"]
+
+
+def test_an_unknown_path_gets_404_naming_every_endpoint(tmp_path: Path) -> None:
+    # The 404's list of endpoints is hand-written: hold it to the routes the listener has.
+    async def main() -> None:
+        async with running_http(tmp_path / "db") as (_, listener, http):
+            async with http.get("/nowhere") as r:
+                assert r.status == 404
+                text = await r.text()
+            assert listener._runner is not None
+            app = listener._runner.app
+            assert isinstance(app, aiohttp.web.Application)
+            paths = {
+                resource.canonical.split("/{")[0]
+                for resource in app.router.resources()
+                if not resource.canonical.startswith(("/static", "/map"))
+            }
+            assert paths >= {"/api/trips", "/api/fences", "/api/stream"}
+            for path in paths:
+                assert path in text, path
+
+    arun(main())
