@@ -624,6 +624,13 @@ class HttpListener:
         )
         connections.add(relay.publishers, role="publisher")
         connections.add(relay.subscribers, role="subscriber")
+        watchers = Family(
+            "geotrack_http_watchers",
+            "gauge",
+            "Long polls held and Server-Sent Event streams open now (GET /api/positions/poll, "
+            "/api/stream).",
+        )
+        watchers.add(self.feeds.watching)
         latency = Family(
             "geotrack_ack_latency_seconds",
             "histogram",
@@ -657,7 +664,8 @@ class HttpListener:
         )
         for (route, method, status), count in sorted(self.requests.items()):
             requests.add(count, route=route, method=method, code=str(status))
-        families = [positions, connections, latency, drops, delivered, peers, frame_errors]
+        families = [positions, connections, watchers, latency, drops, delivered, peers]
+        families.append(frame_errors)
         families.append(requests)
         if self.mqtt:
             from geotrack.relay.mqtt import mqtt_families

@@ -395,6 +395,29 @@ def test_feeds_count_as_subscribe_reads_in_metrics(tmp_path: Path) -> None:
     arun(main())
 
 
+def test_metrics_count_the_requests_held_now(tmp_path: Path) -> None:
+    async def watchers(http: aiohttp.ClientSession) -> str:
+        async with http.get("/metrics") as response:
+            text = await response.text()
+        return next(line for line in text.splitlines() if line.startswith("geotrack_http_watchers"))
+
+    async def main() -> None:
+        async with running_http(tmp_path / "db") as (_, _, http):
+            cursor = (await poll(http, ""))["cursor"]
+            assert await watchers(http) == "geotrack_http_watchers 0"
+            held = asyncio.ensure_future(poll(http, f"since={cursor}&wait=10"))
+            async with stream(http, ""):
+                deadline = time.monotonic() + 5
+                while (line := await watchers(http)) != "geotrack_http_watchers 2":
+                    assert time.monotonic() < deadline, line
+                    await asyncio.sleep(0.02)
+            held.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await held
+
+    arun(main())
+
+
 def test_the_tail_follows_the_store_only_while_watched(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
