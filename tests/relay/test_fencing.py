@@ -11,6 +11,7 @@ from geotrack.errors import StoreError
 from geotrack.relay.fencing import Fencing
 from geotrack.schema import Event, FenceState, Position, ms_to_ts
 from geotrack.store.sqlite import SQLiteStore
+from tests.conftest import StoreFactory
 from tests.factories import T0
 from tests.relay_helpers import arun
 
@@ -155,3 +156,28 @@ def test_what_was_stored_while_no_fencing_ran_is_evaluated_at_the_next_start(
         ("exit", ms_to_ts(T0 + 3000)),
     ]
     assert len(arun(run())) == 2  # nothing evaluated twice
+
+
+def test_resuming_after_a_stop_without_evaluation_on_every_backend(
+    tmp_path: Path, store_factory: StoreFactory
+) -> None:
+    """The saved cursor resumes the evaluation on each backend (a kill -9 leaves the same)."""
+    path = write_fences(tmp_path / "fences.geojson", "depot")
+
+    async def main() -> None:
+        store = store_factory()
+        fencing = Fencing.from_file(store, path, 0.0, "relay-a")
+        await fencing.start()
+        store.write([at(0, 13.30)])
+        await fencing.stop()
+        store.write([at(1, 13.40)])  # while no fencing runs
+        again = Fencing.from_file(store, path, 0.0, "relay-b")
+        await again.start()
+        store.write([at(2, 13.30)])
+        await again.stop()
+        assert [(e.type, e.ts) for e in store.query_events()] == [
+            ("enter", ms_to_ts(T0 + 1000)),
+            ("exit", ms_to_ts(T0 + 2000)),
+        ]
+
+    arun(main())
