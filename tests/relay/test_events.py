@@ -274,6 +274,8 @@ def test_sighup_reloads_the_fences_file(tmp_path: Path) -> None:
         lines = Lines(proc.stdout)
         wait_listening(port, proc)
         lines.wait(lambda ls: any("fences: 2 from" in line for line in ls))
+        # Logged once SIGHUP is handled (before, SIGHUP would end the process).
+        lines.wait(lambda ls: any("geotrack relay listening on" in line for line in ls))
         fences.write_text("{ broken")
         proc.send_signal(signal.SIGHUP)
         got = lines.wait(lambda ls: any("fences not reloaded" in line for line in ls))
