@@ -17,6 +17,10 @@ Variants, interleaved (A B C, C B A, ...), each on a fresh relay and a fresh cop
   separate-process prune beside that revision's relay (:mod:`benchmarks.baseline`), so a
   change to the relay's write path is compared under the same rounds' noise.
 
+``python -m benchmarks.prune_bench store [ROUNDS]`` is the same question one level down
+(:func:`run_store_level`): no relay, no network, a writer at 5,000 positions/s straight
+through the store beside the prune process, its lock waits timed.
+
 Reported per variant: medians of p50/p99; per round, p99 ÷ the ``no prune`` p99 and the
 median of those ratios; the prune's rows/s; whether it lasted the whole measured window
 (if it finished early, part of the window measured no prune at all).
@@ -248,6 +252,83 @@ def _summary(
     }
 
 
+STORE_MODES = ("no prune", "1 ms retry", "busy handler")
+
+
+def run_store_level(rows: int, rounds: int, seconds: float, log: Callable[[str], None]) -> None:
+    """A writer's commit times beside a separate ``geotrack prune``, by how it waits.
+
+    One process writes 50 positions every 10 ms (5,000/s) through a SQLiteStore on a copy
+    of a ``rows`` store while ``geotrack prune --before 30d`` runs in another; ``1 ms
+    retry`` is the store as it is, ``busy handler`` gives its writer connection SQLite's
+    busy handler back (a 10 s busy timeout: its waits are then SQLite's), ``no prune`` is
+    the writer alone. Each BEGIN's wait is timed by wrapping the store's private
+    ``_begin_immediate`` (a benchmark's liberty). Logs write() p50/p99 and the waits.
+    """
+    import geotrack.store.sqlite as sqlite_module
+    from geotrack.schema import Position
+    from geotrack.store import open_store
+
+    begin = sqlite_module._begin_immediate
+    waits: list[float] = []
+
+    def timed(conn: Any, timeout_ms: int) -> None:
+        began = time.monotonic()
+        begin(conn, timeout_ms)
+        waits.append((time.monotonic() - began) * 1000)
+
+    sqlite_module._begin_immediate = timed  # type: ignore[assignment]
+    p99s: dict[str, list[float]] = {mode: [] for mode in STORE_MODES}
+    with tempfile.TemporaryDirectory(prefix="geotrack-bench-prune-store-") as tmp:
+        template = Path(tmp) / "template.db"
+        fill(template, rows)
+        for r in range(rounds):
+            for mode in STORE_MODES if r % 2 == 0 else STORE_MODES[::-1]:
+                db = Path(tmp) / f"{r}-{mode.replace(' ', '-')}.db"
+                shutil.copyfile(template, db)
+                store = open_store(f"sqlite:///{db}")
+                if mode == "busy handler":
+                    store._writer.execute("PRAGMA busy_timeout=10000")  # type: ignore[attr-defined]
+                pruner = None
+                if mode != "no prune":
+                    cmd = [sys.executable, "-m", "geotrack", "prune", "--before", "30d",
+                           "--store", f"sqlite:///{db}", "-q"]  # fmt: skip
+                    pruner = subprocess.Popen(cmd, cwd=ROOT, env=environment())
+                times: list[float] = []
+                start = next_at = time.monotonic()
+                n = 0
+                while time.monotonic() - start < seconds + 1.5:
+                    n += 1
+                    batch = [
+                        Position(device=f"d{i}", lat=52.0, lon=13.0, ts=time.time() + n * 1e-3)
+                        for i in range(50)
+                    ]
+                    if n == 150:  # 1.5 s: the prune's interpreter has started
+                        waits.clear()
+                    began = time.monotonic()
+                    store.write(batch)
+                    if n > 150:
+                        times.append((time.monotonic() - began) * 1000)
+                    next_at += 0.01
+                    time.sleep(max(0.0, next_at - time.monotonic()))
+                if pruner is not None:
+                    pruner.kill()
+                    pruner.wait()
+                store.close()
+                q = statistics.quantiles(times, n=100)
+                p99s[mode].append(q[98])
+                hit = [w for w in waits if w > 0.3]
+                log(
+                    f"  [14 store] round {r + 1}/{rounds} {mode}: write p50 {q[49]:.2f} ms, "
+                    f"p99 {q[98]:.2f} ms; lock waits > 0.3 ms: {len(hit)} of {len(waits)}, "
+                    f"mean {statistics.mean(hit) if hit else 0:.2f} ms, "
+                    f"max {max(hit, default=0):.1f} ms"
+                )
+    sqlite_module._begin_immediate = begin
+    for mode in STORE_MODES:
+        log(f"  [14 store] {mode}: median write p99 {statistics.median(p99s[mode]):.2f} ms")
+
+
 def prune_table(summary: dict[str, Any]) -> Table:
     """Medians per variant, the p99 ratios per round, the prune rate and the target."""
     table = Table(
@@ -284,6 +365,10 @@ def prune_table(summary: dict[str, Any]) -> Table:
 if __name__ == "__main__":
     from rich.console import Console
 
+    if sys.argv[1:2] == ["store"]:
+        count = int(sys.argv[2]) if len(sys.argv) > 2 else 4
+        run_store_level(1_000_000, count, 8.0, lambda line: print(line, file=sys.stderr))
+        sys.exit(0)
     rows = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     window = float(sys.argv[3]) if len(sys.argv) > 3 else 8.0
