@@ -570,9 +570,9 @@ class SQLiteStore(Store):
     #: ...and the next one waits this many times as long as the last one held it, so
     #: that a prune takes at most 1/(1 + prune_pause) of the lock's time, and about as
     #: little of the CPU (on a small machine the relay's latency suffers from the CPU a
-    #: prune takes more than from the lock). Writers of another process wait in SQLite's
-    #: busy handler, which sleeps 1, 2, 5, 10, 15, 20, 25 ms between tries: the longer
-    #: the pauses, the likelier each try finds the lock free.
+    #: prune takes more than from the lock). A geotrack writer of another process tries
+    #: the lock every millisecond (_begin_immediate); other writers wait in SQLite's busy
+    #: handler (1, 2, 5, 10… ms between tries), which the long pauses let in too.
     prune_pause: float = 9.0
 
     def prune(

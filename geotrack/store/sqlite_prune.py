@@ -3,9 +3,11 @@
 A ``DELETE … WHERE ts < ?`` of a million rows would hold the write lock for seconds, and
 every relay writing to the file would stop acking meanwhile. A prune here is many short
 ``BEGIN IMMEDIATE … COMMIT`` transactions on a connection of its own, which checkpoints
-the WAL after each batch, outside the store's lock (see ``_Batches``). A writer of
-another process that finds a batch holding the lock waits for it in SQLite's busy
-handler; the store's own writer (a relay with ``--retain``) waits on the store's lock.
+the WAL after each batch, outside the store's lock (see ``_Batches``). A store's writer
+in another process that finds a batch holding the lock tries again every millisecond
+(``_begin_immediate`` in sqlite.py); the store's own writer (a relay with ``--retain``)
+waits on the store's lock. The prune's connection keeps SQLite's busy handler, whose
+growing sleeps let the relays' commits go first.
 
 1. **seq ranges first.** Old fixes were almost always stored long ago, so they fill the
    table's first pages in ``seq`` order. Deleting ranges of ``seq`` frees whole pages at
