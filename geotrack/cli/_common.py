@@ -108,10 +108,12 @@ app = _App(
     cls=_Group,
     help=(
         "Realtime position ingestion and replay over WebSocket.\n\n"
-        "Devices (or `geotrack publish`) stream positions to a relay (`geotrack serve`), "
-        "which stores them and pushes them at once to every subscriber; stored tracks can "
-        "be followed live (`geotrack tail`, `geotrack watch`, the web map) and exported "
-        "(`geotrack export`); `geotrack share` makes read-only links to the map.\n\n"
+        "Devices (or `geotrack publish`) stream positions to a relay (`geotrack serve`, "
+        "over WebSocket, HTTP or MQTT), which stores them and pushes them at once to every "
+        "subscriber; stored tracks can be followed live (`geotrack tail`, `geotrack watch`, "
+        "the web map), exported (`geotrack export`) and summed up (`geotrack trips`, "
+        "`geotrack stops`); `geotrack import` loads files from other tools, `geotrack prune` "
+        "deletes old positions, `geotrack share` makes read-only links to the map.\n\n"
         "Quick start, in three terminals (the map is then at http://127.0.0.1:5055/):\n\n"
         "  geotrack serve --http-port 5055\n\n"
         "  geotrack watch --store sqlite:///geotrack.db\n\n"

@@ -74,7 +74,7 @@ def export(
         ),
     ] = None,
 ) -> None:
-    """Export stored tracks as GPX, GeoJSON, CSV or NDJSON.
+    """Export stored tracks as GPX, KML, GeoJSON, CSV or NDJSON.
 
     GPX has one track per device, split into segments at gaps; GeoJSON one LineString
     feature per device with its times; CSV a header and one row per fix. Output is
