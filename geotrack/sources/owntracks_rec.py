@@ -4,8 +4,9 @@ A line is ``2019-03-07T08:00:00Z<TAB>*                 <TAB>{json}``: when the R
 stored it, the subtopic it came on (``*`` for the device's own topic), and the OwnTracks
 message. ``_type: location`` messages become positions exactly as ``POST /owntracks`` maps
 them (:func:`~geotrack.relay.http_devices.parse_owntracks`: ``vel`` km/h, ``cog``, ``acc``,
-the rest in attrs); other types (``lwt``, ``transition``, ``waypoint``, ...) are skipped
-with their type as the reason.
+the rest in attrs); other types (``lwt``, ``transition``, ``waypoint``, ...) are what a
+Recorder file is expected to hold besides locations: they are counted in one notice at the
+end, not refused (as MQTT ingestion counts and ignores them).
 
 The device is ``--device``; else the Recorder's layout names it: a file at
 ``rec/USER/DEVICE/YYYY-MM.rec`` is device ``USER:DEVICE``, as ``POST /owntracks?u=USER&d=DEVICE``
@@ -16,6 +17,7 @@ at a time.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
@@ -23,7 +25,7 @@ from typing import Any, Final
 import msgspec
 
 from geotrack.errors import GeotrackError, InvalidParameter, SourceError
-from geotrack.sources.base import Format, Item, ReadOptions, Skipped, open_binary
+from geotrack.sources.base import Format, Item, Notice, ReadOptions, Skipped, open_binary
 from geotrack.sources.jsonstream import head_text, skip, stem_device
 
 __all__ = ["FORMAT", "read_rec", "recorder_device", "sniff_rec"]
@@ -63,6 +65,7 @@ def read_rec(path: Path, options: ReadOptions) -> Iterator[Item]:
         names = {"user": layout[0], "device": layout[1]}
     stem = stem_device(path, "owntracks")
     recognised = 0
+    others: Counter[str] = Counter()
     try:
         with open_binary(path) as file:
             for number, raw in enumerate(file, 1):
@@ -99,7 +102,7 @@ def read_rec(path: Path, options: ReadOptions) -> Iterator[Item]:
                     continue
                 if position is None:
                     kind = message.get("_type") if isinstance(message, dict) else None
-                    yield Skipped(f"_type {str(kind)[:20]}: not a location", where)
+                    others[str(kind)[:20]] += 1
                 else:
                     yield position
     except (OSError, EOFError) as exc:  # EOFError: a gzip file cut short
@@ -108,6 +111,11 @@ def read_rec(path: Path, options: ReadOptions) -> Iterator[Item]:
         ) from None
     if not recognised:
         raise SourceError(str(path), "not an OwnTracks .rec file: no TIME<TAB>TOPIC<TAB>JSON line")
+    if others:
+        kinds = ", ".join(f"{n} {kind}" for kind, n in others.most_common())
+        total = others.total()
+        noun = "message" if total == 1 else "messages"
+        yield Notice(f"{total} {noun} other than locations ignored ({kinds})")
 
 
 def _with_stem(parse: Any, message: Any, stem: str, where: str) -> Any:

@@ -13,7 +13,7 @@ from geotrack.errors import SourceError
 from geotrack.importing import import_files
 from geotrack.relay.http_devices import parse_owntracks
 from geotrack.schema import Position
-from geotrack.sources.base import Item, ReadOptions, Skipped
+from geotrack.sources.base import Item, Notice, ReadOptions, Skipped
 from geotrack.sources.formats import formats
 from geotrack.sources.owntracks_rec import read_rec
 from geotrack.store import open_store
@@ -79,12 +79,13 @@ def test_recorder_layout_names_the_device_and_fields_map_as_over_http(tmp_path: 
     assert first.attrs == {"tid": "jd", "batt": 80, "conn": "w"}
     assert last.ts == "2024-03-07T08:00:03.000Z"
     assert [(s.reason, s.where) for s in items if isinstance(s, Skipped)] == [
-        ("_type lwt: not a location", "line 2"),
-        ("_type transition: not a location", "line 3"),
         ("lat: " + _lat_reason(), "line 4"),
         ("not a recorder line (TIME<TAB>TOPIC<TAB>JSON)", "line 5"),
         ("not valid JSON (a cut line?)", "line 6"),
     ]
+    notices = [n.text for n in items if isinstance(n, Notice)]
+    assert notices == ["2 messages other than locations ignored (1 lwt, 1 transition)"]
+    assert isinstance(items[-1], Notice)
     assert detect(path) == "owntracks"
 
 
@@ -114,7 +115,10 @@ def test_demo_sample_and_gzip(tmp_path: Path) -> None:
         int(m["tst"]) for m in messages if m["_type"] == "location"
     ]
     assert {p.device for p in got} == {"NE"}
-    assert [s.reason for s in items if isinstance(s, Skipped)] == ["_type lwt: not a location"] * 2
+    assert not [s for s in items if isinstance(s, Skipped)]
+    assert [n.text for n in items if isinstance(n, Notice)] == [
+        "2 messages other than locations ignored (2 lwt)"
+    ]
     packed = tmp_path / "2015-08.rec.gz"
     packed.write_bytes(gzip.compress(DEMO.read_bytes()))
     assert positions(read(packed)) == got
@@ -135,7 +139,7 @@ def test_import_into_sqlite_and_again_store_nothing(tmp_path: Path) -> None:
     assert (first.format, first.stored, dict(first.skipped)) == (
         "owntracks",
         23,
-        {"_type lwt: not a location": 2},
+        {},
     )
     assert (again.stored, again.duplicates) == (0, 23)
     assert stored(db) == positions(read(DEMO))
