@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, Final, NoReturn, TypeVar, get_args
+from typing import Annotated, Any, Final, NoReturn, TextIO, TypeVar, get_args
 
 import typer
 from rich.console import Console
@@ -37,6 +37,7 @@ __all__ = [
     "now_ms",
     "open_db",
     "within",
+    "write_file",
 ]
 
 # typer 0.29 prints a type tag such as `<int>` after every option in --help, and `<bool>`
@@ -162,6 +163,28 @@ CafileOption = Annotated[
         show_default=False,
     ),
 ]
+
+
+def write_file(output: Path, write: Callable[[TextIO], int]) -> int:
+    """Run ``write`` on ``output`` opened for text, under a temporary name, then rename.
+
+    A failure leaves no truncated file (an unwritable place is one ``Error:`` line);
+    returns what ``write`` returned (the count of records written).
+    """
+    partial = output.with_name(output.name + ".partial")
+    try:
+        with open(partial, "w", encoding="utf-8", newline="") as out:
+            count = write(out)
+        partial.replace(output)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        fail(f"cannot write {output}: {exc.strerror or exc}")
+    except BaseException:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        raise
+    return count
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from geotrack._text import plural
-from geotrack.cli._common import DeviceOption, StoreOption, app, err, errors, fail, now_ms
+from geotrack.cli._common import (
+    DeviceOption,
+    StoreOption,
+    app,
+    err,
+    errors,
+    now_ms,
+    write_file,
+)
 from geotrack.errors import InvalidParameter
 from geotrack.schema import Position, parse_duration, parse_time
 from geotrack.store import DEFAULT_STORE, Store, open_store
@@ -139,7 +146,7 @@ def export(
                     os.dup2(devnull, sys.stdout.fileno())
                     return
             else:
-                count = _export_to_file(fmt, counted, output, gap_s)
+                count = write_file(output, lambda out: _write(fmt, counted, out, gap_s))
             if count == 0:
                 # Exit 0 all the same: an empty selection is an answer, not a failure.
                 if not quiet:
@@ -196,7 +203,7 @@ def _export_events(
                 os.dup2(devnull, sys.stdout.fileno())
                 return
         else:
-            count = _export_to_file(fmt, selected, output, 0.0, _write_events)
+            count = write_file(output, lambda out: _write_events(fmt, selected, out, 0.0))
     if quiet:
         return
     if count == 0:
@@ -238,29 +245,6 @@ def _nothing_matched(db: Store, devices: list[str]) -> str:
         return "0 positions matched: the store is empty"
     listed = ", ".join(known[:5]) + (f" and {len(known) - 5} more" if len(known) > 5 else "")
     return f"0 positions matched: no device {' or '.join(devices)} in the store (it has {listed})"
-
-
-def _export_to_file(
-    fmt: str,
-    positions: Iterator[Any],
-    output: Path,
-    gap_s: float,
-    write: Callable[[str, Iterator[Any], Any, float], int] = _write,
-) -> int:
-    partial = output.with_name(output.name + ".partial")
-    try:
-        with open(partial, "w", encoding="utf-8", newline="") as out:
-            count = write(fmt, positions, out, gap_s)
-        partial.replace(output)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            partial.unlink()
-        fail(f"cannot write {output}: {exc.strerror or exc}")
-    except BaseException:
-        with contextlib.suppress(OSError):
-            partial.unlink()
-        raise
-    return count
 
 
 def _counting(positions: Iterator[Position], progress: bool) -> Iterator[Position]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 from collections.abc import Iterable, Iterator
@@ -13,7 +12,15 @@ import typer
 
 from geotrack._text import plural
 from geotrack.analysis import FORMATS, Kind, Params, Stop, Trip, analyze, write
-from geotrack.cli._common import DeviceOption, StoreOption, app, err, errors, fail, now_ms
+from geotrack.cli._common import (
+    DeviceOption,
+    StoreOption,
+    app,
+    err,
+    errors,
+    now_ms,
+    write_file,
+)
 from geotrack.errors import InvalidParameter
 from geotrack.schema import Position, parse_duration, parse_time
 from geotrack.store import DEFAULT_STORE, open_store
@@ -184,7 +191,7 @@ def _run(
                     os.dup2(devnull, sys.stdout.fileno())
                     return
             else:
-                count = _emit_to_file(fmt, kind, items, output)
+                count = write_file(output, lambda out: _emit(fmt, kind, items, out))
         if quiet:
             return
         if count == 0:
@@ -240,24 +247,6 @@ def _emit(fmt: str, kind: Kind, items: Iterable[Trip | Stop], out: TextIO) -> in
     if fmt == "table":
         return _table(kind, items, out)
     return write(fmt, kind, items, out)
-
-
-def _emit_to_file(fmt: str, kind: Kind, items: Iterable[Trip | Stop], output: Path) -> int:
-    """Write under a temporary name, then rename: a failure leaves no truncated file."""
-    partial = output.with_name(output.name + ".partial")
-    try:
-        with open(partial, "w", encoding="utf-8", newline="") as out:
-            count = _emit(fmt, kind, items, out)
-        partial.replace(output)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            partial.unlink()
-        fail(f"cannot write {output}: {exc.strerror or exc}")
-    except BaseException:
-        with contextlib.suppress(OSError):
-            partial.unlink()
-        raise
-    return count
 
 
 def _table(kind: Kind, items: Iterable[Trip | Stop], out: TextIO) -> int:
