@@ -318,10 +318,12 @@ class Feeds:
         """
         tail = self.tail
         cursor: str | int = since
-        if tail.behind:
-            # A commit is being read: a client polling right after its publisher's ack
-            # expects to see it. Reading takes milliseconds.
-            await tail.changed(_SETTLE)
+        # Commits seen before this request may still be being read: a client polling right
+        # after its publisher's ack expects to see them. Reading takes milliseconds.
+        seen = tail.version
+        settle = time.monotonic() + _SETTLE
+        while not tail.has_read(seen) and (left := settle - time.monotonic()) > 0:
+            await tail.changed(left)
         while True:
             kept = tail.after(cursor) if isinstance(cursor, str) else None
             if kept is None:

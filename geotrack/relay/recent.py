@@ -136,10 +136,9 @@ class RecentChanges:
         start = mark - self._base
         return [self._entries[i] for i in range(start, len(self._entries))], self._cursor
 
-    @property
-    def behind(self) -> bool:
-        """Whether a commit was seen that is not read yet (it is being read)."""
-        return self.version > self._read_version and not self.closed
+    def has_read(self, version: int) -> bool:
+        """Whether every commit seen up to ``version`` (a past :attr:`version`) is read."""
+        return self._read_version >= version or self.closed
 
     def knows(self, cursor: str) -> bool:
         """Whether ``cursor`` can be resumed from memory."""
@@ -177,10 +176,14 @@ class RecentChanges:
                 continue
             if changes:
                 self._append(changes)
-                self._pending.set()  # more may be waiting (a feed reads a batch at a time)
-            self._mark(cursor)
-            if not changes:
+            # A feed reads a batch at a time: a full one means more may be waiting. Less
+            # than a full batch (or nothing) means every commit seen before the read is
+            # read; a feed that does not say its batch size is caught up when it is empty.
+            if changes and len(changes) >= getattr(self._feed, "batch", 1):
+                self._pending.set()
+            else:
                 self._read_version = seen
+            self._mark(cursor)
             self._notify()
             if not self.users and time.monotonic() - self._last_use > IDLE_AFTER:
                 await self._idle(loop)
