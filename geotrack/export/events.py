@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import Final, TextIO
 
 from geotrack.errors import InvalidParameter
+from geotrack.export.ndjson import write_lines
 from geotrack.schema import Event, encode_event
 
 __all__ = ["EVENTS_HEADER", "EVENT_FORMATS", "export_events"]
@@ -42,22 +43,7 @@ def export_events(fmt: str, events: Iterable[Event], out: TextIO) -> int:
 
 
 def _ndjson(events: Iterable[Event], out: TextIO) -> int:
-    count = 0
-    batch: list[bytes] = []
-    for event in events:
-        batch.append(encode_event(event))
-        if len(batch) >= _BATCH:
-            count += _flush(batch, out)
-    return count + _flush(batch, out)
-
-
-def _flush(batch: list[bytes], out: TextIO) -> int:
-    n = len(batch)
-    if n:
-        batch.append(b"")
-        out.write(b"\n".join(batch).decode())
-        batch.clear()
-    return n
+    return write_lines(map(encode_event, events), out)
 
 
 def _csv(events: Iterable[Event], out: TextIO) -> int:

@@ -7,7 +7,7 @@ from typing import Final, TextIO
 
 from geotrack.schema import Position, encode_position
 
-__all__ = ["write_ndjson"]
+__all__ = ["write_lines", "write_ndjson"]
 
 # Lines are joined in batches: one write per position costs more than the encoding.
 _BATCH: Final = 1024
@@ -18,10 +18,15 @@ def write_ndjson(positions: Iterable[Position], out: TextIO) -> int:
 
     Every line, the last one included, ends with ``\\n``; no input writes nothing.
     """
+    return write_lines(map(encode_position, positions), out)
+
+
+def write_lines(encoded: Iterable[bytes], out: TextIO) -> int:
+    """Write each JSON document on a line of its own, in batches; return how many."""
     count = 0
     batch: list[bytes] = []
-    for position in positions:
-        batch.append(encode_position(position))
+    for line in encoded:
+        batch.append(line)
         if len(batch) >= _BATCH:
             count += _flush(batch, out)
     return count + _flush(batch, out)
