@@ -288,19 +288,35 @@ class Hub:
         if not self.subscribers:
             return
         items = [(p, encode_position(p)) for p in positions]
-        if not items:
-            return
-        everything = [encoded for _, encoded in items]
+        if items:
+            self._deliver([encoded for _, encoded in items], lambda: items)
+
+    def publish_encoded(self, encoded: list[bytes], decode: Callable[[], list[Position]]) -> None:
+        """:meth:`publish` of positions already in their wire form (a sibling worker's
+        hand-over): ``decode`` gives them as Positions, called only when a subscriber's
+        filter needs them."""
+        for watcher in self.watchers:
+            watcher()
+        if self.subscribers and encoded:
+            self._deliver(encoded, lambda: list(zip(decode(), encoded, strict=True)))
+
+    def _deliver(
+        self, everything: list[bytes], pairs: Callable[[], list[tuple[Position, bytes]]]
+    ) -> None:
         # Built once for every subscriber that gets everything, when one is first ready.
         shared: bytes | None = None
+        items: list[tuple[Position, bytes]] | None = None
         for subscriber in self.subscribers:
             flt = subscriber.filter
-            if subscriber.keyed:
-                subscriber.push_keyed([(p.key, e) for p, e in items if flt.matches(p)])
-            elif flt.everything:
+            if not subscriber.keyed and flt.everything:
                 if shared is None:
                     shared = frames_of(everything, self._framer)
                 subscriber.push(everything, shared)
+                continue
+            if items is None:
+                items = pairs()
+            if subscriber.keyed:
+                subscriber.push_keyed([(p.key, e) for p, e in items if flt.matches(p)])
             else:
                 matching = [encoded for p, encoded in items if flt.matches(p)]
                 if matching:

@@ -56,7 +56,7 @@ from geotrack.schema import (
     literal_role,
     parse_time,
 )
-from geotrack.store import ChangeFeed, Store
+from geotrack.store import Change, ChangeFeed, Store
 
 __all__ = ["Counters", "Relay", "RelayConfig", "TransportCounters"]
 
@@ -126,6 +126,12 @@ class Relay:
         #: Called with the positions other relays on the store stored, as the follower
         #: reads them (the fence engine evaluates those too); exceptions are logged.
         self.peer_hooks: list[Callable[[list[Position]], None]] = []
+        #: Set by serve --workers on SQLite (relay/handoff.py): what the follower reads goes
+        #: here, with the feed's cursor after it, instead of straight to the subscribers.
+        self.peer_order: Callable[[list[Change], str], None] | None = None
+        #: The follower's cursor after the last read it handed on (everything up to it is
+        #: delivered); None before start.
+        self.peer_cursor: str | None = None
         #: WebSocket /events: geofence events from the store (relay/events.py).
         self.events = EventSubscriptions(self)
         #: Refused handshakes and requests (both transports), logged at a bounded rate.
@@ -218,6 +224,7 @@ class Relay:
             feed.close()
             raise bind_error(exc, self.config.host, self.config.port) from None
         self._feed = feed
+        self.peer_cursor = feed.cursor
         self._tasks.append(asyncio.create_task(self._follow_peers(feed), name="geotrack-follow"))
         if self.config.stats_interval > 0:
             self._tasks.append(asyncio.create_task(self._report(), name="geotrack-stats"))
@@ -407,6 +414,11 @@ class Relay:
             except Exception:
                 log.exception("a stored-positions hook failed")
 
+    @property
+    def follower_feed(self) -> ChangeFeed | None:
+        """The change feed that follows what other relays store (None before start)."""
+        return self._feed
+
     def wake_follower(self) -> None:
         """Have the follower look for other relays' rows now, not at its next poll.
 
@@ -431,17 +443,41 @@ class Relay:
                     log.error("following the store failed: %s; retrying in 1 s", exc)
                     await asyncio.sleep(1)
                     continue
-                if changes:
-                    self.counters.from_peers += len(changes)
-                    positions = [c.position for c in changes]
-                    self.hub.publish(positions)
-                    for hook in self.peer_hooks:
-                        try:
-                            hook(positions)
-                        except Exception:
-                            log.exception("a peer-positions hook failed")
+                cursor = feed.cursor
+                if self.peer_order is not None:
+                    self.peer_order(changes, cursor)
+                elif changes:
+                    self.deliver_peers([c.position for c in changes])
+                self.peer_cursor = cursor
         finally:
             await loop.run_in_executor(self._follow_executor, feed.close)
+
+    def deliver_peers(self, positions: list[Position]) -> None:
+        """Deliver positions other relays (or sibling workers) stored."""
+        if not positions:
+            return
+        self.counters.from_peers += len(positions)
+        self.hub.publish(positions)
+        self._peer_hooks(positions)
+
+    def deliver_peers_encoded(
+        self, encoded: list[bytes], decode: Callable[[], list[Position]]
+    ) -> None:
+        """:meth:`deliver_peers` of positions in their wire form (a sibling's hand-over):
+        ``decode`` is called only if a subscriber's filter or a hook needs the positions."""
+        if not encoded:
+            return
+        self.counters.from_peers += len(encoded)
+        self.hub.publish_encoded(encoded, decode)
+        if self.peer_hooks:
+            self._peer_hooks(decode())
+
+    def _peer_hooks(self, positions: list[Position]) -> None:
+        for hook in self.peer_hooks:
+            try:
+                hook(positions)
+            except Exception:
+                log.exception("a peer-positions hook failed")
 
     # -- reporting -------------------------------------------------------------------
 

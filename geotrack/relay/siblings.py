@@ -2,13 +2,13 @@
 
 Two things, both through a directory the supervisor creates for the run:
 
-* A wake-up. SQLite has no notification across processes, so a worker's change-feed
-  follower would only see a sibling's rows at its next poll. Each worker binds a UNIX
+* Hand-overs. SQLite has no notification across processes, and reading a sibling's rows
+  back from the file costs every worker as much as storing them. Each worker binds a UNIX
   datagram socket ``wake-<index>`` there and, after each commit that stored something,
-  sends one byte to every sibling's socket; a sibling that reads it ends its follower's
-  wait at once (:meth:`~geotrack.relay.server.Relay.wake_follower`). A datagram that
-  cannot be sent (a sibling restarting, its buffer full of unread wake-ups) is dropped:
-  the poll still finds the rows, only later, and a full buffer means a wake-up is pending.
+  sends every sibling the commit's positions (:mod:`~geotrack.relay.handoff` makes and
+  reads the datagrams): the sibling delivers them at once. A datagram that cannot be sent
+  (a sibling restarting, its queue full) is dropped: the sibling finds the gap and reads
+  those rows from the store instead.
 * Metrics. Each worker writes its /metrics families to ``metrics-<index>.json`` once a
   second; whichever worker answers a scrape sends every worker's samples, labelled
   ``worker="<index>"`` (:func:`merged_families`), and the supervisor's restarts.
@@ -99,7 +99,11 @@ def share_write_lock(store: object, path: Path) -> SharedWriteLock | None:
 
 
 class Siblings:
-    """One worker's end of the wake-ups and metrics shared with its siblings."""
+    """One worker's end of the hand-overs and metrics shared with its siblings."""
+
+    #: Bytes asked for the socket's send buffer (the kernel caps it at ``wmem_max``): a
+    #: sibling that is busy for a moment must not make a commit's datagrams be dropped.
+    send_buffer: int = 4 * 1024 * 1024
 
     def __init__(self, directory: Path, index: int, count: int) -> None:
         self.directory = directory
@@ -110,28 +114,53 @@ class Siblings:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # left by this worker's previous life
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        with contextlib.suppress(OSError):
+            self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
         self._socket.bind(str(path))
         self._socket.setblocking(False)
+        # A datagram must fit the send buffer whole (Linux reports it doubled).
+        sndbuf = self._socket.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        #: The largest datagram worth sending (a commit's hand-over is split to fit).
+        self.datagram_limit = max(4096, min(256 * 1024, sndbuf // 4))
+        self._buffer = bytearray(self.datagram_limit + 64 * 1024)
+        #: Datagrams that could not be sent (the siblings read those rows from the store).
+        self.unsent = 0
 
     def _wake_path(self, index: int) -> Path:
         return self.directory / f"wake-{index}"
 
-    def notify(self, *_: object) -> None:
-        """Tell every sibling that rows were committed (never blocks; a stored hook)."""
+    @property
+    def peers(self) -> int:
+        """How many siblings there are."""
+        return len(self._peers)
+
+    def send(self, data: bytes) -> None:
+        """Send one datagram to every sibling (never blocks; any thread)."""
         for peer in self._peers:
             try:
-                self._socket.sendto(b"!", peer)
-            except OSError:  # restarting (no socket yet) or a wake-up already pending
-                continue
+                self._socket.sendto(data, peer)
+            except OSError:  # restarting (no socket yet), or its queue is full
+                self.unsent += 1
 
-    def listen(self, loop: asyncio.AbstractEventLoop, wake: Callable[[], None]) -> None:
-        """Call ``wake`` in ``loop`` whenever siblings' wake-ups arrive."""
+    def listen(
+        self, loop: asyncio.AbstractEventLoop, receive: Callable[[memoryview], None]
+    ) -> None:
+        """Call ``receive`` in ``loop`` with each datagram the siblings send (a view
+        valid only during the call). A datagram too large for the buffer is dropped."""
+        buffer = self._buffer
+        view = memoryview(buffer)
 
         def drain() -> None:
-            with contextlib.suppress(BlockingIOError):
-                while True:
-                    self._socket.recv(64)
-            wake()
+            while True:
+                try:
+                    size, _, flags, _ = self._socket.recvmsg_into([buffer])
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:  # closed under us
+                    return
+                if flags & socket.MSG_TRUNC:
+                    continue
+                receive(view[:size])
 
         loop.add_reader(self._socket.fileno(), drain)
 

@@ -2,7 +2,8 @@
 
 :func:`run_worker` runs a whole relay (:func:`geotrack.relay.runner.serve`) on the
 settings :class:`~geotrack.relay.workers.Supervisor` made for this worker, wired to its
-siblings (:mod:`~geotrack.relay.siblings`): its commits wake theirs, its SQLite writes
+siblings (:mod:`~geotrack.relay.siblings`): its commits are handed to them
+(:mod:`~geotrack.relay.handoff`), its SQLite writes
 queue with theirs, its /metrics shows theirs. It stops on SIGTERM/SIGINT, or when the
 supervisor is gone (a pipe only the supervisor writes reads EOF), draining as a single
 relay does.
@@ -25,7 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 from geotrack.errors import GeotrackError
 from geotrack.relay.config import RelayConfig
+from geotrack.relay.handoff import Handoff
 from geotrack.relay.siblings import Siblings, share_write_lock
+from geotrack.store.sqlite import SQLiteStore
 
 if TYPE_CHECKING:
     from geotrack.relay.http import HttpListener
@@ -93,14 +96,18 @@ def run_worker(setup: WorkerSetup, pipe: Connection) -> None:
         store = await loop.run_in_executor(None, setup.open_store)
         shared_lock = share_write_lock(store, setup.directory / "write.lock")
         tasks: list[asyncio.Task[None]] = []
+        handoff: Handoff | None = None
 
         def started(relay: Relay, listener: HttpListener | None) -> None:
+            nonlocal handoff
             _forward_siblings_to_mqtt(relay)
-            relay.stored_hooks.append(siblings.notify)
+            if isinstance(store, SQLiteStore):
+                # Commits go to the siblings; MongoDB's change streams need no help.
+                handoff = Handoff(relay, store, siblings)
+                handoff.attach(loop)
             if listener is not None and listener.fences is not None:
                 # A REST change of the fences file: the supervisor has every worker reload it.
                 listener.fences.changed_hooks.append(lambda: _reload_all(supervisor))
-            siblings.listen(loop, relay.wake_follower)
             if listener is not None:
                 listener.metrics_view = siblings.view
                 tasks.append(loop.create_task(_save_metrics(siblings, listener)))
@@ -115,7 +122,9 @@ def run_worker(setup: WorkerSetup, pipe: Connection) -> None:
         finally:
             for task in tasks:
                 task.cancel()
-            siblings.close(loop)
+            if handoff is not None:
+                handoff.detach()
+            siblings.close(loop if handoff is not None else None)
             store.close()
             if shared_lock is not None:
                 shared_lock.close()

@@ -18,6 +18,7 @@ and nothing is created; connections that read never create the file either.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import sqlite3
 import threading
@@ -44,7 +45,17 @@ from geotrack.store.sqlite_events import (
 )
 from geotrack.store.sqlite_prune import Pacer, count_before, prune_batches
 
-__all__ = ["CURSOR_PREFIX", "SQLiteChangeFeed", "SQLiteStore", "parse_cursor"]
+__all__ = ["CURSOR_PREFIX", "CommitHook", "SQLiteChangeFeed", "SQLiteStore", "parse_cursor"]
+
+log = logging.getLogger("geotrack.store")
+
+#: Called by :meth:`SQLiteStore.write` after each commit that stored something, in the
+#: writer's thread and still holding the store's write lock (so hooks see commits in seq
+#: order): ``hook(origin, after, top, stored, seqs)``. The commit's rows are all the rows
+#: with a seq in ``(after, top]``: ``stored``, the new positions in the order given, with
+#: the seqs ``seqs`` (None when they are ``after + 1`` … ``top``). Keep it short: every
+#: writer waits for it. An exception is logged, never raised (the rows are stored).
+CommitHook = Callable[[str | None, int, int, Sequence[Position], list[int] | None], None]
 
 _T = TypeVar("_T")
 
@@ -199,6 +210,8 @@ class SQLiteStore(Store):
         # is a row that commit inserted. A feed that leaves an origin out skips reading
         # ranges of that origin (a relay's follower and the relay's own writes).
         self._own_writes: deque[tuple[str | None, int, int]] = deque(maxlen=1024)
+        #: :data:`CommitHook` s, called after every commit that stored rows.
+        self.commit_hooks: list[CommitHook] = []
         if not create:
             self._check_exists()
         self._writer = self._connect(create=create)
@@ -342,13 +355,26 @@ class SQLiteStore(Store):
                     keys = (
                         None
                         if inserted == len(rows)
-                        else set(
-                            self._writer.execute(
-                                "SELECT device, ts FROM positions WHERE seq > ?", (last,)
-                            ).fetchall()
-                        )
+                        else {
+                            (device, ts): seq
+                            for seq, device, ts in self._writer.execute(
+                                "SELECT seq, device, ts FROM positions WHERE seq > ?", (last,)
+                            )
+                        }
                     )
                     top = _last_seq(self._writer) if inserted else last
+                    # AUTOINCREMENT spends a seq on each duplicate too, so a commit's rows
+                    # are not always top - inserted + 1 ... top: the hooks get their seqs.
+                    seqs = (
+                        [
+                            row[0]
+                            for row in self._writer.execute(
+                                "SELECT seq FROM positions WHERE seq > ? ORDER BY seq", (last,)
+                            )
+                        ]
+                        if keys is None and self.commit_hooks and top - last != inserted
+                        else None
+                    )
                     self._writer.execute("COMMIT")
                 except BaseException:
                     if self._writer.in_transaction:
@@ -356,18 +382,26 @@ class SQLiteStore(Store):
                     raise
             except sqlite3.Error as exc:
                 raise StoreError(f"write to {self.display_url} failed: {exc}") from None
+            if keys is None:
+                new = [True] * len(rows)
+                stored = positions
+            else:
+                new = []
+                stored = []
+                seqs = []
+                for p, row in zip(positions, rows, strict=True):
+                    seq = keys.pop((row[0], row[1]), None)  # a repeat later is a duplicate
+                    new.append(seq is not None)
+                    if seq is not None:
+                        stored.append(p)
+                        seqs.append(seq)
             if inserted:
                 self._own_writes.append((origin, last, top))
-        if keys is None:
-            return [True] * len(rows)
-        new: list[bool] = []
-        for row in rows:
-            key = (row[0], row[1])
-            if key in keys:
-                keys.discard(key)  # a repeat later in the batch is a duplicate
-                new.append(True)
-            else:
-                new.append(False)
+                for hook in self.commit_hooks:
+                    try:
+                        hook(origin, last, top, stored, seqs)
+                    except Exception:
+                        log.exception("a commit hook of %s failed", self.display_url)
         return new
 
     def _check_open(self) -> None:
@@ -756,6 +790,12 @@ class SQLiteChangeFeed(ChangeFeed):
         self._woken = threading.Event()
         self._wait = self.interval
         self._found_at = time.monotonic()
+        #: Where someone else has delivered up to (the seq), read before each look: the
+        #: feed skips ahead to it. ``serve --workers`` sets it to what its siblings handed
+        #: over, so the feed reads only the rows no sibling did (another relay's, or a
+        #: hand-over that was lost).
+        self.floor: Callable[[], int] | None = None
+        self._seen = after  # the newest seq at the last look (with a floor)
 
     @property
     def cursor(self) -> str:
@@ -773,8 +813,11 @@ class SQLiteChangeFeed(ChangeFeed):
     def poll(self, timeout: float) -> list[Change]:
         deadline = time.monotonic() + timeout
         while True:
-            self._woken.clear()
-            changes = self._read()
+            # A wake() since the last look (during it, or before this poll) counts too.
+            woken = self._woken.is_set()
+            if woken:
+                self._woken.clear()
+            changes = self._read(woken)
             now = time.monotonic()
             if changes:
                 self._found_at = now
@@ -787,9 +830,12 @@ class SQLiteChangeFeed(ChangeFeed):
             if self._woken.wait(min(self._wait, max(0.0, deadline - now))):
                 self._wait = self.interval
 
-    def _read(self) -> list[Change]:
+    def _read(self, woken: bool = False) -> list[Change]:
         if self._closed:
             raise StoreError("the change feed is closed")
+        floor = self.floor
+        if floor is not None:
+            self._after = max(self._after, floor())
         # Rows this feed leaves out (another device, the follower's own writes) are skipped
         # in SQL, and the cursor still moves past them: the highest seq is read in the same
         # snapshot (one read transaction), so no row committed in between is jumped over.
@@ -805,30 +851,44 @@ class SQLiteChangeFeed(ChangeFeed):
             version = self._conn.execute("PRAGMA data_version").fetchone()[0]
             if version == self._data_version:
                 return []
-            if self._own_writes is not None:
+            cap: int | None = None
+            if self._own_writes is not None or floor is not None:
                 newest = _last_seq(self._conn)
-                if self._only_left_out(newest):
+                if self._after >= newest:  # delivered already (own rows, or handed over)
+                    self._data_version = version
+                    return []
+                if self._own_writes is not None and self._only_left_out(newest):
                     # Everything since the last look was written through this store
                     # object with the origin left out: move past it without reading it.
                     self._data_version = version
                     self._after = max(self._after, newest)
                     return []
+                if floor is not None and not woken:
+                    # Rows a sibling committed a moment ago are on their way as a
+                    # hand-over: a look that nobody asked for reads only the rows that were
+                    # there at the last look too (another writer's, or a lost hand-over).
+                    cap, self._seen = self._seen, newest
+                    if cap <= self._after:
+                        return []
+                    where += " AND seq <= ?"
+                    params.append(cap)
             self._conn.execute("BEGIN")
             try:
                 rows = self._conn.execute(
                     f"{_SELECT} FROM positions WHERE {where} ORDER BY seq LIMIT ?",
                     (*params, self.batch),
                 ).fetchall()
-                top = None if len(rows) == self.batch else _last_seq(self._conn)
+                full = len(rows) == self.batch
+                top = None if full else cap if cap is not None else _last_seq(self._conn)
             finally:
                 self._conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise StoreError(f"following {self._display_url} failed: {exc}") from None
         if top is not None:
-            # Seen everything up to this version; a full batch means more may be waiting.
-            self._data_version = version
+            if cap is None:  # seen everything up to this version
+                self._data_version = version
             self._after = max(self._after, top)
-        elif rows:
+        elif rows:  # a full batch: more may be waiting
             self._after = rows[-1][0]
         return [Change(f"{CURSOR_PREFIX}{row[0]}", _row_to_position(row), row[10]) for row in rows]
 

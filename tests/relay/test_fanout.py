@@ -163,3 +163,28 @@ def test_frames_hold_at_most_max_frame_positions() -> None:
     encoded = [encode_position(fix(i=i)) for i in range(MAX_FRAME_POSITIONS + 1)]
     frames = frames_of(encoded, framer).splitlines()
     assert [len(json.loads(f)) for f in frames] == [MAX_FRAME_POSITIONS, 1]
+
+
+def test_positions_in_wire_form_are_decoded_only_for_a_subscriber_that_filters() -> None:
+    """A sibling worker's hand-over: the encoded positions go out as they are."""
+
+    async def main() -> None:
+        hub = Hub(framer)
+        everything, cars = FakeOutlet(), FakeOutlet()
+        hub.add(subscriber(everything)[0])
+        positions = [fix("car-1", 0), fix("bus-1", 0)]
+        encoded = [encode_position(p) for p in positions]
+        decoded: list[int] = []
+
+        def decode() -> list[Position]:
+            decoded.append(1)
+            return positions
+
+        hub.publish_encoded(encoded, decode)
+        assert everything.devices == ["car-1", "bus-1"] and decoded == []
+        hub.add(subscriber(cars, SubscribeFilter(frozenset({"car-1"})))[0])
+        hub.publish_encoded(encoded, decode)
+        assert decoded == [1] and cars.devices == ["car-1"]
+        assert everything.devices == ["car-1", "bus-1"] * 2
+
+    arun(main())

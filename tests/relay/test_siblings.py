@@ -1,4 +1,4 @@
-"""Wake-ups and metrics shared by the workers of ``serve --workers`` (no relay needed)."""
+"""Hand-over datagrams and metrics shared by the workers of ``serve --workers``."""
 
 from __future__ import annotations
 
@@ -13,33 +13,39 @@ from geotrack.relay.metrics import Family, exposition
 from geotrack.relay.siblings import SharedWriteLock, Siblings, merged_families, write_restarts
 
 
-def test_a_commit_notice_wakes_every_sibling_but_the_sender(tmp_path: Path) -> None:
-    async def main() -> list[int]:
+def test_a_datagram_reaches_every_sibling_but_the_sender_whole(tmp_path: Path) -> None:
+    workers = [Siblings(tmp_path, i, 3) for i in range(3)]
+    payload = os.urandom(workers[1].datagram_limit)  # the largest one a commit is split to
+
+    async def main() -> list[tuple[int, bytes]]:
         loop = asyncio.get_running_loop()
-        workers = [Siblings(tmp_path, i, 3) for i in range(3)]
-        woken: list[int] = []
+        got: list[tuple[int, bytes]] = []
         arrived = asyncio.Event()
 
-        def wake(index: int) -> None:
-            woken.append(index)
-            if len(woken) == 2:
+        def receive(index: int, data: memoryview) -> None:
+            got.append((index, bytes(data)))
+            if len(got) == 2:
                 arrived.set()
 
         for sibling in workers:
-            sibling.listen(loop, functools.partial(wake, sibling.index))
-        workers[1].notify()
+            sibling.listen(loop, functools.partial(receive, sibling.index))
+        workers[1].send(payload)
         await asyncio.wait_for(arrived.wait(), 5)
-        await asyncio.sleep(0.05)  # a wake-up of the sender itself would show now
+        await asyncio.sleep(0.05)  # a datagram to the sender itself would show now
         for sibling in workers:
             sibling.close(loop)
-        return woken
+        return got
 
-    assert sorted(asyncio.run(main())) == [0, 2]
+    got = asyncio.run(main())
+    assert sorted(index for index, _ in got) == [0, 2]
+    assert all(data == payload for _, data in got)
+    assert workers[1].unsent == 0
 
 
-def test_a_notice_to_a_sibling_not_there_is_dropped(tmp_path: Path) -> None:
+def test_a_datagram_to_a_sibling_not_there_is_dropped_and_counted(tmp_path: Path) -> None:
     sibling = Siblings(tmp_path, 0, 2)  # worker 1 is restarting: no socket yet
-    sibling.notify()
+    sibling.send(b"x")
+    assert sibling.unsent == 1
     sibling.close()
 
 

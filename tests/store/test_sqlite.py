@@ -267,6 +267,76 @@ def test_wake_ends_the_wait_of_a_backed_off_follower(tmp_path: Path) -> None:
             feed.close()
 
 
+def test_commit_hooks_get_each_commits_seqs_and_new_positions(tmp_path: Path) -> None:
+    """What serve --workers hands its siblings: the seqs match what a feed reads."""
+    db = tmp_path / "db"
+    with SQLiteStore(db) as store, SQLiteStore(db) as reader:
+        calls: list[tuple[str | None, int, int, list[str], list[int] | None]] = []
+        store.commit_hooks.append(
+            lambda origin, after, top, stored, seqs: calls.append(
+                (origin, after, top, [p.time for p in stored], seqs)
+            )
+        )
+        feed = reader.follow()
+        try:
+            store.write([pos("a", 0), pos("a", 1)], origin="w")
+            store.write([pos("a", 1), pos("a", 2), pos("a", 2)], origin="w")  # 2 duplicates
+            store.write([pos("a", 0)], origin="w")  # nothing new: no call (a seq spent)
+            store.write([pos("a", 3)], origin="w")  # so this row is 7, not 5
+            changes = feed.poll(1.0)
+        finally:
+            feed.close()
+    # AUTOINCREMENT spent seq 3 on the repeat of a/1: the second commit's row is 4.
+    assert [(o, a, t, s) for o, a, t, _, s in calls] == [
+        ("w", 0, 2, None),
+        ("w", 2, 4, [4]),
+        ("w", 4, 7, [7]),
+    ]
+    by_seq = {parse_cursor(c.cursor): c.position.time for c in changes}
+    for _, after, top, times, seqs in calls:
+        assert [by_seq[s] for s in seqs or range(after + 1, top + 1)] == times
+        assert all(after < s <= top for s in by_seq if by_seq[s] in times)
+
+
+def test_a_failing_commit_hook_is_logged_and_the_write_stands(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*_: object) -> None:
+        raise RuntimeError("boom")
+
+    with SQLiteStore(tmp_path / "db") as store:
+        store.commit_hooks.append(broken)
+        assert store.write([pos("a", 0)]) == [True]
+        assert [p.device for p in store.query()] == ["a"]
+    assert "a commit hook" in caplog.text and "boom" in caplog.text
+
+
+def test_a_feed_with_a_floor_reads_only_past_it_and_fresh_rows_a_look_later(
+    tmp_path: Path,
+) -> None:
+    """serve --workers: the floor is what siblings handed over; rows committed since the
+    last look are left to the hand-over in flight unless the feed was woken for them."""
+    db = tmp_path / "db"
+    with SQLiteStore(db) as mine, SQLiteStore(db) as theirs:
+        floor = 0
+        feed = mine.follow(exclude_origin="me")
+        feed.floor = lambda: floor
+        try:
+            theirs.write([pos("b", i) for i in range(3)], origin="them")  # seqs 1-3
+            floor = 2  # 1 and 2 were handed over
+            assert feed.poll(0.0) == []  # committed since the last look: left for now
+            assert [parse_cursor(c.cursor) for c in feed.poll(0.0)] == [3]  # still missing
+            theirs.write([pos("b", 3)], origin="them")  # seq 4
+            feed.wake()  # a gap: read it now
+            assert [parse_cursor(c.cursor) for c in feed.poll(0.0)] == [4]
+            theirs.write([pos("b", 4)], origin="them")  # seq 5, handed over
+            floor = 5
+            assert feed.poll(0.0) == [] and feed.poll(0.0) == []
+            assert feed.cursor == "sqlite:5"
+        finally:
+            feed.close()
+
+
 def test_a_prune_lets_writers_of_another_connection_in_between_its_batches(
     tmp_path: Path,
 ) -> None:
