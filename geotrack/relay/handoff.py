@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Final, NamedTuple
 
 import msgspec
 
+from geotrack.relay.metrics import Family
 from geotrack.schema import Position, encode_position
 from geotrack.schema.frames import decode_positions
 from geotrack.store.base import Change
@@ -209,6 +210,25 @@ class Handoff:
         """Stop sending (the store stays open until the relay has drained)."""
         if self._committed in self._store.commit_hooks:
             self._store.commit_hooks.remove(self._committed)
+
+    def families(self) -> list[Family]:
+        """/metrics: how siblings' positions arrived, and hand-overs that could not be sent."""
+        positions = Family(
+            "geotrack_handover_positions_total",
+            "counter",
+            "Sibling workers' positions delivered, by how they came: handed over, or read "
+            "from the store (another writer's rows, or hand-overs that were lost).",
+        )
+        positions.add(self.handed, path="handed")
+        positions.add(self.read, path="read")
+        unsent = Family(
+            "geotrack_handover_unsent_total",
+            "counter",
+            "Hand-over datagrams that could not be sent to a sibling (restarting, or its "
+            "queue full): it read those rows from the store instead.",
+        )
+        unsent.add(self._siblings.unsent)
+        return [positions, unsent]
 
     def _committed(
         self,

@@ -163,6 +163,9 @@ class HttpListener:
         #: Rewrites the families /metrics sends (``serve --workers``: every worker's,
         #: labelled ``worker``); None sends this listener's own.
         self.metrics_view: Callable[[list[Family]], list[Family]] | None = None
+        #: More families for /metrics, each called per scrape (``serve --workers``: the
+        #: hand-overs between workers).
+        self.more_families: list[Callable[[], list[Family]]] = []
         #: The relay's fences (``--fences``), for /api/fences; None without them.
         self.fences: Fencing | None = None
         #: The relay's webhooks (``--webhook``), counted in /metrics; None without them.
@@ -679,6 +682,8 @@ class HttpListener:
             from geotrack.relay.fencing import fence_families
 
             families.extend(fence_families(self.fences))
+        for more in self.more_families:
+            families.extend(more())
         return families
 
 

@@ -110,6 +110,8 @@ def run_worker(setup: WorkerSetup, pipe: Connection) -> None:
                 listener.fences.changed_hooks.append(lambda: _reload_all(supervisor))
             if listener is not None:
                 listener.metrics_view = siblings.view
+                if handoff is not None:
+                    listener.more_families.append(handoff.families)
                 tasks.append(loop.create_task(_save_metrics(siblings, listener)))
             pipe.send(("ready", None))
 

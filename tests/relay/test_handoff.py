@@ -276,7 +276,7 @@ def test_hand_overs_lost_on_the_way_are_read_from_the_file_instead(tmp_path: Pat
     delivers every position once."""
 
     async def main() -> None:
-        async with workers(tmp_path) as ((a, _, siblings_a), (b, handoff_b, _)):
+        async with workers(tmp_path) as ((a, handoff_a, siblings_a), (b, handoff_b, _)):
             sub = await subscriber(b)
             await asyncio.sleep(0.1)
             # Commits through worker a's store while this loop (b's too) reads nothing:
@@ -289,6 +289,12 @@ def test_hand_overs_lost_on_the_way_are_read_from_the_file_instead(tmp_path: Pat
                 got += json.loads(await asyncio.wait_for(sub.recv(), 0.3))
             assert len(got) == 600 and len(set(_keys(got))) == 600
             assert handoff_b.read > 0
+            of_b = {f.name: f.samples for f in handoff_b.families()}
+            assert ("", (("path", "read"),), handoff_b.read) in of_b[
+                "geotrack_handover_positions_total"
+            ]
+            of_a = {f.name: f.samples for f in handoff_a.families()}
+            assert of_a["geotrack_handover_unsent_total"] == [("", (), siblings_a.unsent)]
             await within(sub.close())
 
     arun(main())

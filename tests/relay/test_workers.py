@@ -204,6 +204,8 @@ def test_every_subscriber_gets_every_position_once_whichever_worker_stored_it(
             labels = {"worker": index, "transport": "websocket", "result": "stored"}
             assert sample(text, "geotrack_positions_total", **labels) > 0
             assert sample(text, "geotrack_from_peers_total", worker=index) > 0
+            handed = {"worker": index, "path": "handed"}
+            assert sample(text, "geotrack_handover_positions_total", **handed) > 0
             assert sample(text, "geotrack_connections", worker=index, role="subscriber") >= 1
         assert sample(text, "geotrack_workers") == 2
         assert sample(text, "geotrack_worker_restarts_total") == 0
