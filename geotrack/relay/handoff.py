@@ -26,7 +26,7 @@ import functools
 import logging
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final, NamedTuple
+from typing import TYPE_CHECKING, Final, NamedTuple, cast
 
 import msgspec
 
@@ -81,7 +81,8 @@ def encode_handover(
 def decode_handover(data: bytes | memoryview) -> tuple[int, int, list[bytes]]:
     """``(after, top, positions)`` of one datagram; ValueError when it is not one."""
     try:
-        after, top, encoded = _decoder.decode(data)
+        # Any buffer decodes; older msgspec types the argument as bytes only.
+        after, top, encoded = _decoder.decode(cast("bytes", data))
     except msgspec.DecodeError as exc:
         raise ValueError(f"not a hand-over: {exc}") from None
     if not 0 < len(encoded) <= top - after or after < 0:
