@@ -419,17 +419,6 @@ class Relay:
         """The change feed that follows what other relays store (None before start)."""
         return self._feed
 
-    def wake_follower(self) -> None:
-        """Have the follower look for other relays' rows now, not at its next poll.
-
-        For a writer that can tell this relay it committed (a sibling worker of
-        ``serve --workers``); a no-op for a feed that cannot be woken (MongoDB's change
-        stream needs no wake-up).
-        """
-        wake = getattr(self._feed, "wake", None)
-        if wake is not None:
-            wake()
-
     async def _follow_peers(self, feed: ChangeFeed) -> None:
         """Deliver what other relays sharing the store stored (scale-out)."""
         loop = asyncio.get_running_loop()

@@ -206,9 +206,10 @@ class SQLiteStore(Store):
         self._busy_timeout_ms = busy_timeout_ms
         self._lock = threading.Lock()
         self._closed = False
-        # (origin, after, top) of this object's recent commits: every seq in (after, top]
-        # is a row that commit inserted. A feed that leaves an origin out skips reading
-        # ranges of that origin (a relay's follower and the relay's own writes).
+        # (origin, after, top) of this object's recent commits: every row with a seq in
+        # (after, top] is one that commit inserted (seqs spent on duplicates hold none). A
+        # feed that leaves an origin out skips reading ranges of that origin (a relay's
+        # follower and the relay's own writes).
         self._own_writes: deque[tuple[str | None, int, int]] = deque(maxlen=1024)
         #: :data:`CommitHook` s, called after every commit that stored rows.
         self.commit_hooks: list[CommitHook] = []
