@@ -34,6 +34,7 @@ import msgspec
 from geotrack.errors import InvalidParameter, StoreError, StoreNotFound
 from geotrack.schema import Event, FenceState, Position, ms_to_ts, ts_to_ms
 from geotrack.store.base import Change, ChangeFeed, EventFeed, Pruned, Store
+from geotrack.store.sqlite_checkpoint import Checkpointer
 from geotrack.store.sqlite_events import (
     EVENTS_SCHEMA,
     SQLiteEventFeed,
@@ -213,6 +214,8 @@ class SQLiteStore(Store):
         self._own_writes: deque[tuple[str | None, int, int]] = deque(maxlen=1024)
         #: :data:`CommitHook` s, called after every commit that stored rows.
         self.commit_hooks: list[CommitHook] = []
+        #: Copies committed pages from the WAL into the file, off the write path.
+        self.checkpointer = Checkpointer(self._connect, lambda: self._lock)
         if not create:
             self._check_exists()
         self._writer = self._connect(create=create)
@@ -223,6 +226,8 @@ class SQLiteStore(Store):
             self._init_schema()
             # The writer waits for the lock in _begin_immediate, not in SQLite's handler.
             self._writer.execute("PRAGMA busy_timeout=0")
+            # Its commits never checkpoint (under the lock): the checkpointer does.
+            self._writer.execute("PRAGMA wal_autocheckpoint=0")
         except sqlite3.Error as exc:
             self._writer.close()
             raise StoreError(f"cannot open {self.display_url}: {exc}") from None
@@ -403,6 +408,8 @@ class SQLiteStore(Store):
                         hook(origin, last, top, stored, seqs)
                     except Exception:
                         log.exception("a commit hook of %s failed", self.display_url)
+        if inserted:
+            self.checkpointer.committed()
         return new
 
     def _check_open(self) -> None:
@@ -523,6 +530,7 @@ class SQLiteStore(Store):
                     raise
             except sqlite3.Error as exc:
                 raise StoreError(f"write to {self.display_url} failed: {exc}") from None
+        self.checkpointer.committed()
         return result
 
     def query_events(
@@ -666,6 +674,8 @@ class SQLiteStore(Store):
                 raise StoreError(f"{self.display_url} is not usable: {exc}") from None
 
     def close(self) -> None:
+        # Before the lock: a checkpoint that starts the WAL over holds it.
+        self.checkpointer.close()
         with self._lock:
             if not self._closed:
                 self._closed = True
