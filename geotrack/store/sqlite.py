@@ -408,8 +408,8 @@ class SQLiteStore(Store):
                         hook(origin, last, top, stored, seqs)
                     except Exception:
                         log.exception("a commit hook of %s failed", self.display_url)
-        if inserted:
-            self.checkpointer.committed()
+        # Even a commit of duplicates only wrote a page (AUTOINCREMENT's counter).
+        self.checkpointer.committed()
         return new
 
     def _check_open(self) -> None:

@@ -102,6 +102,22 @@ def test_a_restart_holds_the_write_lock(tmp_path: Path) -> None:
         store.close()
 
 
+def test_commits_of_duplicates_only_are_checkpointed_too(tmp_path: Path) -> None:
+    # Each still writes a page (AUTOINCREMENT's counter): a client resending the same fixes
+    # forever must not grow the WAL forever.
+    store = SQLiteStore(tmp_path / "store.db")
+    checkpointer = store.checkpointer
+    checkpointer.interval = 0.001
+    try:
+        _commit(store, "a", 0, rows=10)
+        assert _until(lambda: checkpointer.runs == 1)
+        for _ in range(3):
+            _commit(store, "a", 0, rows=10)
+            assert _until(lambda: checkpointer.runs >= 2)
+    finally:
+        store.close()
+
+
 def test_a_store_that_only_reads_starts_no_thread(tmp_path: Path) -> None:
     db = tmp_path / "store.db"
     SQLiteStore(db).close()
