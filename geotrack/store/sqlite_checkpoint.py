@@ -108,8 +108,10 @@ class Checkpointer:
                 with self._lock():
                     self._passive(conn)
                 self.restarts += 1
-        except sqlite3.Error as exc:
+        except sqlite3.Error as exc:  # busy, say: the next poke tries again
             log.debug("a WAL checkpoint failed: %s", exc)
+        except Exception:  # the lock, say: the thread must live on, or the WAL grows
+            log.exception("a WAL checkpoint failed")
 
     @staticmethod
     def _passive(conn: sqlite3.Connection) -> int:

@@ -6,10 +6,12 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from geotrack.schema import Position, ms_to_ts
 from geotrack.store.sqlite import SQLiteStore
+from geotrack.store.sqlite_checkpoint import Checkpointer
 
 PAGE = 4096
 
@@ -116,6 +118,28 @@ def test_commits_of_duplicates_only_are_checkpointed_too(tmp_path: Path) -> None
             assert _until(lambda: checkpointer.runs >= 2)
     finally:
         store.close()
+
+
+def test_a_failing_lock_does_not_end_the_checkpoints(tmp_path: Path) -> None:
+    db = tmp_path / "store.db"
+    SQLiteStore(db).close()
+    failures = [OSError("the lock file is gone")]
+
+    def lock() -> AbstractContextManager[object]:
+        if failures:
+            raise failures.pop()
+        return threading.Lock()
+
+    checkpointer = Checkpointer(lambda: sqlite3.connect(db), lock)
+    checkpointer.interval = 0.001
+    checkpointer.restart_frames = -1  # every checkpoint takes the lock
+    try:
+        checkpointer.committed()
+        assert _until(lambda: checkpointer.runs == 1)
+        checkpointer.committed()
+        assert _until(lambda: checkpointer.restarts == 1)  # the thread lived on
+    finally:
+        checkpointer.close()
 
 
 def test_a_store_that_only_reads_starts_no_thread(tmp_path: Path) -> None:
